@@ -1,0 +1,19 @@
+"""Model names as Ollama normalises them."""
+
+from __future__ import annotations
+
+DEFAULT_TAG = "latest"
+
+
+def normalize_model_name(name: str) -> str:
+    """Return ``name`` in the ``name:tag`` form that /api/ps and /api/tags use.
+
+    ``llama3.2`` becomes ``llama3.2:latest``; ``hf.co/org/repo:Q4_K_M`` and
+    ``host:5000/ns/model`` keep their own tag (or gain ``:latest``): a colon only starts the
+    tag when it comes after the last slash.
+    """
+    name = name.strip()
+    last_part = name.rsplit("/", 1)[-1]
+    if ":" in last_part:
+        return name
+    return f"{name}:{DEFAULT_TAG}"
