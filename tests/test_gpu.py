@@ -1,0 +1,447 @@
+"""sentinel_keeper.gpu: through the real pynvml against a fake libnvidia-ml.so.1 (in
+subprocesses, since the loader reads LD_LIBRARY_PATH at process start), plus unit tests of
+the pure helpers with pynvml's functions replaced in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pynvml
+import pytest
+from fake_nvml import (
+    GIB,
+    NVML_ERROR_DRIVER_NOT_LOADED,
+    NVML_ERROR_GPU_IS_LOST,
+    NVML_ERROR_UNKNOWN,
+    FakeGpu,
+    FakeNvml,
+    FakeNvmlUnavailable,
+    library_dir,
+    nvml_env,
+)
+
+from sentinel_keeper.gpu import (
+    GpuProbe,
+    describe_error,
+    main,
+    out_of_range,
+    snapshot_to_dict,
+)
+from sentinel_keeper.observation import GpuInfo, GpuSnapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT_S = 20.0  # bound on every wait for a subprocess
+
+H100 = FakeGpu(
+    name="NVIDIA H100 80GB HBM3", total=80 * GIB, reserved=GIB, used=9 * GIB, free=70 * GIB
+)
+L4 = FakeGpu(name="NVIDIA L4", total=24 * GIB, reserved=0, used=4 * GIB, free=20 * GIB)
+
+# Runs in the subprocess: one GpuProbe, driven by lines on stdin, one JSON line per command.
+DRIVER = """
+import json, sys
+from sentinel_keeper.gpu import GpuProbe, snapshot_to_dict
+probe = GpuProbe(json.loads(sys.argv[1]))
+for line in sys.stdin:
+    if line.strip() == "snap":
+        print(json.dumps(snapshot_to_dict(probe.snapshot())), flush=True)
+    elif line.strip() == "close":
+        probe.close()
+        print("{}", flush=True)
+"""
+
+
+@pytest.fixture(scope="session")
+def lib_dir() -> Path:
+    try:
+        return library_dir()
+    except FakeNvmlUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@dataclass
+class Nvml:
+    """The fake library's config and call log for one test, and the environment using them."""
+
+    config: Path
+    log: Path
+    env: dict[str, str]
+
+    def set(self, behaviour: FakeNvml) -> None:
+        behaviour.write(self.config)
+
+    def calls(self, prefix: str = "") -> list[str]:
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [line for line in lines if line.startswith(prefix)]
+
+
+def _python_env(env: dict[str, str]) -> dict[str, str]:
+    env = dict(env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture
+def nvml(tmp_path: Path, lib_dir: Path) -> Nvml:
+    config, log = tmp_path / "nvml.conf", tmp_path / "nvml.log"
+    FakeNvml().write(config)
+    return Nvml(config, log, _python_env(nvml_env(lib_dir, config, log)))
+
+
+def run_main(env: dict[str, str], *indices: int) -> tuple[int, dict[str, Any]]:
+    """`python -m sentinel_keeper.gpu INDEX...`: its exit status and printed snapshot."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sentinel_keeper.gpu", *map(str, indices)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+    assert done.stderr == ""
+    out: dict[str, Any] = json.loads(done.stdout)
+    return done.returncode, out
+
+
+class ProbeProcess:
+    """A subprocess holding one GpuProbe across several snapshots."""
+
+    def __init__(self, env: dict[str, str], indices: Sequence[int] | None = None) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, json.dumps(None if indices is None else list(indices))],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # EOF
+
+    def _ask(self, command: str) -> dict[str, Any]:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(command + "\n")
+        self._proc.stdin.flush()
+        try:
+            line = self._lines.get(timeout=WAIT_S)
+        except queue.Empty:
+            pytest.fail(f"no answer to {command!r} within {WAIT_S}s")
+        assert line, f"probe process exited with {self._proc.wait(WAIT_S)}"
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    def snap(self) -> dict[str, Any]:
+        return self._ask("snap")
+
+    def close_probe(self) -> None:
+        self._ask("close")
+
+    def stop(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(WAIT_S)
+
+
+StartProbe = Callable[..., ProbeProcess]
+
+
+@pytest.fixture
+def probe_process() -> Iterator[StartProbe]:
+    started: list[ProbeProcess] = []
+
+    def start(env: dict[str, str], indices: Sequence[int] | None = None) -> ProbeProcess:
+        proc = ProbeProcess(env, indices)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def gpu_dict(index: int, gpu: FakeGpu) -> dict[str, Any]:
+    """What the probe reports for a fake GPU: v1 memory info counts reserved as used."""
+    used = gpu.reserved + gpu.used
+    return {"index": index, "name": gpu.name, "total": gpu.total, "used": used, "free": gpu.free}
+
+
+# --- through pynvml and the fake library ---------------------------------------------------
+
+
+def test_one_gpu(nvml: Nvml) -> None:
+    nvml.set(FakeNvml(gpus=[H100]))
+    rc, snap = run_main(nvml.env)
+    assert rc == 0
+    assert snap == {
+        "known": True,
+        "error": None,
+        "free": 70 * GIB,
+        "total": 80 * GIB,
+        "gpus": [gpu_dict(0, H100)],
+    }
+    # pynvml 13 asks the unversioned nvmlDeviceGetMemoryInfo (nvmlMemory_t v1)
+    assert nvml.calls("nvmlDeviceGetMemoryInfo") == ["nvmlDeviceGetMemoryInfo 0 -> 0"]
+    assert nvml.calls("nvmlShutdown") == ["nvmlShutdown -> 0"]  # main closes the probe
+
+
+def test_two_gpus(nvml: Nvml) -> None:
+    nvml.set(FakeNvml(gpus=[H100, L4]))
+    rc, snap = run_main(nvml.env)
+    assert rc == 0
+    assert snap["gpus"] == [gpu_dict(0, H100), gpu_dict(1, L4)]
+    assert (snap["free"], snap["total"]) == (90 * GIB, 104 * GIB)
+
+
+def test_indices_select_gpus_in_the_order_given(nvml: Nvml) -> None:
+    nvml.set(FakeNvml(gpus=[H100, L4, H100]))
+    rc, snap = run_main(nvml.env, 2, 1, 2)
+    assert rc == 0
+    assert snap["gpus"] == [gpu_dict(2, H100), gpu_dict(1, L4)]
+    assert nvml.calls("nvmlDeviceGetHandleByIndex_v2 0") == []  # GPU 0 never touched
+
+
+def test_lost_gpu_outside_the_selection_does_not_matter(nvml: Nvml) -> None:
+    nvml.set(FakeNvml(gpus=[H100, replace(L4, memory_rc=NVML_ERROR_GPU_IS_LOST)]))
+    assert run_main(nvml.env, 0)[1]["known"] is True
+    rc, snap = run_main(nvml.env)
+    assert (rc, snap["error"], snap["gpus"]) == (1, "GPU 1: GPU is lost", [])
+
+
+def test_index_out_of_range(nvml: Nvml) -> None:
+    nvml.set(FakeNvml(gpus=[H100, L4]))
+    rc, snap = run_main(nvml.env, 0, 2)
+    assert rc == 1
+    assert snap == {
+        "known": False,
+        "error": "GPU index 2 out of range: NVML sees 2 GPUs (indices 0-1)",
+        "free": None,
+        "total": None,
+        "gpus": [],
+    }
+
+
+def test_no_gpus_is_unknown(nvml: Nvml) -> None:
+    nvml.set(FakeNvml(gpus=[]))
+    rc, snap = run_main(nvml.env)
+    assert (rc, snap["known"], snap["error"], snap["free"]) == (1, False, "NVML sees no GPUs", None)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        (FakeNvml(init_rc=NVML_ERROR_DRIVER_NOT_LOADED), "NVML init: NVIDIA driver not loaded"),
+        (FakeNvml(count_rc=NVML_ERROR_UNKNOWN), "NVML device count: Unknown Error (code 999)"),
+        (FakeNvml(gpus=[replace(L4, name_rc=NVML_ERROR_GPU_IS_LOST)]), "GPU 0: GPU is lost"),
+        (FakeNvml(gpus=[replace(L4, handle_rc=4)]), "GPU 0: Insufficient Permissions"),
+        (FakeNvml(gpus=[replace(L4, memory_rc=3)]), "GPU 0: Not Supported"),
+    ],
+)
+def test_nvml_failures_are_unknown_with_a_reason(
+    nvml: Nvml, behaviour: FakeNvml, reason: str
+) -> None:
+    nvml.set(behaviour)
+    rc, snap = run_main(nvml.env)
+    assert (rc, snap["known"], snap["error"], snap["free"], snap["gpus"]) == (
+        1,
+        False,
+        reason,
+        None,
+        [],
+    )
+
+
+def test_library_missing(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = _python_env(nvml_env(empty))
+    probe = [sys.executable, "-c", "import ctypes; ctypes.CDLL('libnvidia-ml.so.1')"]
+    found = subprocess.run(probe, env=env, capture_output=True, timeout=WAIT_S, check=False)
+    if found.returncode == 0:
+        pytest.skip("this system has a real libnvidia-ml.so.1")
+    rc, snap = run_main(env)
+    assert rc == 1
+    assert snap["error"] == "NVML library libnvidia-ml.so.1 not found"
+    assert (snap["known"], snap["free"], snap["total"]) == (False, None, None)
+
+
+def test_nvml_stays_initialised_between_snapshots(nvml: Nvml, probe_process: StartProbe) -> None:
+    nvml.set(FakeNvml(gpus=[H100]))
+    proc = probe_process(nvml.env)
+    for _ in range(3):
+        assert proc.snap()["gpus"] == [gpu_dict(0, H100)]
+    assert len(nvml.calls("nvmlInit")) == 1
+    assert nvml.calls("nvmlShutdown") == []
+
+    proc.close_probe()
+    proc.close_probe()  # a second close does nothing
+    assert nvml.calls("nvmlShutdown") == ["nvmlShutdown -> 0"]
+
+    assert proc.snap()["known"] is True  # closed, then used again: initialises again
+    assert len(nvml.calls("nvmlInit")) == 2
+
+
+def test_memory_changes_are_seen(nvml: Nvml, probe_process: StartProbe) -> None:
+    nvml.set(FakeNvml(gpus=[H100]))
+    proc = probe_process(nvml.env)
+    assert proc.snap()["free"] == 70 * GIB
+    nvml.set(FakeNvml(gpus=[replace(H100, used=49 * GIB, free=30 * GIB)]))
+    assert proc.snap()["free"] == 30 * GIB
+
+
+def test_gpu_lost_then_back(nvml: Nvml, probe_process: StartProbe) -> None:
+    nvml.set(FakeNvml(gpus=[H100, L4]))
+    proc = probe_process(nvml.env)
+    assert proc.snap()["known"] is True
+
+    nvml.set(FakeNvml(gpus=[H100, replace(L4, memory_rc=NVML_ERROR_GPU_IS_LOST)]))
+    lost = proc.snap()
+    assert (lost["known"], lost["error"], lost["free"]) == (False, "GPU 1: GPU is lost", None)
+    assert nvml.calls("nvmlShutdown") == ["nvmlShutdown -> 0"]
+
+    # The fake, like NVML, keeps a lost GPU lost until NVML is initialised again, so this
+    # passes only because the probe shut down and initialises again.
+    nvml.set(FakeNvml(gpus=[H100, L4]))
+    back = proc.snap()
+    assert back["gpus"] == [gpu_dict(0, H100), gpu_dict(1, L4)]
+    assert len(nvml.calls("nvmlInit")) == 2
+
+
+def test_driver_not_loaded_then_loaded(nvml: Nvml, probe_process: StartProbe) -> None:
+    nvml.set(FakeNvml(gpus=[H100], init_rc=NVML_ERROR_DRIVER_NOT_LOADED))
+    proc = probe_process(nvml.env, [0])
+    assert proc.snap()["error"] == "NVML init: NVIDIA driver not loaded"
+    assert proc.snap()["error"] == "NVML init: NVIDIA driver not loaded"
+    assert nvml.calls("nvmlShutdown") == []  # never initialised, nothing to shut down
+
+    nvml.set(FakeNvml(gpus=[H100]))
+    assert proc.snap()["gpus"] == [gpu_dict(0, H100)]
+    assert nvml.calls("nvmlInit") == [
+        "nvmlInitWithFlags 0 -> 9",
+        "nvmlInitWithFlags 0 -> 9",
+        "nvmlInitWithFlags 0 -> 0",
+    ]
+
+
+# --- pure helpers, and the probe over a pynvml replaced in-process ----------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND), "NVML library"),
+        (pynvml.NVMLError_DriverNotLoaded(), "NVML init: NVIDIA driver not loaded"),
+        (pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST), "NVML init: GPU is lost"),
+        (pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN), "NVML init: Unknown Error (code 999)"),
+        (RuntimeError("two\nlines"), "NVML init: RuntimeError: two lines"),
+        (OSError(), "NVML init: OSError"),
+    ],
+)
+def test_describe_error(exc: BaseException, reason: str) -> None:
+    assert describe_error(exc, "NVML init").startswith(reason)
+
+
+def test_out_of_range() -> None:
+    assert out_of_range(1, 0) == "GPU index 1 out of range: NVML sees no GPUs"
+    assert out_of_range(1, 1) == "GPU index 1 out of range: NVML sees GPU 0"
+    assert out_of_range(4, 3) == "GPU index 4 out of range: NVML sees 3 GPUs (indices 0-2)"
+
+
+def test_snapshot_to_dict() -> None:
+    gpu = GpuInfo(index=1, name="X", total=10, used=4, free=6)
+    assert snapshot_to_dict(GpuSnapshot(gpus=(gpu,))) == {
+        "known": True,
+        "error": None,
+        "free": 6,
+        "total": 10,
+        "gpus": [{"index": 1, "name": "X", "total": 10, "used": 4, "free": 6}],
+    }
+    unknown = snapshot_to_dict(GpuSnapshot(error="no"))
+    assert (unknown["known"], unknown["free"], unknown["total"]) == (False, None, None)
+
+
+@pytest.mark.parametrize("indices", [[-1], [True], [], ["0"]])
+def test_bad_indices_are_refused(indices: list[Any]) -> None:
+    with pytest.raises(ValueError, match="GPU indices"):
+        GpuProbe(indices)
+
+
+def test_indices_drop_repeats() -> None:
+    assert GpuProbe([3, 1, 3]).indices == (3, 1)
+    assert GpuProbe().indices is None
+
+
+def test_main_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["zero"]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+class FakePynvml:
+    """Replaces pynvml's calls in-process; records init and shutdown."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        self.fail: BaseException | None = None
+        for name in ("nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetName"):
+            monkeypatch.setattr(pynvml, name, getattr(self, name))
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: i)
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", self.memory)
+
+    def nvmlInit(self) -> None:
+        self.calls.append("init")
+
+    def nvmlShutdown(self) -> None:
+        self.calls.append("shutdown")
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)  # must not escape
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 1
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:
+        return b"Old \xffpynvml"
+
+    def memory(self, handle: int) -> SimpleNamespace:
+        if self.fail is not None:
+            raise self.fail
+        return SimpleNamespace(total=8, used=3, free=5)
+
+
+def test_any_exception_becomes_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakePynvml(monkeypatch)
+    probe = GpuProbe()
+    assert probe.snapshot().gpus == (GpuInfo(0, "Old \ufffdpynvml", 8, 3, 5),)  # bytes decoded
+    fake.fail = ValueError("ctypes went wrong")
+    assert probe.snapshot() == GpuSnapshot(error="GPU 0: ValueError: ctypes went wrong")
+    fake.fail = None
+    assert probe.snapshot().known
+    assert fake.calls == ["init", "shutdown", "init"]
+    probe.close()
+    probe.close()
+    assert fake.calls == ["init", "shutdown", "init", "shutdown"]
+
+
+def test_close_before_any_snapshot_does_not_touch_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakePynvml(monkeypatch)
+    with GpuProbe([0]):
+        pass
+    assert fake.calls == []
