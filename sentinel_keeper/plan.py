@@ -1,0 +1,416 @@
+"""The planner: a pure function of (policy, observation, now) to actions, each with a reason.
+
+No I/O, no clock, no logging: everything it knows comes in as arguments, so every case is a
+table-driven test. The executor (:mod:`sentinel_keeper.act`) carries the actions out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from sentinel_keeper.observation import LoadedModel, Observation
+from sentinel_keeper.policy import ModelPolicy, Policy
+from sentinel_keeper.units import format_duration, format_size
+
+Endpoint = Literal["generate", "embed"]
+
+# Ollama lets a new model join loaded ones only if its predicted size is at most this share
+# of the free VRAM; otherwise it evicts (see shared ollama-facts, server/sched.go).
+OLLAMA_FIT_FRACTION = 0.8
+OLLAMA_MODELS_PER_GPU = 3
+OLLAMA_DEFAULT_NUM_CTX = 4096
+# Without a remembered size or architecture details, assume this share of the file size
+# for the KV cache and compute graph.
+UNKNOWN_ARCH_OVERHEAD = 0.25
+GRAPH_OVERHEAD = 0.10
+KV_BYTES_PER_VALUE = 2  # f16 cache, Ollama's default OLLAMA_KV_CACHE_TYPE
+
+
+class ActionKind(StrEnum):
+    LOAD = "load"  # not resident: load it
+    RELOAD = "reload"  # resident with another num_ctx: load with the policy's options
+    REASSERT = "reassert"  # a client shortened its keep_alive: same options, policy keep_alive
+    REFRESH = "refresh"  # finite keep_alive running out: renew the timer
+    UNLOAD = "unload"  # shed an extra to give back memory
+    PULL = "pull"  # not installed and the policy says pull: true
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    model: str
+    tier: str
+    reason: str
+    options: Mapping[str, int | bool] = field(default_factory=dict)
+    keep_alive: float = -1.0
+    endpoint: Endpoint = "generate"
+
+    @property
+    def is_load(self) -> bool:
+        return self.kind in (
+            ActionKind.LOAD,
+            ActionKind.RELOAD,
+            ActionKind.REASSERT,
+            ActionKind.REFRESH,
+        )
+
+
+class FindingKind(StrEnum):
+    NOT_INSTALLED = "model_not_installed"
+    SPILLED = "model_spilled"
+    EXTRA_SKIPPED = "extra_skipped"
+    NO_MEMORY_INFO = "no_memory_info"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something the user should know that no action fixes. `key` identifies it across passes
+    so that a daemon can report it once per occurrence."""
+
+    kind: FindingKind
+    model: str | None
+    message: str
+    warning: bool = True
+    data: Mapping[str, int | float | str | None] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.kind.value, self.model)
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...] = ()
+    findings: tuple[Finding, ...] = ()
+
+
+def endpoint_for(model: ModelPolicy, observation: Observation) -> Endpoint:
+    """Embedding-only models cannot load through /api/generate: use /api/embed."""
+    details = observation.details.get(model.name)
+    if details is not None and details.capabilities is not None:
+        return "embed" if details.embedding_only else "generate"
+    installed = observation.installed_by_name().get(model.name)
+    if installed is not None and installed.capabilities is not None:
+        caps = installed.capabilities
+        if "embedding" in caps and "completion" not in caps:
+            return "embed"
+    return "generate"
+
+
+def _environment_int(policy: Policy, name: str) -> int | None:
+    value = policy.ollama.environment.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def max_loaded_models(policy: Policy, observation: Observation) -> int | None:
+    """OLLAMA_MAX_LOADED_MODELS from the policy, else Ollama's default of 3 per GPU when the
+    GPUs are known, else no limit that we can know of."""
+    configured = _environment_int(policy, "OLLAMA_MAX_LOADED_MODELS")
+    if configured:
+        return configured
+    if observation.gpu.known:
+        return OLLAMA_MODELS_PER_GPU * len(observation.gpu.gpus)
+    return None
+
+
+def expected_footprint(model: ModelPolicy, policy: Policy, observation: Observation) -> int | None:
+    """Bytes the model will take once loaded: what /api/ps showed the last time it was loaded
+    with this context length, else an estimate from its file size and KV cache."""
+    remembered = observation.footprints.get(model.name)
+    wanted_ctx = model.options.num_ctx
+    if remembered is not None and (wanted_ctx is None or remembered.context_length == wanted_ctx):
+        return remembered.size
+    installed = observation.installed_by_name().get(model.name)
+    if installed is None:
+        return None
+    disk = installed.size
+    details = observation.details.get(model.name)
+    parallel = _environment_int(policy, "OLLAMA_NUM_PARALLEL") or 1
+    ctx = wanted_ctx or _environment_int(policy, "OLLAMA_CONTEXT_LENGTH") or OLLAMA_DEFAULT_NUM_CTX
+    if details is not None and details.context_length:
+        ctx = min(ctx, details.context_length)
+    if details is None or not (details.block_count and details.head_count_kv):
+        return int(disk * (1 + UNKNOWN_ARCH_OVERHEAD))
+    head_dim_k = details.key_length or (
+        details.embedding_length // details.head_count
+        if details.embedding_length and details.head_count
+        else None
+    )
+    head_dim_v = details.value_length or head_dim_k
+    if head_dim_k is None or head_dim_v is None:
+        return int(disk * (1 + UNKNOWN_ARCH_OVERHEAD))
+    kv = (
+        details.block_count
+        * ctx
+        * parallel
+        * details.head_count_kv
+        * (head_dim_k + head_dim_v)
+        * KV_BYTES_PER_VALUE
+    )
+    return int(disk * (1 + GRAPH_OVERHEAD)) + kv
+
+
+def _keep_alive_short(loaded: LoadedModel, wanted: float, interval: float, now: datetime) -> bool:
+    """Does the instance's timer fall short of what the policy asks for?"""
+    if wanted < 0:
+        return loaded.expires_at is not None and not loaded.is_forever(now)
+    remaining = loaded.remaining(now)
+    if remaining is None:
+        return False
+    threshold = min(wanted, max(wanted / 2, 2 * interval))
+    return remaining.total_seconds() < threshold
+
+
+def _load(kind: ActionKind, model: ModelPolicy, reason: str, observation: Observation) -> Action:
+    return Action(
+        kind=kind,
+        model=model.name,
+        tier=model.tier,
+        reason=reason,
+        options=model.options.as_request(),
+        keep_alive=model.effective_keep_alive,
+        endpoint=endpoint_for(model, observation),
+    )
+
+
+def _describe_expiry(loaded: LoadedModel, now: datetime) -> str:
+    remaining = loaded.remaining(now)
+    if remaining is None:
+        return "no expiry known"
+    seconds = remaining.total_seconds()
+    return "already expired" if seconds <= 0 else f"expires in {format_duration(seconds)}"
+
+
+def _resident_actions(
+    model: ModelPolicy, loaded: LoadedModel, policy: Policy, observation: Observation, now: datetime
+) -> list[Action]:
+    """Actions for a policy model that /api/ps shows: reload, reassert or refresh."""
+    wanted_ctx = model.options.num_ctx
+    if (
+        wanted_ctx is not None
+        and loaded.context_length is not None
+        and loaded.context_length != wanted_ctx
+    ):
+        return [
+            _load(
+                ActionKind.RELOAD,
+                model,
+                f"loaded with num_ctx {loaded.context_length}, policy says {wanted_ctx}: "
+                "a client is loading it with another num_ctx",
+                observation,
+            )
+        ]
+    wanted = model.effective_keep_alive
+    if _keep_alive_short(loaded, wanted, policy.interval, now):
+        if wanted < 0:
+            reason = f"keep_alive shortened by a client: {_describe_expiry(loaded, now)}"
+            return [_load(ActionKind.REASSERT, model, reason, observation)]
+        reason = (
+            f"keep_alive {format_duration(wanted)} running out: {_describe_expiry(loaded, now)}"
+        )
+        return [_load(ActionKind.REFRESH, model, reason, observation)]
+    return []
+
+
+def _not_installed(model: ModelPolicy) -> Finding:
+    return Finding(
+        FindingKind.NOT_INSTALLED,
+        model.name,
+        f"{model.name} is not installed in Ollama (run `ollama pull {model.name}`, "
+        "or set pull: true in the policy)",
+        data={"tier": model.tier},
+    )
+
+
+def plan(policy: Policy, observation: Observation, now: datetime) -> Plan:
+    """What to do now so that the policy holds. Pure."""
+    loaded = observation.loaded_by_name()
+    installed = observation.installed_by_name()
+    actions: list[Action] = []
+    findings: list[Finding] = []
+    pinned_pending = False
+    pinned_spilled = False
+
+    for model in policy.pinned:
+        instance = loaded.get(model.name)
+        if instance is None:
+            if model.name not in installed:
+                if not model.pull:
+                    findings.append(_not_installed(model))
+                    continue
+                actions.append(
+                    Action(ActionKind.PULL, model.name, model.tier, "not installed; pull: true")
+                )
+            actions.append(_load(ActionKind.LOAD, model, "pinned and not loaded", observation))
+            pinned_pending = True
+            continue
+        resident = _resident_actions(model, instance, policy, observation, now)
+        actions.extend(resident)
+        pinned_pending |= any(a.kind is ActionKind.RELOAD for a in resident)
+        if instance.spilled:
+            pinned_spilled = True
+            findings.append(
+                Finding(
+                    FindingKind.SPILLED,
+                    model.name,
+                    f"{model.name} is partly in CPU memory: {format_size(instance.size_vram)} "
+                    f"of {format_size(instance.size)} on the GPU; it will answer slowly "
+                    "(free GPU memory or lower its num_ctx)",
+                    data={"size": instance.size, "size_vram": instance.size_vram},
+                )
+            )
+
+    extra_actions, extra_findings = _plan_extras(
+        policy, observation, now, defer_loads=pinned_pending, pinned_spilled=pinned_spilled
+    )
+    return Plan(
+        tuple(extra_actions[0] + actions + extra_actions[1]), tuple(findings + extra_findings)
+    )
+
+
+def _free_memory(policy: Policy, observation: Observation) -> tuple[int | None, str]:
+    """Free memory for extras, and where the figure comes from."""
+    if observation.gpu.known:
+        return observation.gpu.free, "GPU"
+    budget = policy.vram.budget
+    if budget is not None:
+        used = sum(m.size for m in observation.loaded)
+        return budget - used, "vram.budget"
+    return None, ""
+
+
+def _plan_extras(
+    policy: Policy,
+    observation: Observation,
+    now: datetime,
+    *,
+    defer_loads: bool,
+    pinned_spilled: bool,
+) -> tuple[tuple[list[Action], list[Action]], list[Finding]]:
+    """Extras: (actions to run before the pinned ones, actions after), findings."""
+    extras = policy.extras
+    if not extras:
+        return ([], []), []
+    loaded = observation.loaded_by_name()
+    installed = observation.installed_by_name()
+    headroom = policy.vram.headroom
+    before: list[Action] = []
+    after: list[Action] = []
+    findings: list[Finding] = []
+
+    for model in extras:
+        instance = loaded.get(model.name)
+        if instance is not None:
+            after.extend(_resident_actions(model, instance, policy, observation, now))
+
+    free, source = _free_memory(policy, observation)
+    absent = [m for m in extras if m.name not in loaded]
+    if free is None:
+        if absent:
+            reason = observation.gpu.error or "no GPU found"
+            findings.append(
+                Finding(
+                    FindingKind.NO_MEMORY_INFO,
+                    None,
+                    f"GPU memory is unknown ({reason}) and vram.budget is not set: "
+                    "extras are not loaded",
+                    data={"extras_waiting": len(absent)},
+                )
+            )
+        return (before, after), findings
+
+    # Shed: extras loaded while free memory is below the headroom, lowest priority first.
+    resident_extras = sorted(
+        (m for m in extras if m.name in loaded), key=lambda m: (m.priority, m.name)
+    )
+    shed = False
+    for model in resident_extras:
+        if free >= headroom:
+            break
+        instance = loaded[model.name]
+        freed = instance.size_vram if source == "GPU" else instance.size
+        before.append(
+            Action(
+                ActionKind.UNLOAD,
+                model.name,
+                model.tier,
+                f"{source} free {format_size(free)} is below the headroom {format_size(headroom)}; "
+                f"priority {model.priority} is the lowest loaded",
+                endpoint=endpoint_for(model, observation),
+            )
+        )
+        after[:] = [a for a in after if a.model != model.name]
+        free += freed
+        shed = True
+    if shed or defer_loads:
+        return (before, after), findings
+
+    limit = max_loaded_models(policy, observation)
+    count = len(observation.loaded)
+    for model in sorted(absent, key=lambda m: (-m.priority, m.name)):
+        if model.name not in installed:
+            if model.pull:
+                before.append(
+                    Action(ActionKind.PULL, model.name, model.tier, "not installed; pull: true")
+                )
+            else:
+                findings.append(_not_installed(model))
+            continue
+
+        def skip(
+            why: str, model: ModelPolicy = model, **data: int | float | str | None
+        ) -> None:
+            findings.append(
+                Finding(
+                    FindingKind.EXTRA_SKIPPED,
+                    model.name,
+                    f"{model.name} not loaded: {why}",
+                    warning=False,
+                    data=data,
+                )
+            )
+
+        if pinned_spilled:
+            skip("a pinned model is already partly in CPU memory")
+            continue
+        if limit is not None and count + 1 > limit:
+            skip(f"{count} models are loaded and Ollama allows {limit}", loaded=count, limit=limit)
+            continue
+        footprint = expected_footprint(model, policy, observation)
+        if footprint is None:
+            skip("its size is unknown")
+            continue
+        fits_headroom = footprint + headroom <= free
+        fits_ollama = not observation.loaded or footprint <= OLLAMA_FIT_FRACTION * free
+        if not (fits_headroom and fits_ollama):
+            rule = (
+                f"needs {format_size(footprint)} + headroom {format_size(headroom)}"
+                if not fits_headroom
+                else f"needs {format_size(footprint)}, more than Ollama's 80% of free memory "
+                "(it would evict another model)"
+            )
+            skip(
+                f"{rule}, {source} free is {format_size(free)}",
+                needed=footprint,
+                headroom=headroom,
+                free=free,
+            )
+            continue
+        after.append(
+            _load(
+                ActionKind.LOAD,
+                model,
+                f"extra, fits: needs {format_size(footprint)}, {source} free {format_size(free)}",
+                observation,
+            )
+        )
+        free -= footprint
+        count += 1
+    return (before, after), findings
