@@ -1,0 +1,329 @@
+"""One reconcile pass: observe (Ollama /api/ps, NVML) -> plan (pure) -> act (idempotent HTTP).
+
+The daemon and the one-shot CLI run the same pass through :class:`Reconciler`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from sentinel_keeper.errors import OllamaError, OllamaUnreachable, SentinelError, StateError
+from sentinel_keeper.observation import (
+    Footprint,
+    GpuSnapshot,
+    InstalledModel,
+    LoadedModel,
+    ModelDetails,
+    Observation,
+)
+from sentinel_keeper.plan import Action, ActionKind, Endpoint, Plan, plan
+from sentinel_keeper.policy import Policy
+
+# A model whose load failed is retried after this, doubling per failure up to the cap, so
+# that an out-of-memory model does not hammer Ollama every interval.
+BACKOFF_BASE_SECONDS = 15.0
+BACKOFF_MAX_SECONDS = 900.0
+
+
+class OllamaApi(Protocol):
+    """What a pass needs from Ollama (implemented by sentinel_keeper.ollama.OllamaClient)."""
+
+    def version(self) -> str: ...
+    def ps(self) -> tuple[LoadedModel, ...]: ...
+    def tags(self) -> tuple[InstalledModel, ...]: ...
+    def show(self, model: str) -> ModelDetails: ...
+    def load(
+        self,
+        model: str,
+        *,
+        options: dict[str, int | bool],
+        keep_alive: float,
+        endpoint: Endpoint = "generate",
+    ) -> LoadOutcome: ...
+    def unload(self, model: str, *, endpoint: Endpoint = "generate") -> None: ...
+    def pull(self, model: str) -> None: ...
+
+
+class LoadOutcome(Protocol):
+    seconds: float
+    load_duration: float | None
+    endpoint: Endpoint
+
+
+class GpuApi(Protocol):
+    def snapshot(self) -> GpuSnapshot: ...
+
+
+class StateApi(Protocol):
+    """Implemented by sentinel_keeper.state.StateStore."""
+
+    def footprints(self) -> Mapping[str, Footprint]: ...
+    def update(self, footprints: Mapping[str, Footprint], keep: set[str]) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one planned action."""
+
+    action: Action
+    ok: bool
+    seconds: float = 0.0
+    error: str | None = None
+    skipped: bool = False  # not attempted (backing off, pass stopped, Ollama gone)
+    load_duration: float | None = None
+    endpoint: Endpoint | None = None
+
+
+@dataclass(frozen=True)
+class PassReport:
+    """Everything one pass saw and did."""
+
+    started: datetime
+    seconds: float
+    pinned: tuple[str, ...]
+    extras: tuple[str, ...]
+    observation: Observation | None  # None: Ollama could not be observed
+    error: str | None = None  # why Ollama could not be observed
+    plan: Plan = field(default_factory=Plan)
+    outcomes: tuple[Outcome, ...] = ()
+    final: Observation | None = None  # after acting; the same as observation if nothing ran
+    state_error: str | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.observation is not None
+
+    @property
+    def latest(self) -> Observation | None:
+        return self.final or self.observation
+
+    def resident(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        latest = self.latest
+        if latest is None:
+            return ()
+        loaded = latest.loaded_by_name()
+        return tuple(n for n in names if n in loaded)
+
+    @property
+    def pinned_missing(self) -> tuple[str, ...]:
+        present = set(self.resident(self.pinned))
+        return tuple(n for n in self.pinned if n not in present)
+
+    @property
+    def all_pinned_resident(self) -> bool:
+        return self.reachable and not self.pinned_missing
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Reconciler:
+    """Runs passes for one policy. Holds only caches: /api/show details by digest, and the
+    load back-off of models that failed."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        client: OllamaApi,
+        *,
+        gpu: GpuApi | None = None,
+        state: StateApi | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.client = client
+        self.gpu = gpu
+        self.state = state
+        self.clock = clock
+        self.monotonic = monotonic
+        self._details: dict[tuple[str, str], ModelDetails] = {}
+        self._failures: dict[str, tuple[int, datetime]] = {}  # model -> (count, retry after)
+
+    # -- observe ---------------------------------------------------------------------------
+
+    def observe(self) -> Observation:
+        """Read the world. Raises OllamaError when Ollama cannot be observed."""
+        at = self.clock()
+        version = self.client.version()
+        loaded = self.client.ps()
+        installed = self.client.tags()
+        gpu = self.gpu.snapshot() if self.gpu is not None else GpuSnapshot(error="GPU probe off")
+        return Observation(
+            at=at,
+            ollama_version=version,
+            loaded=loaded,
+            installed=installed,
+            gpu=gpu,
+            details=self._model_details(installed),
+            footprints=self._footprints(),
+        )
+
+    def _model_details(self, installed: tuple[InstalledModel, ...]) -> dict[str, ModelDetails]:
+        wanted = {m.name for m in self.policy.models}
+        details: dict[str, ModelDetails] = {}
+        for model in installed:
+            if model.name not in wanted:
+                continue
+            key = (model.name, model.digest)
+            if key not in self._details:
+                try:
+                    self._details[key] = self.client.show(model.name)
+                except OllamaUnreachable:
+                    raise
+                except OllamaError:
+                    continue  # details only refine estimates; the pass goes on without
+            details[model.name] = self._details[key]
+        return details
+
+    def _footprints(self) -> dict[str, Footprint]:
+        if self.state is None:
+            return {}
+        try:
+            return dict(self.state.footprints())
+        except StateError:
+            return {}
+
+    # -- the pass --------------------------------------------------------------------------
+
+    def run_pass(self, *, stop: threading.Event | None = None) -> PassReport:
+        """Observe, plan, act, observe again. Never raises for Ollama or NVML trouble: the
+        report says what went wrong."""
+        started = self.clock()
+        begun = self.monotonic()
+        pinned = tuple(m.name for m in self.policy.pinned)
+        extras = tuple(m.name for m in self.policy.extras)
+        try:
+            observation = self.observe()
+        except OllamaError as exc:
+            return PassReport(
+                started, self.monotonic() - begun, pinned, extras, None, error=str(exc)
+            )
+        the_plan = plan(self.policy, observation, observation.at)
+        outcomes = self._act(the_plan.actions, stop)
+        final: Observation | None = observation
+        if any(o.ok and not o.skipped for o in outcomes):
+            final = self._reobserve(observation)
+        state_error = self._remember(final)
+        return PassReport(
+            started,
+            self.monotonic() - begun,
+            pinned,
+            extras,
+            observation,
+            plan=the_plan,
+            outcomes=outcomes,
+            final=final,
+            state_error=state_error,
+        )
+
+    def _reobserve(self, before: Observation) -> Observation | None:
+        try:
+            loaded = self.client.ps()
+        except OllamaError:
+            return None
+        gpu = self.gpu.snapshot() if self.gpu is not None else before.gpu
+        return replace(before, at=self.clock(), loaded=loaded, gpu=gpu)
+
+    def _remember(self, observation: Observation | None) -> str | None:
+        if self.state is None or observation is None:
+            return None
+        names = {m.name for m in self.policy.models}
+        seen = {
+            m.name: Footprint(m.size, m.size_vram, m.context_length)
+            for m in observation.loaded
+            if m.name in names and m.size > 0
+        }
+        try:
+            self.state.update(seen, names)
+        except StateError as exc:
+            return str(exc)
+        return None
+
+    # -- act -------------------------------------------------------------------------------
+
+    def _act(
+        self, actions: tuple[Action, ...], stop: threading.Event | None
+    ) -> tuple[Outcome, ...]:
+        outcomes: list[Outcome] = []
+        failed_pulls: set[str] = set()
+        gone: str | None = None
+        for action in actions:
+            if stop is not None and stop.is_set():
+                outcomes.append(Outcome(action, ok=False, skipped=True, error="pass stopped"))
+                continue
+            if gone is not None:
+                outcomes.append(Outcome(action, ok=False, skipped=True, error=gone))
+                continue
+            if action.model in failed_pulls:
+                outcomes.append(Outcome(action, ok=False, skipped=True, error="pull failed"))
+                continue
+            waiting = self._backing_off(action)
+            if waiting is not None:
+                outcomes.append(Outcome(action, ok=False, skipped=True, error=waiting))
+                continue
+            outcome = self._execute(action)
+            outcomes.append(outcome)
+            if not outcome.ok and action.kind is ActionKind.PULL:
+                failed_pulls.add(action.model)
+            if action.is_load:
+                self._note_result(action.model, outcome.ok)
+            if outcome.error is not None and outcome.error.startswith("unreachable: "):
+                gone = "ollama went away during the pass"
+        return tuple(outcomes)
+
+    def _execute(self, action: Action) -> Outcome:
+        begun = self.monotonic()
+        try:
+            if action.is_load:
+                result = self.client.load(
+                    action.model,
+                    options=dict(action.options),
+                    keep_alive=action.keep_alive,
+                    endpoint=action.endpoint,
+                )
+                return Outcome(
+                    action,
+                    ok=True,
+                    seconds=result.seconds,
+                    load_duration=result.load_duration,
+                    endpoint=result.endpoint,
+                )
+            if action.kind is ActionKind.UNLOAD:
+                self.client.unload(action.model, endpoint=action.endpoint)
+            elif action.kind is ActionKind.PULL:
+                self.client.pull(action.model)
+            return Outcome(action, ok=True, seconds=self.monotonic() - begun)
+        except OllamaUnreachable as exc:
+            return Outcome(
+                action, ok=False, seconds=self.monotonic() - begun, error=f"unreachable: {exc}"
+            )
+        except SentinelError as exc:
+            return Outcome(action, ok=False, seconds=self.monotonic() - begun, error=str(exc))
+
+    def _backing_off(self, action: Action) -> str | None:
+        if not action.is_load:
+            return None
+        entry = self._failures.get(action.model)
+        if entry is None:
+            return None
+        count, retry_at = entry
+        now = self.clock()
+        if now >= retry_at:
+            return None
+        wait = (retry_at - now).total_seconds()
+        return f"backing off after {count} failed load(s); next try in {wait:.0f}s"
+
+    def _note_result(self, model: str, ok: bool) -> None:
+        if ok:
+            self._failures.pop(model, None)
+            return
+        count = self._failures.get(model, (0, self.clock()))[0] + 1
+        delay = min(BACKOFF_BASE_SECONDS * 2 ** (count - 1), BACKOFF_MAX_SECONDS)
+        self._failures[model] = (count, self.clock() + timedelta(seconds=delay))

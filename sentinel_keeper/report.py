@@ -1,0 +1,154 @@
+"""Pure text and JSON renderings of what a pass saw and did, shared by the CLI and the daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sentinel_keeper.observation import GpuSnapshot, Observation
+from sentinel_keeper.policy import Policy
+from sentinel_keeper.reconcile import Outcome, PassReport
+from sentinel_keeper.units import format_duration, format_size
+
+GIB = 1024**3
+
+
+def gpu_summary(gpu: GpuSnapshot) -> str:
+    """ "GPU0 1.2 of 3.0 GiB free", one clause per GPU, or why memory is unknown."""
+    if not gpu.known:
+        return f"GPU memory unknown ({gpu.error or 'no GPU'})"
+    return ", ".join(
+        f"GPU{g.index} {g.free / GIB:.1f} of {g.total / GIB:.1f} GiB free" for g in gpu.gpus
+    )
+
+
+def status_line(report: PassReport) -> str:
+    """One short line a person understands, for systemd's STATUS= and the CLI."""
+    latest = report.latest
+    if latest is None:
+        return f"ollama unreachable: {report.error}"
+    pinned = f"{len(report.resident(report.pinned))}/{len(report.pinned)} pinned resident"
+    parts = [pinned]
+    if report.extras:
+        parts[0] += f", {len(report.resident(report.extras))}/{len(report.extras)} extras"
+    parts.append(gpu_summary(latest.gpu))
+    parts.append(f"ollama {latest.ollama_version}")
+    line = "; ".join(parts)
+    missing = report.pinned_missing
+    if missing:
+        line += f"; missing: {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else "")
+    return line
+
+
+def outcome_line(outcome: Outcome) -> str:
+    """ "load      llama3.2:1b  ok 1.2s  pinned and not loaded" """
+    action = outcome.action
+    if outcome.skipped:
+        result = "skipped"
+    elif outcome.ok:
+        result = f"ok {outcome.seconds:.1f}s"
+    else:
+        result = "FAILED"
+    line = f"{action.kind.value:<9} {action.model:<28} {result:<10} {action.reason}"
+    if outcome.error:
+        line += f" ({outcome.error})"
+    return line
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    tier: str
+    resident: bool
+    forever: bool
+    expires_at: datetime | None
+    context_length: int | None
+    size: int | None
+    size_vram: int | None
+    installed: bool
+
+    def expiry_text(self, now: datetime) -> str:
+        if not self.resident:
+            return "-"
+        if self.forever:
+            return "forever"
+        if self.expires_at is None:
+            return "unknown"
+        seconds = (self.expires_at - now).total_seconds()
+        return f"in {format_duration(max(seconds, 0))}"
+
+
+def model_statuses(policy: Policy, observation: Observation) -> list[ModelStatus]:
+    loaded = observation.loaded_by_name()
+    installed = observation.installed_by_name()
+    rows = []
+    for model in policy.models:
+        instance = loaded.get(model.name)
+        rows.append(
+            ModelStatus(
+                name=model.name,
+                tier=model.tier,
+                resident=instance is not None,
+                forever=instance is not None and instance.is_forever(observation.at),
+                expires_at=instance.expires_at if instance else None,
+                context_length=instance.context_length if instance else None,
+                size=instance.size if instance else None,
+                size_vram=instance.size_vram if instance else None,
+                installed=instance is not None or model.name in installed,
+            )
+        )
+    return rows
+
+
+def status_table(policy: Policy, observation: Observation) -> list[str]:
+    header = f"{'MODEL':<28} {'TIER':<7} {'STATE':<13} {'EXPIRES':<12} {'CONTEXT':>7}  VRAM"
+    lines = [header]
+    for row in model_statuses(policy, observation):
+        if row.resident:
+            state = "resident" if row.size_vram == row.size else "spilled"
+        else:
+            state = "not loaded" if row.installed else "not installed"
+        vram = (
+            f"{format_size(row.size_vram)} of {format_size(row.size)}"
+            if row.resident and row.size_vram != row.size
+            else format_size(row.size_vram)
+            if row.resident
+            else "-"
+        )
+        context = str(row.context_length) if row.context_length else "-"
+        lines.append(
+            f"{row.name:<28} {row.tier:<7} {state:<13} {row.expiry_text(observation.at):<12} "
+            f"{context:>7}  {vram}"
+        )
+    return lines
+
+
+def status_json(policy: Policy, observation: Observation) -> dict[str, Any]:
+    gpu = observation.gpu
+    return {
+        "ollama": {"url": policy.ollama.url, "version": observation.ollama_version},
+        "gpu": {
+            "known": gpu.known,
+            "error": gpu.error,
+            "gpus": [
+                {"index": g.index, "name": g.name, "total": g.total, "used": g.used, "free": g.free}
+                for g in gpu.gpus
+            ],
+        },
+        "models": [
+            {
+                "name": row.name,
+                "tier": row.tier,
+                "installed": row.installed,
+                "resident": row.resident,
+                "forever": row.forever,
+                "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+                "context_length": row.context_length,
+                "size": row.size,
+                "size_vram": row.size_vram,
+            }
+            for row in model_statuses(policy, observation)
+        ],
+        "foreign_models": [m.name for m in observation.loaded if policy.model(m.name) is None],
+    }

@@ -1,0 +1,115 @@
+"""What the keeper remembers across restarts: the memory each policy model took when last
+loaded. A small JSON file in the state directory (systemd's StateDirectory=)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+
+from sentinel_keeper.errors import StateError
+from sentinel_keeper.observation import Footprint
+
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+MAX_STATE_BYTES = 1024 * 1024
+MAX_MODELS = 1000
+
+
+def default_state_dir() -> str:
+    """$STATE_DIRECTORY (set by systemd's StateDirectory=), else /var/lib/sentinel-keeper."""
+    configured = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return configured or "/var/lib/sentinel-keeper"
+
+
+class StateStore:
+    """Footprints by model name, read once and written atomically only when they change."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, STATE_FILE)
+        self._footprints: dict[str, Footprint] | None = None
+
+    def footprints(self) -> Mapping[str, Footprint]:
+        """The remembered footprints; an unreadable or corrupt file counts as empty."""
+        if self._footprints is None:
+            try:
+                self._footprints = self._read()
+            except StateError:
+                self._footprints = {}
+                raise
+        return dict(self._footprints)
+
+    def _read(self) -> dict[str, Footprint]:
+        try:
+            with open(self.path, "rb") as handle:
+                raw = handle.read(MAX_STATE_BYTES + 1)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StateError(f"cannot read {self.path}: {exc.strerror}") from None
+        if len(raw) > MAX_STATE_BYTES:
+            raise StateError(f"{self.path} is larger than {MAX_STATE_BYTES} bytes; ignoring it")
+        try:
+            data = json.loads(raw)
+            entries = data["footprints"]
+            return {
+                str(name): Footprint(
+                    size=int(entry["size"]),
+                    size_vram=int(entry["size_vram"]),
+                    context_length=(
+                        None
+                        if entry.get("context_length") is None
+                        else int(entry["context_length"])
+                    ),
+                )
+                for name, entry in list(entries.items())[:MAX_MODELS]
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StateError(f"{self.path} is corrupt ({exc}); starting afresh") from None
+
+    def update(self, footprints: Mapping[str, Footprint], keep: set[str]) -> bool:
+        """Merge ``footprints`` in, forget models not in ``keep``; write if anything changed.
+        Returns whether the file was written."""
+        try:
+            current = dict(self.footprints())
+        except StateError:
+            current = {}
+        merged = {name: fp for name, fp in current.items() if name in keep}
+        merged.update({name: fp for name, fp in footprints.items() if name in keep})
+        if merged == self._footprints:
+            return False
+        self._write(merged)
+        self._footprints = merged
+        return True
+
+    def _write(self, footprints: Mapping[str, Footprint]) -> None:
+        data = {
+            "version": STATE_VERSION,
+            "footprints": {
+                name: {
+                    "size": fp.size,
+                    "size_vram": fp.size_vram,
+                    "context_length": fp.context_length,
+                }
+                for name, fp in sorted(footprints.items())
+            },
+        }
+        text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+        try:
+            os.makedirs(self.directory, mode=0o755, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.directory)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            raise StateError(f"cannot write {self.path}: {exc.strerror}") from None
