@@ -1,0 +1,173 @@
+"""The command line. The only module that prints user errors or chooses an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from sentinel_keeper import __version__
+from sentinel_keeper.errors import OllamaError, OllamaUnreachable, PolicyError, SentinelError
+from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema, load_policy
+from sentinel_keeper.state import default_state_dir
+
+# Exit codes (sysexits.h where one fits). Documented in --help and the README.
+EXIT_OK = 0
+EXIT_NOT_RESIDENT = 1  # `once`: a pinned model is not resident after the pass
+EXIT_USAGE = 2  # bad command line (argparse)
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: Ollama unreachable
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: an internal error (a bug: please report it)
+EXIT_CONFIG = 78  # EX_CONFIG: the policy is missing or invalid
+
+EXIT_CODES_HELP = f"""exit codes:
+  {EXIT_OK}   success (`once`: every pinned model is resident afterwards)
+  {EXIT_NOT_RESIDENT}   `once`: some pinned model is not resident after the pass
+  {EXIT_USAGE}   bad command line
+  {EXIT_UNAVAILABLE}  Ollama is unreachable
+  {EXIT_SOFTWARE}  internal error
+  {EXIT_CONFIG}  the policy is missing or invalid (EX_CONFIG)
+"""
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _policy_path(args: argparse.Namespace) -> str:
+    return str(args.policy or os.environ.get("SENTINEL_POLICY") or DEFAULT_POLICY_PATH)
+
+
+def _load(args: argparse.Namespace) -> Policy:
+    return load_policy(_policy_path(args))
+
+
+def _out(text: str = "", stream: TextIO | None = None) -> None:
+    print(text, file=stream or sys.stdout)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    policy = _load(args)
+    pinned, extras = len(policy.pinned), len(policy.extras)
+    _out(
+        f"{policy.source}: ok ({pinned} pinned, {extras} extra models; ollama at {policy.ollama.url})"
+    )
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    _out(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from sentinel_keeper.report import gpu_summary, outcome_line, status_line
+    from sentinel_keeper.runtime import open_reconciler
+
+    policy = _load(args)
+    with open_reconciler(policy, args.state_dir) as reconciler:
+        report = reconciler.run_pass()
+    observation = report.observation
+    if observation is None:
+        _out(f"sentinel-keeper: {report.error}", sys.stderr)
+        return EXIT_UNAVAILABLE
+    _out(
+        f"ollama {observation.ollama_version} at {policy.ollama.url}; {gpu_summary(observation.gpu)}"
+    )
+    for outcome in report.outcomes:
+        _out(outcome_line(outcome))
+    for finding in report.plan.findings:
+        _out(f"{'warning' if finding.warning else 'note':<9} {finding.message}")
+    if not report.outcomes:
+        _out("nothing to do")
+    if report.state_error:
+        _out(f"warning: {report.state_error} (sizes of extras will be estimated)", sys.stderr)
+    _out(status_line(report))
+    return EXIT_OK if report.all_pinned_resident else EXIT_NOT_RESIDENT
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sentinel_keeper.report import gpu_summary, status_json, status_table
+    from sentinel_keeper.runtime import open_reconciler
+
+    policy = _load(args)
+    with open_reconciler(policy, None) as reconciler:
+        observation = reconciler.observe()
+    if args.json:
+        _out(json.dumps(status_json(policy, observation), indent=2))
+        return EXIT_OK
+    _out(f"ollama {observation.ollama_version} at {policy.ollama.url}")
+    _out(gpu_summary(observation.gpu))
+    for line in status_table(policy, observation):
+        _out(line)
+    foreign = [m.name for m in observation.loaded if policy.model(m.name) is None]
+    if foreign:
+        _out(f"also loaded, not in the policy (left alone): {', '.join(foreign)}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sentinel-keeper",
+        description="Keeps the right Ollama models warm in GPU memory.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--policy",
+        metavar="PATH",
+        help=f"policy file (default: $SENTINEL_POLICY or {DEFAULT_POLICY_PATH})",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=default_state_dir(),
+        help="where remembered model sizes are kept (default: $STATE_DIRECTORY "
+        "or /var/lib/sentinel-keeper)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("check", cmd_check, "validate the policy; every error as PATH:LINE:COL")
+    command("once", cmd_once, "run one reconcile pass, print what was done and why")
+    status = command("status", cmd_status, "show each policy model, GPU memory and Ollama")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    command("schema", cmd_schema, "print the policy's JSON Schema (for editors)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except PolicyError as exc:
+        _out(str(exc), sys.stderr)
+        count = len(exc.diagnostics)
+        _out(f"{exc.path}: {count} error{'s' if count != 1 else ''}", sys.stderr)
+        return EXIT_CONFIG
+    except OllamaUnreachable as exc:
+        _out(f"sentinel-keeper: {exc}", sys.stderr)
+        return EXIT_UNAVAILABLE
+    except OllamaError as exc:
+        _out(f"sentinel-keeper: {exc}", sys.stderr)
+        return EXIT_UNAVAILABLE
+    except SentinelError as exc:
+        _out(f"sentinel-keeper: {exc}", sys.stderr)
+        return EXIT_SOFTWARE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
