@@ -12,6 +12,14 @@ from typing import TextIO
 from sentinel_keeper import __version__
 from sentinel_keeper.errors import OllamaError, OllamaUnreachable, PolicyError, SentinelError
 from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema, load_policy
+from sentinel_keeper.report import (
+    gpu_summary,
+    outcome_line,
+    status_json,
+    status_line,
+    status_table,
+)
+from sentinel_keeper.runtime import open_reconciler
 from sentinel_keeper.state import default_state_dir
 
 # Exit codes (sysexits.h where one fits). Documented in --help and the README.
@@ -61,8 +69,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from sentinel_keeper.report import gpu_summary, outcome_line, status_line
-    from sentinel_keeper.runtime import open_reconciler
 
     policy = _load(args)
     with open_reconciler(policy, args.state_dir) as reconciler:
@@ -87,8 +93,6 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sentinel_keeper.report import gpu_summary, status_json, status_table
-    from sentinel_keeper.runtime import open_reconciler
 
     policy = _load(args)
     with open_reconciler(policy, None) as reconciler:
