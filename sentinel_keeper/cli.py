@@ -57,9 +57,8 @@ def _out(text: str = "", stream: TextIO | None = None) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     policy = _load(args)
     pinned, extras = len(policy.pinned), len(policy.extras)
-    _out(
-        f"{policy.source}: ok ({pinned} pinned, {extras} extra models; ollama at {policy.ollama.url})"
-    )
+    url = policy.ollama.url
+    _out(f"{policy.source}: ok ({pinned} pinned, {extras} extras; ollama at {url})")
     return EXIT_OK
 
 
@@ -77,9 +76,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     if observation is None:
         _out(f"sentinel-keeper: {report.error}", sys.stderr)
         return EXIT_UNAVAILABLE
-    _out(
-        f"ollama {observation.ollama_version} at {policy.ollama.url}; {gpu_summary(observation.gpu)}"
-    )
+    version, gpu = observation.ollama_version, gpu_summary(observation.gpu)
+    _out(f"ollama {version} at {policy.ollama.url}; {gpu}")
     for outcome in report.outcomes:
         _out(outcome_line(outcome))
     for finding in report.plan.findings:
