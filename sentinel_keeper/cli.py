@@ -7,10 +7,18 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TextIO
 
 from sentinel_keeper import __version__
-from sentinel_keeper.errors import OllamaError, OllamaUnreachable, PolicyError, SentinelError
+from sentinel_keeper.dropin import OverrideReport, apply_override
+from sentinel_keeper.errors import (
+    OllamaError,
+    OllamaUnreachable,
+    OverrideError,
+    PolicyError,
+    SentinelError,
+)
 from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema, load_policy
 from sentinel_keeper.report import (
     gpu_summary,
@@ -26,16 +34,18 @@ from sentinel_keeper.state import default_state_dir
 EXIT_OK = 0
 EXIT_NOT_RESIDENT = 1  # `once`: a pinned model is not resident after the pass
 EXIT_USAGE = 2  # bad command line (argparse)
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: Ollama unreachable
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: Ollama unreachable; apply-override: systemctl failed
 EXIT_SOFTWARE = 70  # EX_SOFTWARE: an internal error (a bug: please report it)
+EXIT_CANTCREAT = 73  # EX_CANTCREAT: apply-override could not write or remove its drop-in
 EXIT_CONFIG = 78  # EX_CONFIG: the policy is missing or invalid
 
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}   success (`once`: every pinned model is resident afterwards)
   {EXIT_NOT_RESIDENT}   `once`: some pinned model is not resident after the pass
   {EXIT_USAGE}   bad command line
-  {EXIT_UNAVAILABLE}  Ollama is unreachable
+  {EXIT_UNAVAILABLE}  Ollama is unreachable (apply-override: systemctl failed)
   {EXIT_SOFTWARE}  internal error
+  {EXIT_CANTCREAT}  apply-override: the drop-in could not be written or removed
   {EXIT_CONFIG}  the policy is missing or invalid (EX_CONFIG)
 """
 
@@ -108,6 +118,64 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_override(report: OverrideReport) -> None:
+    for conflict in report.conflicts:
+        _out(f"warning: {conflict}", sys.stderr)
+    for note in report.notes:
+        _out(f"warning: {note}", sys.stderr)
+    path, unit = report.path, report.unit
+    if report.dry_run:
+        if report.diff:
+            _out(report.diff.rstrip("\n"))
+        else:
+            _out(f"{path}: unchanged")
+        _out("dry run: nothing written, systemctl not called")
+        return
+    if report.status == "unchanged":
+        _out(f"{path}: unchanged")
+        return
+    if report.status == "absent":
+        _out(f"{path}: not there, nothing to remove")
+        return
+    _out(f"{'removed' if report.status == 'removed' else 'wrote'} {path}")
+    for call in report.systemctl_calls:
+        _out(f"ran: {' '.join(call)}")
+    if report.restart == "requested":
+        _out(f"{unit} restarts in the background if it runs; the models are warmed again after")
+    elif report.no_reload_reason is not None and report.no_reload_reason.startswith("--no-reload"):
+        _out(f"--no-reload: run `systemctl daemon-reload` and restart {unit} for this to apply")
+    elif report.no_reload_reason is not None:
+        _out(f"{report.no_reload_reason}; the change applies when {unit} next starts")
+    elif report.systemd_error is None:
+        _out(f"the change applies at {unit}'s next restart (ollama.restart: never)")
+
+
+def cmd_apply_override(args: argparse.Namespace) -> int:
+    policy = _load(args)
+    ollama = policy.ollama
+    try:
+        report = apply_override(
+            policy_path=policy.source,
+            unit=ollama.unit,
+            keep_alive=ollama.keep_alive,
+            environment=ollama.environment,
+            restart=ollama.restart,
+            dropin_dir=args.dropin_dir,
+            reload=not args.no_reload,
+            dry_run=args.dry_run,
+            remove=args.remove,
+        )
+    except OverrideError as exc:
+        _out(f"sentinel-keeper: {exc}", sys.stderr)
+        return EXIT_CANTCREAT
+    _print_override(report)
+    if report.systemd_error is not None:
+        done = "removed" if report.status == "removed" else "wrote"
+        _out(f"sentinel-keeper: {done} {report.path}, but {report.systemd_error}", sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentinel-keeper",
@@ -146,6 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", cmd_status, "show each policy model, GPU memory and Ollama")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     command("schema", cmd_schema, "print the policy's JSON Schema (for editors)")
+    override = command(
+        "apply-override",
+        cmd_apply_override,
+        "write the OLLAMA_KEEP_ALIVE drop-in of Ollama's unit from the policy (needs root)",
+    )
+    override.add_argument(
+        "--dropin-dir",
+        metavar="DIR",
+        type=Path,
+        help="directory of the drop-in (default: /etc/systemd/system/<ollama.unit>.d)",
+    )
+    override.add_argument(
+        "--no-reload", action="store_true", help="write the file, but do not call systemctl"
+    )
+    override.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    override.add_argument(
+        "--remove", action="store_true", help="delete sentinel-keeper's drop-in and reload"
+    )
     return parser
 
 
