@@ -67,6 +67,10 @@ def _keep_alive(value: object) -> float:
     return parse_duration(value, allow_forever=True, allow_zero=True)
 
 
+def _model_keep_alive(value: object) -> float:
+    return parse_duration(value, allow_forever=True)
+
+
 def _integer(minimum: int, description: str) -> Callable[[object], int]:
     def check(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -159,6 +163,11 @@ Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(_DURATION
 KeepAlive = Annotated[
     float,
     BeforeValidator(_keep_alive),
+    WithJsonSchema({**_DURATION_SCHEMA, "description": "-1 (or any negative) = forever"}),
+]
+ModelKeepAlive = Annotated[
+    float,
+    BeforeValidator(_model_keep_alive),
     WithJsonSchema({**_DURATION_SCHEMA, "description": "-1 (or any negative) = forever"}),
 ]
 Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA)]
@@ -277,7 +286,7 @@ class ModelPolicy(_Section):
         "pinned", description="pinned: always resident; extra: only when it fits"
     )
     options: LoadOptions = Field(default_factory=LoadOptions)
-    keep_alive: KeepAlive | None = Field(
+    keep_alive: ModelKeepAlive | None = Field(
         None, description="sent with the load request (default: -1 pinned, 1h extras)"
     )
     priority: AnyInt = Field(0, description="extras load highest first and are shed lowest first")
@@ -370,6 +379,11 @@ def _describe(error: Mapping[str, Any], path: Path) -> tuple[str, bool]:
     if kind == "extra_forbidden":
         model = _model_at(path[:-1])
         known = ", ".join(model.model_fields) if model else ""
+        if model is LoadOptions:
+            return (
+                f"not a load-time option (sampling options never reload a model and do not "
+                f"belong here; load-time options: {known})"
+            ), True
         return (f"unknown key (known keys: {known})" if known else "unknown key"), True
     if kind == "missing":
         return "is required", True

@@ -73,9 +73,12 @@ class _Builder:
             raise _Limits(f"nested deeper than {MAX_DEPTH} levels; refusing it", node.start_mark)
         self.positions.values.setdefault(path, _pos(node.start_mark))
         if isinstance(node, yaml.MappingNode):
-            self.loader.flatten_mapping(node)  # resolves "<<" merge keys
+            own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+            self.loader.flatten_mapping(node)  # resolves "<<" merge keys, merged entries first
+            merged = len(node.value) - own
             result: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
+            from_merge: set[Any] = set()
+            for index, (key_node, value_node) in enumerate(node.value):
                 key = (
                     self.loader.construct_object(key_node)
                     if isinstance(key_node, yaml.ScalarNode)
@@ -87,6 +90,13 @@ class _Builder:
                     )
                     continue
                 child: Path = path + (key if isinstance(key, str | int) else str(key),)
+                if index < merged:
+                    if key in result:
+                        continue  # the first merged mapping that has the key wins
+                    from_merge.add(key)
+                elif key in from_merge:
+                    from_merge.discard(key)  # an explicit key overrides a merged one
+                    del result[key]
                 if key in result:
                     first = self.positions.keys.get(child, (0, 0))
                     self.problems.append(
