@@ -41,7 +41,7 @@ class OllamaApi(Protocol):
         self,
         model: str,
         *,
-        options: dict[str, int | bool],
+        options: Mapping[str, int | bool],
         keep_alive: float,
         endpoint: Endpoint = "generate",
     ) -> LoadOutcome: ...
@@ -50,9 +50,12 @@ class OllamaApi(Protocol):
 
 
 class LoadOutcome(Protocol):
-    seconds: float
-    load_duration: float | None
-    endpoint: Endpoint
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def load_duration(self) -> float | None: ...
+    @property
+    def endpoint(self) -> Endpoint: ...
 
 
 class GpuApi(Protocol):
@@ -284,7 +287,7 @@ class Reconciler:
             if action.is_load:
                 result = self.client.load(
                     action.model,
-                    options=dict(action.options),
+                    options=action.options,
                     keep_alive=action.keep_alive,
                     endpoint=action.endpoint,
                 )
