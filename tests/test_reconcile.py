@@ -1,0 +1,162 @@
+"""The reconcile pass in-process: the real Ollama client over HTTP against the double."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from ollama_double import FakeModel, OllamaDouble
+
+from sentinel_keeper.observation import GpuInfo, GpuSnapshot
+from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.plan import ActionKind
+from sentinel_keeper.policy import Policy
+from sentinel_keeper.reconcile import BACKOFF_BASE_SECONDS, Reconciler
+from sentinel_keeper.report import status_line
+from sentinel_keeper.state import StateStore
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+class FixedGpu:
+    """Stands in for GpuProbe: returns the snapshot it is given (NVML itself is exercised
+    through the fake libnvidia-ml in test_gpu.py and test_cli.py)."""
+
+    def __init__(self, free: int, total: int = 16 * GiB) -> None:
+        self.free = free
+        self.total = total
+
+    def snapshot(self) -> GpuSnapshot:
+        return GpuSnapshot((GpuInfo(0, "GPU", self.total, self.total - self.free, self.free),))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def double() -> Iterator[OllamaDouble]:
+    models = [
+        FakeModel("llama3.2:1b", size=1300 * MiB),
+        FakeModel("qwen2.5:0.5b", size=400 * MiB),
+        FakeModel("big:70b", size=40 * GiB),
+    ]
+    server = OllamaDouble(models, vram_total=16 * GiB).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make(double: OllamaDouble, models: list[dict[str, object]], **kw: object) -> Reconciler:
+    policy = Policy.model_validate({"ollama": {"url": double.url}, "models": models})
+    client = OllamaClient(double.url, timeout=2, load_timeout=10)
+    return Reconciler(policy, client, **kw)  # type: ignore[arg-type]
+
+
+def test_a_pass_reports_what_it_saw_did_and_left(double: OllamaDouble, tmp_path: Path) -> None:
+    state = StateStore(str(tmp_path))
+    reconciler = make(
+        double,
+        [{"name": "llama3.2:1b"}, {"name": "qwen2.5:0.5b", "tier": "extra"}],
+        gpu=FixedGpu(8 * GiB),
+        state=state,
+    )
+    report = reconciler.run_pass()
+    assert report.reachable
+    assert [o.action.kind for o in report.outcomes] == [ActionKind.LOAD]
+    assert report.outcomes[0].ok
+    assert report.all_pinned_resident
+    assert status_line(report) == (
+        "1/1 pinned resident, 0/1 extras; GPU0 8.0 of 16.0 GiB free; ollama 0.33.0"
+    )
+    assert set(state.footprints()) == {"llama3.2:1b"}
+    second = reconciler.run_pass()  # the extra's turn, now that the pinned model is in
+    assert [(o.action.kind, o.action.model) for o in second.outcomes] == [
+        (ActionKind.LOAD, "qwen2.5:0.5b")
+    ]
+    third = reconciler.run_pass()
+    assert third.outcomes == ()
+    assert third.final == third.observation
+
+
+def test_unreachable_ollama_is_a_report_not_an_exception(double: OllamaDouble) -> None:
+    reconciler = make(double, [{"name": "llama3.2:1b"}])
+    double.stop()
+    report = reconciler.run_pass()
+    assert not report.reachable
+    assert report.error is not None and "unreachable" in report.error
+    assert report.pinned_missing == ("llama3.2:1b",)
+    assert status_line(report).startswith("ollama unreachable: ")
+
+
+def test_a_failing_load_backs_off_and_does_not_stop_the_others(double: OllamaDouble) -> None:
+    double.load_failures["llama3.2:1b"] = "llama runner process has terminated: out of memory"
+    clock = Clock()
+    reconciler = make(double, [{"name": "llama3.2:1b"}, {"name": "qwen2.5:0.5b"}], clock=clock)
+    first = reconciler.run_pass()
+    assert [(o.action.model, o.ok) for o in first.outcomes] == [
+        ("llama3.2:1b", False),
+        ("qwen2.5:0.5b", True),
+    ]
+    assert "out of memory" in (first.outcomes[0].error or "")
+    loads = double.load_count
+    retry = reconciler.run_pass()  # at once: backing off, nothing sent
+    assert retry.outcomes[0].skipped
+    assert "backing off after 1 failed load" in (retry.outcomes[0].error or "")
+    assert double.load_count == loads
+    clock.now += timedelta(seconds=BACKOFF_BASE_SECONDS + 1)
+    reconciler.run_pass()  # tried again, fails again: the wait doubles
+    clock.now += timedelta(seconds=BACKOFF_BASE_SECONDS + 1)
+    assert reconciler.run_pass().outcomes[0].skipped
+    del double.load_failures["llama3.2:1b"]
+    clock.now += timedelta(seconds=BACKOFF_BASE_SECONDS * 2)
+    recovered = reconciler.run_pass()
+    assert recovered.outcomes[0].ok and recovered.all_pinned_resident
+
+
+def test_a_set_stop_event_skips_the_remaining_actions(double: OllamaDouble) -> None:
+    reconciler = make(double, [{"name": "llama3.2:1b"}, {"name": "qwen2.5:0.5b"}])
+    stop = threading.Event()
+    stop.set()
+    report = reconciler.run_pass(stop=stop)
+    assert all(o.skipped and o.error == "pass stopped" for o in report.outcomes)
+    assert double.loaded() == []
+
+
+def test_pull_failure_skips_the_load(double: OllamaDouble) -> None:
+    double.pull_error = "pull model manifest: file does not exist"
+    reconciler = make(double, [{"name": "missing:1b", "pull": True}])
+    report = reconciler.run_pass()
+    assert [(o.action.kind, o.ok, o.skipped) for o in report.outcomes] == [
+        (ActionKind.PULL, False, False),
+        (ActionKind.LOAD, False, True),
+    ]
+    assert report.outcomes[1].error == "pull failed"
+
+
+def test_unwritable_state_is_reported_and_the_pass_goes_on(
+    double: OllamaDouble, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    reconciler = make(double, [{"name": "llama3.2:1b"}], state=StateStore(str(blocker / "state")))
+    report = reconciler.run_pass()
+    assert report.all_pinned_resident
+    assert report.state_error is not None and "cannot write" in report.state_error
+
+
+def test_corrupt_state_counts_as_empty(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("{not json")
+    store = StateStore(str(tmp_path))
+    with pytest.raises(Exception, match="corrupt"):
+        store.footprints()
+    assert store.footprints() == {}
