@@ -26,7 +26,7 @@ from pydantic import (
 
 from sentinel_keeper.errors import Diagnostic, PolicyError
 from sentinel_keeper.names import normalize_model_name
-from sentinel_keeper.ollama_env import environment_problem
+from sentinel_keeper.ollama_env import name_problem, value_problem
 from sentinel_keeper.units import parse_duration, parse_size, show
 from sentinel_keeper.yamlsource import (
     MAX_FILE_BYTES,
@@ -440,9 +440,13 @@ def _check_environment(data: Any, problems: list[tuple[Path, str, bool]]) -> Non
         else:
             problems.append((path, f"must be a string or a number, got {show(value)}", False))
             continue
-        problem = environment_problem(key, text)
+        problem = name_problem(key)
         if problem is not None:
-            problems.append((path, problem, not problem.startswith("value")))
+            problems.append((path, problem, True))
+            continue
+        problem = value_problem(key, text)
+        if problem is not None:
+            problems.append((path, problem, False))
 
 
 def parse_policy(text: str, source: str) -> Policy:

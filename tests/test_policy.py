@@ -205,6 +205,8 @@ def test_environment_values_are_checked_where_they_are_written() -> None:
         "p.yaml:4:5: ollama.environment.OLLAMA_KEEP_ALIVE: set it with ollama.keep_alive, not here"
     )
     assert len(messages) == 2
+    (bad_value,) = errors("ollama:\n  environment:\n    OLLAMA_NUM_PARALLEL: lots\n")
+    assert bad_value.startswith("p.yaml:3:26: ollama.environment.OLLAMA_NUM_PARALLEL: ")
 
 
 @pytest.mark.parametrize(
