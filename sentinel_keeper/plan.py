@@ -364,9 +364,7 @@ def _plan_extras(
                 findings.append(_not_installed(model))
             continue
 
-        def skip(
-            why: str, model: ModelPolicy = model, **data: int | float | str | None
-        ) -> None:
+        def skip(why: str, model: ModelPolicy = model, **data: int | float | str | None) -> None:
             findings.append(
                 Finding(
                     FindingKind.EXTRA_SKIPPED,
