@@ -1,0 +1,140 @@
+"""The sd_notify protocol: what the daemon tells systemd (READY, STATUS, WATCHDOG, RELOADING,
+STOPPING, EXTEND_TIMEOUT_USEC).
+
+Sending goes through the sdnotify package, which ignores every error: a keeper whose
+notification socket went away keeps keeping. Without NOTIFY_SOCKET nothing is sent at all.
+The parsing of systemd's variables (WATCHDOG_USEC, WATCHDOG_PID) and the formatting of the
+messages are pure functions, tested on their own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import sdnotify
+
+# STATUS is shown by `systemctl status` on one line; keep it short and single-line.
+MAX_STATUS_CHARS = 200
+
+
+def watchdog_period(env: Mapping[str, str], pid: int) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC, as sd_watchdog_enabled
+    advises), or None when systemd asks for none or asks another process (WATCHDOG_PID)."""
+    raw = env.get("WATCHDOG_USEC", "").strip()
+    if not raw:
+        return None
+    try:
+        usec = int(raw)
+    except ValueError:
+        return None
+    if usec <= 0:
+        return None
+    owner = env.get("WATCHDOG_PID", "").strip()
+    if owner:
+        try:
+            if int(owner) != pid:
+                return None
+        except ValueError:
+            return None
+    return usec / 2_000_000
+
+
+def clean_status(text: str) -> str:
+    """One line of printable ASCII, bounded: the protocol is newline separated, and sdnotify
+    encodes as Latin-1, which would turn other characters into mojibake or drop the message."""
+    flat = " ".join(text.split())
+    ascii_only = "".join(c if 32 <= ord(c) < 127 else "?" for c in flat)
+    if len(ascii_only) > MAX_STATUS_CHARS:
+        ascii_only = ascii_only[: MAX_STATUS_CHARS - 3] + "..."
+    return ascii_only
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, as MONOTONIC_USEC= wants it."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def message(*fields: tuple[str, str]) -> str:
+    """An sd_notify datagram: KEY=VALUE lines."""
+    return "\n".join(f"{key}={value}" for key, value in fields)
+
+
+class Notifier:
+    """Sends sd_notify messages; a no-op without NOTIFY_SOCKET. Thread-safe: the daemon sends
+    from its main thread, but nothing breaks if a worker sends too."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        pid: int | None = None,
+        send: Callable[[str], None] | None = None,
+        monotonic_usec: Callable[[], int] = monotonic_usec,
+    ) -> None:
+        environ = os.environ if env is None else env
+        self.enabled = bool(environ.get("NOTIFY_SOCKET")) or send is not None
+        self.watchdog_interval = watchdog_period(environ, os.getpid() if pid is None else pid)
+        self._monotonic_usec = monotonic_usec
+        self._lock = threading.Lock()
+        self._status: str | None = None
+        self._send: Callable[[str], None] | None = send
+        if self._send is None and self.enabled:
+            # SystemdNotifier reads NOTIFY_SOCKET from os.environ; an explicit env (tests) is
+            # only honoured for the watchdog settings.
+            self._send = sdnotify.SystemdNotifier().notify
+
+    def _emit(self, text: str) -> None:
+        if self._send is None:
+            return
+        with self._lock:
+            self._send(text)
+
+    @property
+    def status_text(self) -> str | None:
+        """The last STATUS= sent."""
+        return self._status
+
+    def status(self, text: str) -> bool:
+        """STATUS=, only when it differs from the last one sent. Returns whether it was sent."""
+        line = clean_status(text)
+        if line == self._status:
+            return False
+        self._status = line
+        self._emit(message(("STATUS", line)))
+        return True
+
+    def ready(self, status: str | None = None) -> None:
+        fields = [("READY", "1")]
+        if status is not None:
+            self._status = clean_status(status)
+            fields.append(("STATUS", self._status))
+        self._emit(message(*fields))
+
+    def reloading(self, status: str | None = None) -> None:
+        """RELOADING=1 with MONOTONIC_USEC, which Type=notify-reload (systemd >= 253) needs to
+        match the reload to its request; older systemd ignores the extra field."""
+        fields = [("RELOADING", "1"), ("MONOTONIC_USEC", str(self._monotonic_usec()))]
+        if status is not None:
+            self._status = clean_status(status)
+            fields.append(("STATUS", self._status))
+        self._emit(message(*fields))
+
+    def stopping(self, status: str | None = None) -> None:
+        fields = [("STOPPING", "1")]
+        if status is not None:
+            self._status = clean_status(status)
+            fields.append(("STATUS", self._status))
+        self._emit(message(*fields))
+
+    def watchdog(self) -> None:
+        """WATCHDOG=1, only when systemd asked this process for pings."""
+        if self.watchdog_interval is not None:
+            self._emit(message(("WATCHDOG", "1")))
+
+    def extend_timeout(self, seconds: float) -> None:
+        """EXTEND_TIMEOUT_USEC=: the current start (or stop) may take this much longer, from
+        now. Must be repeated before it runs out."""
+        self._emit(message(("EXTEND_TIMEOUT_USEC", str(max(int(seconds * 1_000_000), 1)))))
