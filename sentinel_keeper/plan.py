@@ -157,6 +157,17 @@ def expected_footprint(model: ModelPolicy, policy: Policy, observation: Observat
     return int(disk * (1 + GRAPH_OVERHEAD)) + kv
 
 
+def expected_context_length(model: ModelPolicy, observation: Observation) -> int | None:
+    """The context_length /api/ps shows for the policy's num_ctx: Ollama caps num_ctx at the
+    model's trained context length, so a larger num_ctx shows (and matches) as that."""
+    wanted = model.options.num_ctx
+    if wanted is None:
+        return None
+    details = observation.details.get(model.name)
+    trained = details.context_length if details is not None else None
+    return trained if trained and trained < wanted else wanted
+
+
 def _keep_alive_short(loaded: LoadedModel, wanted: float, interval: float, now: datetime) -> bool:
     """Does the instance's timer fall short of what the policy asks for?"""
     if wanted < 0:
@@ -192,7 +203,7 @@ def _resident_actions(
     model: ModelPolicy, loaded: LoadedModel, policy: Policy, observation: Observation, now: datetime
 ) -> list[Action]:
     """Actions for a policy model that /api/ps shows: reload, reassert or refresh."""
-    wanted_ctx = model.options.num_ctx
+    wanted_ctx = expected_context_length(model, observation)
     if (
         wanted_ctx is not None
         and loaded.context_length is not None

@@ -97,6 +97,18 @@ def test_context_length_is_compared_only_when_both_sides_know_it(
     assert plan(policy(entry), obs, NOW).actions == ()
 
 
+def test_num_ctx_above_the_trained_context_matches_the_capped_instance() -> None:
+    # Ollama caps num_ctx at the trained context length: /api/ps then shows the cap, and a
+    # request with the policy's larger num_ctx would not reload. No reload loop either here.
+    details = {"llama3.2:1b": ModelDetails(name="llama3.2:1b", context_length=1024)}
+    capped = observation(loaded_models=(loaded("llama3.2:1b", ctx=1024),), details=details)
+    assert plan(policy(PINNED), capped, NOW).actions == ()
+    other = observation(loaded_models=(loaded("llama3.2:1b", ctx=512),), details=details)
+    (action,) = plan(policy(PINNED), other, NOW).actions
+    assert action.kind is ActionKind.RELOAD
+    assert "policy says 1024" in action.reason
+
+
 def test_model_without_expiry_information_is_left_alone() -> None:
     model = loaded("llama3.2:1b", ctx=2048)
     obs = observation(loaded_models=(model.__class__(**{**model.__dict__, "expires_at": None}),))
