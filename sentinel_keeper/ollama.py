@@ -451,7 +451,8 @@ class OllamaClient:
         if isinstance(exc, httpx.ConnectTimeout):
             raise OllamaUnreachable(self.base_url, f"{where}: connecting timed out") from exc
         if isinstance(exc, httpx.TimeoutException):
-            raise OllamaTimeout(self.base_url, f"{where}: no answer within {limit:g} s") from exc
+            within = "in time" if limit is None else f"within {limit:g} s"
+            raise OllamaTimeout(self.base_url, f"{where}: no answer {within}") from exc
         if isinstance(exc, httpx.RemoteProtocolError):
             raise OllamaUnreachable(
                 self.base_url, f"{where}: connection closed without an answer"
