@@ -8,11 +8,15 @@ DEFAULT_TAG = "latest"
 def normalize_model_name(name: str) -> str:
     """Return ``name`` in the ``name:tag`` form that /api/ps and /api/tags use.
 
-    ``llama3.2`` becomes ``llama3.2:latest``; ``hf.co/org/repo:Q4_K_M`` and
+    ``llama3.2`` and ``registry.ollama.ai/library/llama3.2`` become ``llama3.2:latest``; ``hf.co/org/repo:Q4_K_M`` and
     ``host:5000/ns/model`` keep their own tag (or gain ``:latest``): a colon only starts the
     tag when it comes after the last slash.
     """
     name = name.strip()
+    for prefix in ("registry.ollama.ai/", "library/"):
+        # Ollama shows its own registry's models by the shortest name (DisplayShortest).
+        if name.startswith(prefix) and len(name) > len(prefix):
+            name = name[len(prefix) :]
     last_part = name.rsplit("/", 1)[-1]
     if ":" in last_part:
         return name

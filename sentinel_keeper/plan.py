@@ -23,6 +23,10 @@ Endpoint = Literal["generate", "embed"]
 OLLAMA_FIT_FRACTION = 0.8
 OLLAMA_MODELS_PER_GPU = 3
 OLLAMA_DEFAULT_NUM_CTX = 4096
+# Without num_ctx or OLLAMA_CONTEXT_LENGTH, Ollama picks the default context by total VRAM.
+OLLAMA_NUM_CTX_BY_VRAM = ((47 * 1024**3, 262144), (23 * 1024**3, 32768))
+# Ollama's automatic num_batch grows with the context, and the compute graph with it.
+BATCH_SURCHARGE = ((32768, 2 * 1024**3), (4096, 768 * 1024**2))
 # Without a remembered size or architecture details, assume this share of the file size
 # for the KV cache and compute graph.
 UNKNOWN_ARCH_OVERHEAD = 0.25
@@ -133,9 +137,16 @@ def expected_footprint(model: ModelPolicy, policy: Policy, observation: Observat
     disk = installed.size
     details = observation.details.get(model.name)
     parallel = _environment_int(policy, "OLLAMA_NUM_PARALLEL") or 1
-    ctx = wanted_ctx or _environment_int(policy, "OLLAMA_CONTEXT_LENGTH") or OLLAMA_DEFAULT_NUM_CTX
+    if details is not None and details.embedding_only:
+        parallel = 1  # Ollama runs embedding models with one slot
+    ctx = (
+        wanted_ctx
+        or _environment_int(policy, "OLLAMA_CONTEXT_LENGTH")
+        or default_num_ctx(observation)
+    )
     if details is not None and details.context_length:
         ctx = min(ctx, details.context_length)
+    surcharge = next((extra for above, extra in BATCH_SURCHARGE if ctx * parallel > above), 0)
     if details is None or not (details.block_count and details.head_count_kv):
         return int(disk * (1 + UNKNOWN_ARCH_OVERHEAD))
     head_dim_k = details.key_length or (
@@ -154,7 +165,17 @@ def expected_footprint(model: ModelPolicy, policy: Policy, observation: Observat
         * (head_dim_k + head_dim_v)
         * KV_BYTES_PER_VALUE
     )
-    return int(disk * (1 + GRAPH_OVERHEAD)) + kv
+    return int(disk * (1 + GRAPH_OVERHEAD)) + kv + surcharge
+
+
+def default_num_ctx(observation: Observation) -> int:
+    """Ollama's automatic num_ctx: by total VRAM when NVML knows it, else the smallest."""
+    total = observation.gpu.total
+    if total is not None:
+        for least, ctx in OLLAMA_NUM_CTX_BY_VRAM:
+            if total >= least:
+                return ctx
+    return OLLAMA_DEFAULT_NUM_CTX
 
 
 def expected_context_length(model: ModelPolicy, observation: Observation) -> int | None:
@@ -354,7 +375,9 @@ def _plan_extras(
                 model.tier,
                 f"{source} free {format_size(free)} is below the headroom {format_size(headroom)}; "
                 f"priority {model.priority} is the lowest loaded",
-                endpoint=endpoint_for(model, observation),
+                # /api/generate with keep_alive 0 unloads any model, embedding-only ones
+                # included; /api/embed would load the model first.
+                endpoint="generate",
             )
         )
         after[:] = [a for a in after if a.model != model.name]

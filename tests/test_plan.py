@@ -22,6 +22,7 @@ from planning import (
 from sentinel_keeper.observation import Footprint, ModelDetails
 from sentinel_keeper.plan import (
     ActionKind,
+    default_num_ctx,
     FindingKind,
     Plan,
     expected_footprint,
@@ -436,7 +437,16 @@ def test_footprint_estimate_from_file_size_and_kv_cache() -> None:
     )
     head_dim = 896 // 14
     kv = 24 * 8192 * 2 * 2 * (head_dim * 2) * 2  # layers x ctx x parallel x kv heads x (K+V) x f16
-    assert expected_footprint(pol.extras[0], pol, obs) == int(400 * MiB * 1.1) + kv
+    batch = 768 * MiB  # 8192 x 2 slots: Ollama's automatic num_batch grows to 1024
+    assert expected_footprint(pol.extras[0], pol, obs) == int(400 * MiB * 1.1) + kv + batch
+
+
+@pytest.mark.parametrize(
+    ("total", "ctx"), [(None, 4096), (8 * GiB, 4096), (24 * GiB, 32768), (80 * GiB, 262144)]
+)
+def test_automatic_num_ctx_follows_total_vram_as_in_ollama(total: int | None, ctx: int) -> None:
+    gpu = UNKNOWN_GPU if total is None else gpus((total, total))
+    assert default_num_ctx(observation(gpu=gpu)) == ctx
 
 
 def test_footprint_estimate_is_capped_by_the_trained_context() -> None:

@@ -62,11 +62,17 @@ def test_an_empty_policy_means_defaults_and_no_models() -> None:
 
 def test_names_are_normalised_and_keep_alive_defaults_by_tier() -> None:
     policy = parse_policy(
-        "models:\n  - name: llama3.2\n  - {name: 'hf.co/org/repo:Q4_K_M', tier: extra}\n",
+        "models:\n  - name: llama3.2\n  - {name: 'hf.co/org/repo:Q4_K_M', tier: extra}\n"
+        "  - name: registry.ollama.ai/library/qwen2.5:7b\n  - name: 'localhost:5000/team/m'\n",
         "p.yaml",
     )
-    assert [m.name for m in policy.models] == ["llama3.2:latest", "hf.co/org/repo:Q4_K_M"]
-    assert [m.effective_keep_alive for m in policy.models] == [-1, 3600]
+    assert [m.name for m in policy.models] == [
+        "llama3.2:latest",
+        "hf.co/org/repo:Q4_K_M",
+        "qwen2.5:7b",
+        "localhost:5000/team/m:latest",
+    ]
+    assert [m.effective_keep_alive for m in policy.models] == [-1, 3600, -1, -1]
 
 
 def test_durations_sizes_and_keep_alive_forms() -> None:
