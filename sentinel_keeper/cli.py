@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sentinel_keeper import __version__
+from sentinel_keeper.daemon import run_daemon
 from sentinel_keeper.dropin import OverrideReport, apply_override
 from sentinel_keeper.errors import (
     OllamaError,
@@ -19,6 +20,7 @@ from sentinel_keeper.errors import (
     PolicyError,
     SentinelError,
 )
+from sentinel_keeper.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, daemon_logger
 from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema, load_policy
 from sentinel_keeper.report import (
     gpu_summary,
@@ -150,6 +152,22 @@ def _print_override(report: OverrideReport) -> None:
         _out(f"the change applies at {unit}'s next restart (ollama.restart: never)")
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon. Its errors go to the log (journald priorities), not plain stderr."""
+    configure_logging(args.log_format, args.log_level)
+    log = daemon_logger()
+    try:
+        return run_daemon(_policy_path(args), state_dir=args.state_dir)
+    except PolicyError as exc:
+        log.error("policy_invalid", path=exc.path, errors=len(exc.diagnostics))
+        for diagnostic in exc.diagnostics:
+            log.error("policy_error", error=str(diagnostic))
+        return EXIT_CONFIG
+    except Exception as exc:
+        log.critical("internal_error", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        return EXIT_SOFTWARE
+
+
 def cmd_apply_override(args: argparse.Namespace) -> int:
     policy = _load(args)
     ollama = policy.ollama
@@ -214,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", cmd_status, "show each policy model, GPU memory and Ollama")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     command("schema", cmd_schema, "print the policy's JSON Schema (for editors)")
+    run = command("run", cmd_run, "the daemon: keep the policy's models warm (under systemd)")
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="auto",
+        help="auto: journal under journald (JOURNAL_STREAM), else console",
+    )
+    run.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default: info")
     override = command(
         "apply-override",
         cmd_apply_override,
