@@ -8,9 +8,9 @@ DEFAULT_TAG = "latest"
 def normalize_model_name(name: str) -> str:
     """Return ``name`` in the ``name:tag`` form that /api/ps and /api/tags use.
 
-    ``llama3.2`` and ``registry.ollama.ai/library/llama3.2`` become ``llama3.2:latest``; ``hf.co/org/repo:Q4_K_M`` and
-    ``host:5000/ns/model`` keep their own tag (or gain ``:latest``): a colon only starts the
-    tag when it comes after the last slash.
+    ``llama3.2`` and ``registry.ollama.ai/library/llama3.2`` become ``llama3.2:latest``;
+    ``hf.co/org/repo:Q4_K_M`` and ``host:5000/ns/model`` keep their own tag (or gain
+    ``:latest``): a colon only starts the tag when it comes after the last slash.
     """
     name = name.strip()
     for prefix in ("registry.ollama.ai/", "library/"):

@@ -22,9 +22,9 @@ from planning import (
 from sentinel_keeper.observation import Footprint, ModelDetails
 from sentinel_keeper.plan import (
     ActionKind,
-    default_num_ctx,
     FindingKind,
     Plan,
+    default_num_ctx,
     expected_footprint,
     plan,
 )
