@@ -118,7 +118,7 @@ def pass_events(history: History, report: PassReport) -> list[LogEvent]:
                 "ollama_back",
                 "info",
                 {
-                    "outage_seconds": max((report.started - since).total_seconds(), 0.0),
+                    "outage_seconds": round(max((report.started - since).total_seconds(), 0.0), 3),
                     "version": observation.ollama_version,
                 },
             )
@@ -223,7 +223,7 @@ def _outcome_event(report: PassReport, outcome: Outcome) -> LogEvent:
         failed: dict[str, object] = {
             **base,
             "action": action.kind.value,
-            "seconds": outcome.seconds,
+            "seconds": round(outcome.seconds, 3),
             "error": outcome.error,
         }
         if action.kind is ActionKind.PULL:
@@ -233,7 +233,7 @@ def _outcome_event(report: PassReport, outcome: Outcome) -> LogEvent:
         return LogEvent(
             "model_load_failed", "error" if action.tier == "pinned" else "warning", failed
         )
-    seconds = {"seconds": outcome.seconds}
+    seconds = {"seconds": round(outcome.seconds, 3)}
     if action.kind is ActionKind.LOAD:
         fields: dict[str, object] = {**base, **seconds}
         if outcome.load_duration is not None:
@@ -320,7 +320,7 @@ def _summary(report: PassReport, events: list[LogEvent]) -> LogEvent:
     fields["actions"] = len(attempted)
     if failed:
         fields["failed"] = failed
-    fields["seconds"] = report.seconds
+    fields["seconds"] = round(report.seconds, 3)
     latest = report.latest
     if latest is not None:
         fields["gpu"] = gpu_summary(latest.gpu)
