@@ -7,19 +7,10 @@ import json
 import math
 import re
 
+from sentinel_keeper.ollama_env import parse_go_duration
+
 FOREVER = -1.0
 
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _SIZE = re.compile(r"(-?\d+\.?\d*|-?\.\d+)\s*([KMGT]i?B|kB|B)?")
 _SIZE_UNITS = {
     None: 1,
@@ -54,24 +45,10 @@ def show(value: object, limit: int = 60) -> str:
 
 def _parse_go_duration(text: str) -> float | None:
     """Seconds for a Go duration string ("1h30m", "-5m", "0"), or None when it is not one."""
-    sign = 1.0
-    body = text
-    if body[:1] in "+-" and body:
-        sign = -1.0 if body[0] == "-" else 1.0
-        body = body[1:]
-    if body == "0":
-        return 0.0
-    if not body:
+    try:
+        return parse_go_duration(text) / 1e9
+    except ValueError:
         return None
-    total = 0.0
-    pos = 0
-    while pos < len(body):
-        match = _DURATION_PART.match(body, pos)
-        if match is None:
-            return None
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    return sign * total
 
 
 def parse_duration(
