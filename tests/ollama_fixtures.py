@@ -1,7 +1,6 @@
 """Models and helpers shared by the tests of the Ollama double and of the Ollama client.
 
-Fixtures themselves live in each test module (tests/conftest.py belongs to the lead); this
-module only builds things.
+Fixtures themselves live in each test module; this module only builds things.
 """
 
 from __future__ import annotations
