@@ -438,6 +438,28 @@ class RecordedRequest(NamedTuple):
     body: Any  # parsed JSON, None without a body, the raw text when it was not JSON
 
 
+class CompletionRecord(NamedTuple):
+    """One answered /api/generate or /api/chat request that generated tokens (benchmarks).
+    Durations are double seconds: real seconds times ``time_scale``."""
+
+    model: str
+    prompt: str  # the prompt (or the last message), cut to 80 characters
+    arrived_at: float  # the double's clock when the request arrived
+    warm: bool  # loaded, with the request's load-time options, when the request arrived
+    wait_seconds: float  # arrival until the model was ready: queueing, evictions, the load
+    ttft_seconds: float  # arrival until the first token was written
+    tokens: int
+
+
+class LoadRecord(NamedTuple):
+    """One finished load (benchmarks): the model, the double's clock when it was ready, and
+    the double seconds the load itself took."""
+
+    model: str
+    at: float
+    seconds: float
+
+
 class _HTTPError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -548,6 +570,9 @@ class OllamaDouble:
         self.load_count = 0
         self.aborted_loads = 0
         self.evictions: list[str] = []  # names, in eviction order (reloads included)
+        self.completions: list[CompletionRecord] = []  # requests that generated tokens
+        self.load_log: list[LoadRecord] = []  # every finished load, in order
+        self.restart_log: list[float] = []  # the double's clock when it served again
 
         self._server: ThreadingHTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
@@ -615,6 +640,8 @@ class OllamaDouble:
         while True:
             try:
                 self.start()
+                with self._lock:
+                    self.restart_log.append(self.now())
                 return
             except OSError:
                 if time.monotonic() > deadline:
@@ -976,7 +1003,9 @@ class OllamaDouble:
                 if epoch != self._epoch:
                     raise _Aborted
                 inst = self._new_instance_locked(model, opts, keep_alive_ns)
-            return inst, time.monotonic() - started
+                took = time.monotonic() - started
+                self.load_log.append(LoadRecord(model.name, self.now(), took * self.time_scale))
+            return inst, took
         raise _HTTPError(500, "double: scheduling did not converge")
 
     def _victim_for_locked(self, model: FakeModel, opts: RunnerOptions) -> _Instance | None:
@@ -1022,6 +1051,24 @@ class OllamaDouble:
         self.load_count += 1
         self._lock.notify_all()
         return inst
+
+    def is_warm(self, model: FakeModel, request_opts: Mapping[str, Any]) -> bool:
+        """Is ``model`` loaded now with load-time options that ``request_opts`` match (a
+        request with them would need no load)?"""
+        with self._lock:
+            self._reap_locked()
+            inst = self._loaded.get(model.name.lower())
+            if inst is None:
+                return False
+            try:
+                opts = self._runner_options(model, dict(request_opts))
+            except _HTTPError:
+                return False
+            return not self._needs_reload(inst, opts)
+
+    def note_completion(self, record: CompletionRecord) -> None:
+        with self._lock:
+            self.completions.append(record)
 
     def expire(self, model: FakeModel) -> None:
         """expireRunner: keep_alive 0 with no prompt."""
@@ -1488,7 +1535,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPError(400, f"{_go_quote(name)} does not support {what}")
         options = dict(req.get("options") or {})
         started = time.monotonic()
+        arrival = _Arrival(d.now(), d.is_warm(model, options), started, started)
         inst, load_seconds = d.acquire(model, options, keep_alive, self._alive, self.stop)
+        arrival = arrival._replace(ready=time.monotonic())
         use = _Use(d, inst)
         try:
             if empty:
@@ -1503,6 +1552,7 @@ class _Handler(BaseHTTPRequestHandler):
                 options=options,
                 started=started,
                 load_seconds=load_seconds,
+                arrival=arrival,
             )
         finally:
             use.release()
@@ -1531,6 +1581,7 @@ class _Handler(BaseHTTPRequestHandler):
         options: dict[str, Any],
         started: float,
         load_seconds: float,
+        arrival: _Arrival | None = None,
     ) -> None:
         d = self.double
         tokens = list(d.reply_tokens)
@@ -1541,9 +1592,12 @@ class _Handler(BaseHTTPRequestHandler):
         if stream:
             self._start_stream()
         text = []
+        first_token_at: float | None = None
         for i, token in enumerate(tokens):
             d._sleep(d.first_token_seconds if i == 0 else d.token_seconds, self._alive, self.stop)
             d.add_tokens(1)
+            if i == 0:
+                first_token_at = time.monotonic()
             text.append(token)
             if stream:
                 piece: dict[str, Any] = {"model": name, "created_at": _now_utc_text(d)}
@@ -1560,6 +1614,19 @@ class _Handler(BaseHTTPRequestHandler):
             "eval_count": len(tokens),
         }
         final = self._final(name, chat, "stop", metrics)
+        if arrival is not None and tokens:
+            d.note_completion(
+                CompletionRecord(
+                    model=name,
+                    prompt=_prompt_text(req, chat)[:80],
+                    arrived_at=arrival.at,
+                    warm=arrival.warm,
+                    wait_seconds=(arrival.ready - arrival.started) * d.time_scale,
+                    ttft_seconds=((first_token_at or arrival.ready) - arrival.started)
+                    * d.time_scale,
+                    tokens=len(tokens),
+                )
+            )
         use.release()
         if stream:
             self._stream_line(final)
@@ -1632,6 +1699,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"embedding": [0.125] * 8})
         finally:
             use.release()
+
+
+class _Arrival(NamedTuple):
+    at: float  # the double's clock
+    warm: bool
+    started: float  # time.monotonic() at arrival
+    ready: float  # time.monotonic() when the model was ready to answer
+
+
+def _prompt_text(req: Mapping[str, Any], chat: bool) -> str:
+    if not chat:
+        prompt = req.get("prompt")
+        return prompt if isinstance(prompt, str) else ""
+    messages = req.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        content = messages[-1].get("content")
+        return content if isinstance(content, str) else ""
+    return ""
 
 
 def _json_kind(value: Any) -> str:
