@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 
 from sentinel_keeper.ollama_env import parse_go_duration
 
@@ -30,13 +31,36 @@ MAX_DURATION_SECONDS = 9_223_372_036.0
 MAX_SIZE_BYTES = 2**60
 
 
+# Control characters, line and paragraph separators, format characters (bidi overrides...),
+# surrogates, private use and unassigned code points: what could break or disguise a line.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def escape_unprintable(text: str) -> str:
+    """``text`` with every character that could end, rewrite or disguise a line of output
+    written as a ``\\uXXXX`` escape (JSON style; ``\\UXXXXXXXX`` past the BMP)."""
+    if text.isprintable() and text.isascii():
+        return text
+    out = []
+    for char in text:
+        if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES:
+            code = ord(char)
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def show(value: object, limit: int = 60) -> str:
     """Quote a user-supplied value for an error message: escaped, bounded in length."""
-    text = (
-        json.dumps(value, ensure_ascii=False, default=str)
-        if isinstance(value, str)
-        else repr(value)
-    )
+    if isinstance(value, str):
+        text = escape_unprintable(json.dumps(value, ensure_ascii=False))
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        # repr() of a few thousand digits is slow, and refused past 4,300 digits
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        text = f"{'a negative' if value < 0 else 'an'} integer of about {digits} digits"
+    else:
+        text = repr(value)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     # json.dumps already escapes control characters in strings; repr does for the rest.
@@ -65,13 +89,20 @@ def parse_duration(
     if isinstance(value, bool):
         seconds = None
     elif isinstance(value, int):
-        seconds = float(value)
+        seconds = (
+            float(value)
+            if abs(value) <= MAX_DURATION_SECONDS
+            else (math.inf if value > 0 else -math.inf)
+        )
     elif isinstance(value, float):
         seconds = value if math.isfinite(value) else None
     elif isinstance(value, str):
         text = value.strip()
         integral = re.fullmatch(r"[+-]?\d+", text)
-        seconds = float(int(text)) if integral else _parse_go_duration(text)
+        if integral and len(text.lstrip("+-0")) > 19:  # past any duration, and int() limits
+            seconds = math.inf
+        else:
+            seconds = float(int(text)) if integral else _parse_go_duration(text)
     else:
         seconds = None
     if seconds is None:
@@ -94,7 +125,9 @@ def parse_size(value: object) -> int:
     if isinstance(value, bool):
         size = None
     elif isinstance(value, int):
-        size = float(value)
+        size = (
+            float(value) if abs(value) <= MAX_SIZE_BYTES else (math.inf if value > 0 else -math.inf)
+        )
     elif isinstance(value, str):
         match = _SIZE.fullmatch(value.strip())
         if match is not None:
