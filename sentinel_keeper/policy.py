@@ -71,10 +71,17 @@ def _model_keep_alive(value: object) -> float:
     return parse_duration(value, allow_forever=True)
 
 
+# Ollama reads load options as Go ints from JSON; a larger number is refused there at every
+# load, so it is refused here. No option or priority needs more than 32 bits.
+MAX_INTEGER = 2**31 - 1
+
+
 def _integer(minimum: int, description: str) -> Callable[[object], int]:
     def check(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"must be {description}, got {show(value)}")
+        if value > MAX_INTEGER:
+            raise ValueError(f"must be at most {MAX_INTEGER}, got {show(value)}")
         return value
 
     return check
