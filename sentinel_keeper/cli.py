@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sentinel_keeper import __version__
+from sentinel_keeper.bench import run_bench
 from sentinel_keeper.daemon import run_daemon
 from sentinel_keeper.dropin import OverrideReport, apply_override
 from sentinel_keeper.errors import (
@@ -23,18 +24,21 @@ from sentinel_keeper.errors import (
 from sentinel_keeper.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, daemon_logger
 from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema, load_policy
 from sentinel_keeper.report import (
+    bench_json,
+    bench_table,
     gpu_summary,
     outcome_line,
     status_json,
     status_line,
     status_table,
 )
-from sentinel_keeper.runtime import open_reconciler
+from sentinel_keeper.runtime import make_client, open_reconciler
 from sentinel_keeper.state import default_state_dir
 
 # Exit codes (sysexits.h where one fits). Documented in --help and the README.
 EXIT_OK = 0
 EXIT_NOT_RESIDENT = 1  # `once`: a pinned model is not resident after the pass
+EXIT_BENCH_INCOMPLETE = 1  # `bench`: a model failed or was refused
 EXIT_USAGE = 2  # bad command line (argparse)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: Ollama unreachable; apply-override: systemctl failed
 EXIT_SOFTWARE = 70  # EX_SOFTWARE: an internal error (a bug: please report it)
@@ -43,7 +47,8 @@ EXIT_CONFIG = 78  # EX_CONFIG: the policy is missing or invalid
 
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}   success (`once`: every pinned model is resident afterwards)
-  {EXIT_NOT_RESIDENT}   `once`: some pinned model is not resident after the pass
+  {EXIT_NOT_RESIDENT}   `once`: some pinned model is not resident after the pass;
+      `bench`: a model failed or was refused
   {EXIT_USAGE}   bad command line
   {EXIT_UNAVAILABLE}  Ollama is unreachable (apply-override: systemctl failed)
   {EXIT_SOFTWARE}  internal error
@@ -118,6 +123,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     if foreign:
         _out(f"also loaded, not in the policy (left alone): {', '.join(foreign)}")
     return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    policy = _load(args)
+    if not args.model and not policy.models:
+        _out(
+            f"sentinel-keeper: nothing to bench: {policy.source} names no models "
+            "and no --model was given",
+            sys.stderr,
+        )
+        return EXIT_USAGE
+
+    def progress(name: str) -> None:
+        if sys.stderr.isatty():
+            _out(f"bench: {name} ...", sys.stderr)
+
+    with make_client(policy) as client:
+        report = run_bench(
+            policy,
+            client,
+            args.model,
+            runs=args.runs,
+            tokens=args.tokens,
+            force=args.force,
+            on_model=progress,
+        )
+    if args.json:
+        _out(json.dumps(bench_json(report), indent=2))
+    else:
+        for line in bench_table(report):
+            _out(line)
+    return EXIT_OK if report.ok else EXIT_BENCH_INCOMPLETE
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _print_override(report: OverrideReport) -> None:
@@ -232,6 +279,33 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", cmd_status, "show each policy model, GPU memory and Ollama")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     command("schema", cmd_schema, "print the policy's JSON Schema (for editors)")
+    bench = command(
+        "bench",
+        cmd_bench,
+        "time cold and warm first tokens of each policy model against Ollama, then put "
+        "each model back in its policy state",
+    )
+    bench.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="bench this model (repeatable; default: every model of the policy)",
+    )
+    bench.add_argument(
+        "--runs", type=_at_least_one, default=5, help="warm requests per model (default 5)"
+    )
+    bench.add_argument(
+        "--tokens",
+        type=_at_least_one,
+        default=32,
+        help="tokens each warm request may generate, for tokens/s (default 32)",
+    )
+    bench.add_argument(
+        "--force",
+        action="store_true",
+        help="also unload models that other clients seem to be using",
+    )
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
     run = command("run", cmd_run, "the daemon: keep the policy's models warm (under systemd)")
     run.add_argument(
         "--log-format",

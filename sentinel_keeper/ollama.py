@@ -54,6 +54,28 @@ class LoadResult:
     endpoint: Endpoint
 
 
+@dataclass(frozen=True)
+class TimedAnswer:
+    """One timed request that made Ollama answer (``sentinel-keeper bench``): seconds to the
+    first streamed line (the first token; the whole answer for /api/embed), seconds to the
+    end, and the counters Ollama's final line gave (durations in seconds, None when absent)."""
+
+    ttfb: float
+    seconds: float
+    eval_count: int
+    load_duration: float | None
+    eval_duration: float | None
+    prompt_eval_duration: float | None
+    endpoint: Endpoint
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """eval_count / eval_duration, as Ollama's own --verbose reports it."""
+        if not self.eval_duration or self.eval_count <= 0:
+            return None
+        return self.eval_count / self.eval_duration
+
+
 def normalize_base_url(base_url: str) -> str:
     """``http://host:port`` without a trailing slash. A bare ``host`` or ``host:port`` gets
     ``http://`` and, without a port, Ollama's 11434 (as OLLAMA_HOST reads it); a URL with a
@@ -382,6 +404,83 @@ class OllamaClient:
             "POST", "/api/embed", {"model": model, "keep_alive": 0}, model=model, loading=True
         )
 
+    def generate_timed(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        options: Mapping[str, int | bool],
+        keep_alive: float,
+        num_predict: int,
+    ) -> TimedAnswer:
+        """POST /api/generate with a prompt, streaming, timed: generates up to
+        ``num_predict`` tokens. Waits as long as a load may take (``load_timeout``)."""
+        path = "/api/generate"
+        shape = _Shape(path)
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": prompt,
+            "stream": True,
+            "keep_alive": keep_alive_json(keep_alive),
+            "options": {**dict(options), "num_predict": num_predict},
+        }
+        started = time.monotonic()
+        first: float | None = None
+        final: Mapping[str, Any] | None = None
+        try:
+            with self._http.stream("POST", path, json=body, timeout=self._long) as response:
+                if response.status_code != 200:
+                    response.read()
+                    self._raise_for_status(response, path, model, loading=True)
+                for i, line in enumerate(response.iter_lines()):
+                    if not line.strip():
+                        continue
+                    item = shape.an_object(_json_or_fail(line, path), f"line {i + 1}")
+                    if first is None:
+                        first = time.monotonic()
+                    if item.get("error") is not None:
+                        raise OllamaAPIError(500, _clean(str(item["error"])), model=model)
+                    if item.get("done") is True:
+                        final = item
+                        break
+        except httpx.TransportError as exc:
+            self._raise_transport(exc, "POST", path, self.load_timeout)
+        ended = time.monotonic()
+        if final is None or first is None:
+            raise OllamaProtocolError(f"{path}: the answer for {model} ended before its last line")
+        return self._timed(
+            shape, final, started=started, first=first, ended=ended, endpoint="generate"
+        )
+
+    def embed_timed(
+        self,
+        model: str,
+        text: str,
+        *,
+        options: Mapping[str, int | bool],
+        keep_alive: float,
+    ) -> TimedAnswer:
+        """POST /api/embed with one input, timed (the answer comes in one piece)."""
+        path = "/api/embed"
+        shape = _Shape(path)
+        body: dict[str, Any] = {
+            "model": model,
+            "input": text,
+            "keep_alive": keep_alive_json(keep_alive),
+        }
+        if options:
+            body["options"] = dict(options)
+        started = time.monotonic()
+        answer = shape.an_object(
+            self._call("POST", path, body, model=model, loading=True), "the answer"
+        )
+        ended = time.monotonic()
+        if answer.get("error") is not None:
+            raise OllamaAPIError(500, _clean(str(answer["error"])), model=model)
+        return self._timed(
+            shape, answer, started=started, first=ended, ended=ended, endpoint="embed"
+        )
+
     def pull(self, model: str) -> None:
         """POST /api/pull: download ``model``. Streams progress so that a long download never
         looks like a stall; each progress line must come within ``load_timeout``."""
@@ -443,6 +542,31 @@ class OllamaClient:
         raw = body.get("load_duration")
         load_duration = None if raw is None else shape.an_int(raw, "load_duration") / 1e9
         return LoadResult(seconds=seconds, load_duration=load_duration, endpoint=endpoint)
+
+    @staticmethod
+    def _timed(
+        shape: _Shape,
+        final: Mapping[str, Any],
+        *,
+        started: float,
+        first: float,
+        ended: float,
+        endpoint: Endpoint,
+    ) -> TimedAnswer:
+        def seconds(key: str) -> float | None:
+            raw = final.get(key)
+            return None if raw is None else shape.an_int(raw, key) / 1e9
+
+        count = final.get("eval_count")
+        return TimedAnswer(
+            ttfb=first - started,
+            seconds=ended - started,
+            eval_count=0 if count is None else shape.an_int(count, "eval_count"),
+            load_duration=seconds("load_duration"),
+            eval_duration=seconds("eval_duration"),
+            prompt_eval_duration=seconds("prompt_eval_duration"),
+            endpoint=endpoint,
+        )
 
     def _raise_transport(
         self, exc: httpx.TransportError, method: str, path: str, limit: float | None

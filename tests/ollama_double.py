@@ -409,6 +409,7 @@ class _Instance:
     expires_at: float | None = None  # None: never idle yet (Ollama shows now + duration)
     refcount: int = 0
     loaded_at: float = 0.0
+    unload_reason: str | None = None  # why it goes, once an unload waits for its requests
 
 
 @dataclass(frozen=True)
@@ -458,6 +459,16 @@ class LoadRecord(NamedTuple):
     model: str
     at: float
     seconds: float
+
+
+class UnloadRecord(NamedTuple):
+    """One model leaving memory (benchmarks): when (the double's clock) and why: "expired"
+    (its keep_alive ran out), "keep_alive 0", "evicted" (room for another model), "reload"
+    (a request with other load-time options), "restart", "removed"."""
+
+    model: str
+    at: float
+    reason: str
 
 
 class _HTTPError(Exception):
@@ -573,6 +584,7 @@ class OllamaDouble:
         self.completions: list[CompletionRecord] = []  # requests that generated tokens
         self.load_log: list[LoadRecord] = []  # every finished load, in order
         self.restart_log: list[float] = []  # the double's clock when it served again
+        self.unload_log: list[UnloadRecord] = []  # every model leaving memory, in order
 
         self._server: ThreadingHTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
@@ -631,6 +643,8 @@ class OllamaDouble:
         self.stop()
         with self._lock:
             self._epoch += 1
+            for inst in self._loaded.values():
+                self._note_unload_locked(inst, "restart")
             self._loaded.clear()
             self._lock.notify_all()
         if down_seconds > 0:
@@ -697,7 +711,9 @@ class OllamaDouble:
         key = display_name(name).lower()
         with self._lock:
             self._models.pop(key, None)
-            self._loaded.pop(key, None)
+            gone = self._loaded.pop(key, None)
+            if gone is not None:
+                self._note_unload_locked(gone, "removed")
             self._lock.notify_all()
 
     def installed(self) -> list[FakeModel]:
@@ -748,7 +764,11 @@ class OllamaDouble:
         for key, inst in list(self._loaded.items()):
             if inst.refcount <= 0 and inst.expires_at is not None and inst.expires_at <= now:
                 del self._loaded[key]
+                self._note_unload_locked(inst, inst.unload_reason or "expired")
                 self._lock.notify_all()
+
+    def _note_unload_locked(self, inst: _Instance, reason: str) -> None:
+        self.unload_log.append(UnloadRecord(inst.model.name, self.now(), reason))
 
     def _reap_loop(self, stop: threading.Event) -> None:
         while not stop.wait(0.05):
@@ -867,16 +887,20 @@ class OllamaDouble:
                 return inst
         return runners[0] if runners else None
 
-    def _unload_and_wait(self, inst: _Instance, stop: threading.Event, epoch: int) -> None:
+    def _unload_and_wait(
+        self, inst: _Instance, stop: threading.Event, epoch: int, reason: str = "evicted"
+    ) -> None:
         """Expire ``inst`` now if idle, else as soon as its requests finish; wait for it."""
         deadline = time.monotonic() + WAIT_LIMIT_SECONDS
         with self._lock:
             inst.session_ns = 0
+            inst.unload_reason = reason
             self.evictions.append(inst.model.name)
             key = inst.model.name.lower()
             while self._loaded.get(key) is inst:
                 if inst.refcount <= 0:
                     del self._loaded[key]
+                    self._note_unload_locked(inst, reason)
                     self._lock.notify_all()
                     break
                 if stop.is_set() or epoch != self._epoch or time.monotonic() > deadline:
@@ -928,6 +952,8 @@ class OllamaDouble:
         inst.refcount += 1
         if keep_alive_ns is not None:
             inst.session_ns = keep_alive_ns
+            if keep_alive_ns > 0:
+                inst.unload_reason = None
 
     def release(self, inst: _Instance) -> None:
         """The request finished: start (or restart) the countdown; duration 0 unloads."""
@@ -939,6 +965,7 @@ class OllamaDouble:
             if inst.session_ns <= 0:
                 if self._loaded.get(key) is inst:
                     del self._loaded[key]
+                    self._note_unload_locked(inst, inst.unload_reason or "keep_alive 0")
                 self._lock.notify_all()
                 return
             inst.expires_at = self.now() + min(inst.session_ns, FOREVER_NS) / NS_PER_SECOND
@@ -968,7 +995,8 @@ class OllamaDouble:
                 victim = inst if inst is not None else self._victim_for_locked(model, opts)
                 others = bool(self._loaded)
             if victim is not None:
-                self._unload_and_wait(victim, stop, epoch)
+                why = "reload" if victim is inst else "evicted"
+                self._unload_and_wait(victim, stop, epoch, why)
                 continue
             started = time.monotonic()
             with self._lock:
@@ -1078,8 +1106,10 @@ class OllamaDouble:
                 return
             inst.expires_at = self.now()
             inst.session_ns = 0
+            inst.unload_reason = "keep_alive 0"
             if inst.refcount <= 0:
                 del self._loaded[model.name.lower()]
+                self._note_unload_locked(inst, "keep_alive 0")
                 self._lock.notify_all()
 
     def lookup(self, name: str) -> FakeModel | None:
@@ -1607,12 +1637,20 @@ class _Handler(BaseHTTPRequestHandler):
                     piece["response"] = token
                 piece["done"] = False
                 self._stream_line(piece)
+        finished = time.monotonic()
         metrics = {
-            "total_duration": int((time.monotonic() - started) * NS_PER_SECOND),
+            "total_duration": int((finished - started) * NS_PER_SECOND),
             "load_duration": int(load_seconds * NS_PER_SECOND),
             "prompt_eval_count": 1,
             "eval_count": len(tokens),
         }
+        if first_token_at is not None:
+            # the first token's delay stands for the prompt's evaluation; decoding is the rest,
+            # counting one token interval for the first token itself
+            ready = arrival.ready if arrival is not None else started + load_seconds
+            metrics["prompt_eval_duration"] = int(max(first_token_at - ready, 0) * NS_PER_SECOND)
+            decoding = finished - first_token_at + d.token_seconds / d.time_scale
+            metrics["eval_duration"] = int(decoding * NS_PER_SECOND)
         final = self._final(name, chat, "stop", metrics)
         if arrival is not None and tokens:
             d.note_completion(
