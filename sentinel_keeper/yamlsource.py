@@ -136,9 +136,16 @@ class _Builder:
     def _scalar(self, node: yaml.Node) -> Any:
         try:
             return self.loader.construct_object(node, deep=True)
-        except (ValueError, OverflowError) as exc:  # e.g. an integer of 5,000 digits
-            text = str(exc).split(":")[0]
-            raise _Limits(f"cannot read this value ({text})", node.start_mark) from None
+        except yaml.constructor.ConstructorError:
+            raise
+        except Exception as exc:  # PyYAML's constructors trust the resolver's regexes
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            # e.g. an integer of 5,000 digits; "!!timestamp 2001-12-14{" (AttributeError)
+            why = str(exc).split(":")[0] if isinstance(exc, ValueError | OverflowError) else ""
+            raise _Limits(
+                f"cannot read this value as {tag}" + (f" ({why})" if why else ""),
+                node.start_mark,
+            ) from None
 
     def _merged(self, node: yaml.Node, path: Path, depth: int) -> list[dict[Any, Any]]:
         """The mappings a "<<" key merges in, built (and counted) like any other value."""
