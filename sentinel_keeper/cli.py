@@ -186,7 +186,10 @@ def _print_override(report: OverrideReport) -> None:
     if report.status == "absent":
         _out(f"{path}: not there, nothing to remove")
         return
-    _out(f"{'removed' if report.status == 'removed' else 'wrote'} {path}")
+    if report.resumed:
+        _out(f"{path}: already {'removed' if report.status == 'removed' else 'written'}")
+    else:
+        _out(f"{'removed' if report.status == 'removed' else 'wrote'} {path}")
     for call in report.systemctl_calls:
         _out(f"ran: {' '.join(call)}")
     if report.restart == "requested":

@@ -19,6 +19,14 @@ Whatever their order, ``EnvironmentFile=`` values override every ``Environment=`
 The temporary file is ``.zz-sentinel-keeper.conf.<random>.tmp``: it does not end in
 ``.conf``, so systemd never reads a half-written one, and leftovers of an interrupted run
 are removed by the next one.
+
+A run killed after the rename but before systemctl finished would leave the new file on
+disk and systemd (and Ollama) on the old one; the next run would find the file unchanged and
+do nothing. So before it changes the file, a run that means to call systemctl writes the
+marker ``.zz-sentinel-keeper.conf.pending`` next to it, and removes it only once
+``daemon-reload`` (and ``try-restart``) succeeded: a run that finds the marker makes those
+calls even when the file is already right. A failed systemctl call leaves it too, so the
+next run tries again.
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ RESTART_POLICIES = ("if-changed", "never")
 WRITE_STEPS = ("open", "write", "fsync", "rename", "fsync-dir")
 #: The points of :func:`atomic_remove`: before the unlink, after it before the dir's fsync.
 REMOVE_STEPS = ("unlink", "fsync-dir")
+#: The points :func:`apply_override` adds around those: before the pending marker is written,
+#: before ``daemon-reload``, before ``try-restart``, and before the marker is removed.
+APPLY_STEPS = ("mark", "reload", "restart", "done")
 
 StepHook = Callable[[str], None]
 Status = Literal["changed", "unchanged", "removed", "absent"]
@@ -108,6 +119,7 @@ class OverrideReport:
     no_reload_reason: str | None  # why no daemon-reload was made although the file changed
     restart: Literal["requested", "next-restart", "none"]
     systemd_error: str | None  # systemctl failed after the file was written or removed
+    resumed: bool = False  # the file was already right: an interrupted run's systemctl calls
 
     @property
     def changed(self) -> bool:
@@ -302,6 +314,23 @@ def atomic_remove(path: Path, *, step: StepHook | None = None) -> bool:
     except OSError as exc:
         raise OverrideError(f"removed {path}, but could not fsync its directory: {exc}") from exc
     return True
+
+
+def pending_path(path: Path) -> Path:
+    """The marker saying that ``path`` changed and systemd has not been told yet."""
+    return path.with_name(f".{path.name}.pending")
+
+
+_PENDING_TEXT = (
+    "# sentinel-keeper apply-override changed the drop-in next to this file and has not yet\n"
+    "# run systemctl daemon-reload (and try-restart). The next apply-override does, then\n"
+    "# removes this file. systemd reads only *.conf files here.\n"
+)
+
+
+def _clear_pending(marker: Path) -> None:
+    with contextlib.suppress(OSError):
+        marker.unlink()
 
 
 def unified_diff(path: Path, old: str | None, new: str | None) -> str:
@@ -594,7 +623,9 @@ def apply_override(
 ) -> OverrideReport:
     """Write (or with ``remove``, delete) sentinel-keeper's drop-in and tell systemd.
 
-    Same content as on disk: nothing is written and systemctl is not called. Otherwise,
+    Same content as on disk: nothing is written and systemctl is not called, unless an
+    earlier run left its pending marker (it was interrupted, or systemctl failed, after the
+    file changed): then only the systemctl calls are made (``resumed``). Otherwise,
     unless ``reload`` is False or systemd is not running: ``systemctl daemon-reload``, then
     with ``restart="if-changed"`` ``systemctl try-restart --no-block UNIT``. A systemctl
     failure after the file changed is reported in ``systemd_error``, not raised.
@@ -614,6 +645,14 @@ def apply_override(
         wanted = desired_environment(keep_alive, environment)
         conflicts, notes = find_conflicts(unit, path, wanted, search_path)
     diff = unified_diff(path, old, new)
+    marker = pending_path(path)
+    resumed = old == new and marker.exists()
+    if resumed:
+        notes = (
+            *notes,
+            f"an earlier run changed {path} but was interrupted before systemd was told "
+            "(or systemctl failed); making its systemctl calls now",
+        )
 
     def report(
         status: Status,
@@ -623,23 +662,40 @@ def apply_override(
         error: str | None = None,
     ) -> OverrideReport:
         return OverrideReport(
-            status, dry_run, path, unit, diff, conflicts, notes, calls, reason, restarted, error
+            status,
+            dry_run,
+            path,
+            unit,
+            diff,
+            conflicts,
+            notes,
+            calls,
+            reason,
+            restarted,
+            error,
+            resumed,
         )
 
-    if old == new:
+    if old == new and not resumed:
         return report("absent" if remove else "unchanged")
     status: Status = "removed" if remove else "changed"
     if dry_run:
         return report(status, reason="dry run: nothing was written")
-    if new is None:
-        atomic_remove(path, step=step)
-    else:
-        atomic_write(path, new, step=step)
+    control: SystemdControl = systemctl if systemctl is not None else Systemctl()
+    running = reload and control.running()
+    if not resumed:
+        if running:
+            _step(step, "mark")
+            atomic_write(marker, _PENDING_TEXT)
+        if new is None:
+            atomic_remove(path, step=step)
+        else:
+            atomic_write(path, new, step=step)
 
     if not reload:
         return report(status, reason="--no-reload", restarted="next-restart")
-    control: SystemdControl = systemctl if systemctl is not None else Systemctl()
-    if not control.running():
+    if not running:
+        _clear_pending(marker)  # systemd reads every file afresh when it starts
         return report(
             status,
             reason="systemd is not running here: no reload was possible",
@@ -647,10 +703,15 @@ def apply_override(
         )
     calls: list[tuple[str, ...]] = []
     try:
+        _step(step, "reload")
         calls.append(control.daemon_reload())
+        restarted: Literal["requested", "next-restart"] = "next-restart"
         if restart == "if-changed":
+            _step(step, "restart")
             calls.append(control.try_restart_no_block(unit))
-            return report(status, tuple(calls), restarted="requested")
-        return report(status, tuple(calls), restarted="next-restart")
+            restarted = "requested"
+        _step(step, "done")
+        _clear_pending(marker)
+        return report(status, tuple(calls), restarted=restarted)
     except SystemdError as exc:
         return report(status, tuple(calls), restarted="none", error=str(exc))
