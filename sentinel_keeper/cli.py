@@ -22,7 +22,13 @@ from sentinel_keeper.errors import (
     SentinelError,
 )
 from sentinel_keeper.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, daemon_logger
-from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema, load_policy
+from sentinel_keeper.policy import (
+    DEFAULT_POLICY_PATH,
+    Policy,
+    file_risks,
+    json_schema,
+    load_policy,
+)
 from sentinel_keeper.report import (
     bench_json,
     bench_table,
@@ -71,8 +77,17 @@ def _out(text: str = "", stream: TextIO | None = None) -> None:
     print(text, file=stream or sys.stdout)
 
 
+def _file_risks(path: str) -> bool:
+    """Warn about who else can change the policy; True if any local user can."""
+    risks = file_risks(path)
+    for risk in risks:
+        _out(f"warning: {path}: {risk.message}", sys.stderr)
+    return any(risk.anyone for risk in risks)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     policy = _load(args)
+    _file_risks(policy.source)
     pinned, extras = len(policy.pinned), len(policy.extras)
     url = policy.ollama.url
     _out(f"{policy.source}: ok ({pinned} pinned, {extras} extras; ollama at {url})")
@@ -220,6 +235,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_apply_override(args: argparse.Namespace) -> int:
     policy = _load(args)
+    if _file_risks(policy.source) and not args.dry_run:
+        _out(f"{policy.source}: refusing to write Ollama's drop-in as root from it", sys.stderr)
+        return EXIT_CONFIG
     ollama = policy.ollama
     try:
         report = apply_override(

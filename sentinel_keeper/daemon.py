@@ -49,7 +49,7 @@ from sentinel_keeper.notify import Notifier
 from sentinel_keeper.observation import InstalledModel, LoadedModel, ModelDetails
 from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.plan import Endpoint, FindingKind
-from sentinel_keeper.policy import Policy, load_policy
+from sentinel_keeper.policy import SETTLE_SECONDS, Policy, file_risks, load_policy
 from sentinel_keeper.reconcile import LoadOutcome, OllamaApi, PassReport, Reconciler
 from sentinel_keeper.report import status_line
 from sentinel_keeper.runtime import make_client
@@ -477,6 +477,7 @@ class Daemon:
                 },
             )
         )
+        self._file_risks()
         self.notifier.status(f"starting: first pass against ollama at {policy.ollama.url}")
         scheduler = BackgroundScheduler(
             executors={"default": DaemonThreadExecutor()},
@@ -586,7 +587,7 @@ class Daemon:
         if announce:
             self.notifier.reloading(f"reloading {self.policy_path}")
         try:
-            policy = load_policy(self.policy_path)
+            policy = load_policy(self.policy_path, settle=SETTLE_SECONDS, empty_ok=False)
         except (SentinelError, OSError) as exc:
             self._reject(exc)
         else:
@@ -634,7 +635,18 @@ class Daemon:
                 },
             )
         )
+        self._file_risks()
         self._request_pass()
+
+    def _file_risks(self) -> None:
+        """Warn when others than root can change the policy: it decides what Ollama loads and,
+        through apply-override, Ollama's environment."""
+        for risk in file_risks(self.policy_path):
+            self._event(
+                LogEvent(
+                    "policy_writable", "warning", {"path": self.policy_path, "risk": risk.message}
+                )
+            )
 
     def _request_pass(self) -> None:
         self._rerun.set()
@@ -727,7 +739,7 @@ def run_daemon(
 ) -> int:
     """Run until SIGTERM/SIGINT; 0 after a clean stop. Raises PolicyError (invalid policy at
     start) and, after repeated pass crashes, the crash's exception."""
-    policy = load_policy(policy_path)
+    policy = load_policy(policy_path, settle=SETTLE_SECONDS)
     notifier = Notifier(os.environ if env is None else env)
     daemon = Daemon(policy_path, policy, state_dir=state_dir, notifier=notifier)
     return daemon.run()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -504,8 +506,50 @@ def _locate(
     return out
 
 
-def load_policy(path: str) -> Policy:
-    """Read and validate the policy file at ``path``."""
+# A file modified this recently may be in the middle of an in-place rewrite (an editor that
+# truncates and writes): reading waits until it has been still this long, within a bound.
+SETTLE_SECONDS = 0.25
+SETTLE_LIMIT_SECONDS = 3.0
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _read_settled(path: str, settle: float, fail: Callable[[str], PolicyError]) -> bytes:
+    """The file's bytes, read once it has not changed for ``settle`` seconds and found the
+    same before and after the read, so that a file being rewritten in place is not taken
+    half-written. PolicyError if it keeps changing for SETTLE_LIMIT_SECONDS."""
+    deadline = time.monotonic() + SETTLE_LIMIT_SECONDS
+    while True:
+        before = os.stat(path)
+        age = time.time() - max(before.st_mtime, before.st_ctime)
+        if 0 <= age < settle:
+            if time.monotonic() + settle - age > deadline:
+                raise fail("keeps changing (being written?); not read")
+            time.sleep(settle - age)
+            continue
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+        after = os.stat(path)
+        if _identity(before) == _identity(after) and len(raw) in (
+            after.st_size,
+            MAX_FILE_BYTES + 1,
+        ):
+            return raw
+        if time.monotonic() > deadline:
+            raise fail("keeps changing (being written?); not read")
+        time.sleep(min(settle, 0.05) or 0.01)
+
+
+def load_policy(path: str, *, settle: float = 0.0, empty_ok: bool = True) -> Policy:
+    """Read and validate the policy file at ``path``.
+
+    ``settle`` (the daemon: :data:`SETTLE_SECONDS`): wait until the file has been still that
+    long and read it again if it changed during the read, so that an in-place rewrite is not
+    read half-way. ``empty_ok=False`` (the daemon's reload) refuses an empty file, which is
+    what an in-place rewrite looks like between its truncation and its write.
+    """
 
     def fail(message: str) -> PolicyError:
         return PolicyError(path, [Diagnostic(path, 1, 1, "", message)])
@@ -521,12 +565,19 @@ def load_policy(path: str) -> Policy:
     if info.st_size > MAX_FILE_BYTES:
         raise fail(f"is {info.st_size} bytes; a policy larger than {MAX_FILE_BYTES} is refused")
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
+        if settle > 0 and stat.S_ISREG(info.st_mode):
+            raw = _read_settled(path, settle, fail)
+        else:
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise fail("no such file (removed while being read)") from None
     except OSError as exc:
         raise fail(f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_FILE_BYTES:
         raise fail(f"is larger than {MAX_FILE_BYTES} bytes; refused")
+    if not raw and not empty_ok:
+        raise fail("is empty (being rewritten?); write `models: []` to keep no model")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -538,3 +589,57 @@ def load_policy(path: str) -> Policy:
         line = text[: text.index("\x00")].count("\n") + 1
         raise PolicyError(path, [Diagnostic(path, line, 1, "", "contains a NUL byte")])
     return parse_policy(text, path)
+
+
+# --- who can change the policy -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileRisk:
+    """Someone besides root can change the policy, and so Ollama's environment (through the
+    drop-in apply-override writes as root) and which models are loaded or pulled."""
+
+    message: str
+    anyone: bool  # every local user can, not only a group or one user
+
+
+def _writers(info: os.stat_result, what: str, directory: bool) -> list[FileRisk]:
+    mode = info.st_mode
+    risks = []
+    if directory and mode & stat.S_ISVTX:
+        return []  # sticky (/tmp): others cannot replace a file they do not own
+    verb = "replace the policy in it" if directory else "change it"
+    if mode & stat.S_IWOTH:
+        risks.append(FileRisk(f"{what} is world-writable: any local user can {verb}", True))
+    elif mode & stat.S_IWGRP and info.st_gid != 0:
+        risks.append(
+            FileRisk(f"{what} is group-writable (gid {info.st_gid}): that group can {verb}", False)
+        )
+    if info.st_uid not in (0, os.geteuid()):
+        risks.append(FileRisk(f"{what} is owned by uid {info.st_uid}, who can {verb}", False))
+    return risks
+
+
+def file_risks(path: str) -> tuple[FileRisk, ...]:
+    """Who besides root (and the caller) can change the policy at ``path``: the file itself
+    (through a symlink, the file it points to), and the directories holding the link and the
+    file. Empty when only root can; unreadable places are skipped (loading reports them)."""
+    risks: list[FileRisk] = []
+    real = os.path.realpath(path)
+    try:
+        risks += _writers(
+            os.stat(real),
+            "the policy file"
+            if real == os.path.abspath(path)
+            else f"the policy file ({path} -> {real})",
+            False,
+        )
+    except OSError:
+        return ()
+    directories = dict.fromkeys(os.path.dirname(p) or "." for p in (os.path.abspath(path), real))
+    for directory in directories:
+        try:
+            risks += _writers(os.stat(directory), f"its directory {directory}", True)
+        except OSError:
+            continue
+    return tuple(risks)
