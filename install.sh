@@ -80,7 +80,7 @@ remove_dropins() {
     for file in "$DESTDIR$UNIT_DIR"/*.d/"$DROPIN_NAME"; do
         [[ -f $file ]] || continue
         if [[ $(head -n 1 "$file") != "$DROPIN_MARK"* ]]; then
-            say "warning: kept $file: it was not written by sentinel-keeper"
+            say "warning: kept ${file#"$DESTDIR"}: it was not written by sentinel-keeper"
             continue
         fi
         rm -f "$file"
