@@ -1,0 +1,1209 @@
+"""Residency under faults: how often a request to a pinned model meets a cold model, and what
+that costs in time to the first token, for four ways of keeping models warm.
+
+One seeded workload (clients with idle gaps longer than Ollama's 5 minutes, their own
+keep_alive values, a client with another num_ctx, a foreign client loading a big model,
+keep_alive 0, Ollama restarts) runs against the Ollama double at accelerated time, once per
+strategy, each in a fresh double:
+
+- ``none``: Ollama's default, keep_alive 5m;
+- ``keep-alive-forever``: OLLAMA_KEEP_ALIVE=-1 and nothing else;
+- ``cron``: OLLAMA_KEEP_ALIVE unset, and every 5 minutes a POST /api/generate with a prompt
+  and keep_alive -1 to each pinned model (the usual crontab of curl lines; it sends the
+  policy's num_ctx, which is generous: a curl without it would reload the models);
+- ``sentinel-keeper``: the real daemon (``python -m sentinel_keeper run``) as a subprocess
+  with a policy naming the pinned models, OLLAMA_KEEP_ALIVE=-1 as its drop-in writes it.
+
+Time. The double runs ``--time-scale`` times faster than real time: its clock, keep_alive
+expiries, load times and the first-token time are all scaled. Every figure is in simulated
+time. The time to first byte (TTFB) of a request is the double's own measure of how long
+the request waited for the model to be ready (queueing, evictions, the load itself), scaled
+back to simulated time, plus the fixed 500 ms that a warm model takes to its first token:
+the harness's own HTTP round trip is left out because, multiplied by the time scale, it
+would drown the figures (about 0.3 ms real, 40 ms simulated, at the default scale).
+
+The daemon sleeps in real time, so its policy ``interval`` is set to 15 s of simulated time
+(15 s is the default): 125 ms real at the default scale. Its probes while Ollama is
+unreachable are capped by that interval, so in this run they also come every 15 simulated
+seconds, not every 0.25 to 1 real second as in production: the accelerated run overstates
+what a restart costs with sentinel-keeper. A second phase measures the re-warm after a
+restart in real time (``--rewarm-time-scale 1``) with the production interval of 15 s.
+
+    python benchmarks/residency.py --seed 1 --hours 4 --time-scale 120 --out docs
+
+writes docs/residency.md and docs/residency.png (matplotlib: ``pip install '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import http.client
+import json
+import random
+import shlex
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import _harness
+from _harness import (
+    FIRST_TOKEN_SECONDS,
+    FOREIGN,
+    FOREIGN_NUM_CTX,
+    PINNED,
+    DaemonProcess,
+    NotifySocket,
+    PinnedModel,
+    make_double,
+    percentile,
+    write_policy,
+)
+from ollama_double import CompletionRecord, LoadRecord, OllamaDouble, UnloadRecord
+
+STRATEGIES = ("none", "keep-alive-forever", "cron", "sentinel-keeper")
+LABELS = {
+    "none": "none (5m default)",
+    "keep-alive-forever": "OLLAMA_KEEP_ALIVE=-1",
+    "cron": "cron warm-up every 5m",
+    "sentinel-keeper": "sentinel-keeper",
+}
+CRON_PERIOD = 300.0  # simulated seconds
+DAEMON_INTERVAL = 15.0  # simulated seconds: the policy default
+PRODUCTION_INTERVAL = 15.0  # real seconds, for the real-time re-warm phase
+CLIENT_RETRY_REAL_SECONDS = 60.0  # a client gives up after this long of refused connections
+KEEP_WARM_PROMPT = "keep warm"
+
+# The targets the issue sets (printed and reported, not asserted).
+TARGET_COLD_SHARE = 0.005
+TARGET_COLD_RATIO_TO_CRON = 10.0
+TARGET_P99_OVER_WARM_P50 = 1.5
+TARGET_REWARM_OVERHEAD = 1.0
+
+
+# --- the workload ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    at: float  # simulated seconds from the start
+    stream: str
+    model: str
+    kind: str  # "pinned" (the policy's options), "other-ctx", "foreign"
+    num_ctx: int
+    keep_alive: str | int | None  # as the client sends it; None: not sent
+    prompt: str  # unique: how the double's record is matched to the request
+
+
+@dataclass(frozen=True)
+class Restart:
+    at: float
+    down: float  # simulated seconds the port refuses connections
+
+
+@dataclass(frozen=True)
+class Workload:
+    seed: int
+    hours: float
+    streams: tuple[tuple[Request, ...], ...]  # each stream is one sequential client
+    restarts: tuple[Restart, ...]
+
+    @property
+    def end(self) -> float:
+        return self.hours * 3600
+
+    def requests(self) -> list[Request]:
+        return [r for stream in self.streams for r in stream]
+
+    def count(self, kind: str) -> int:
+        return sum(1 for r in self.requests() if r.kind == kind)
+
+
+def _bounded(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
+
+
+def _user_stream(rng: random.Random, pinned: PinnedModel, end: float) -> tuple[Request, ...]:
+    """One user of a pinned model: sessions of 15 to 80 requests about 12 s apart, separated
+    by 6 to 40 idle minutes. A session's client sends no keep_alive (70%), "5m" (20%, as some
+    front ends do) or "30s" (10%)."""
+    name = pinned.model.name
+    stream = f"user:{name}"
+    out: list[Request] = []
+    t = rng.uniform(0, 600)
+    while t < end:
+        keep_alive = rng.choices([None, "5m", "30s"], weights=[70, 20, 10])[0]
+        for _ in range(rng.randint(15, 80)):
+            if t >= end:
+                break
+            prompt = f"{stream}#{len(out)}"
+            out.append(Request(t, stream, name, "pinned", pinned.num_ctx, keep_alive, prompt))
+            t += _bounded(rng.expovariate(1 / 12), 1.0, 200.0)
+        t += rng.uniform(6 * 60, 40 * 60)
+    return tuple(out)
+
+
+def _sessions(
+    rng: random.Random,
+    end: float,
+    *,
+    first: tuple[float, float],
+    mean_gap: float,
+    size: tuple[int, int],
+    spacing: tuple[float, float],
+    make: Callable[[float, int], Request],
+) -> tuple[Request, ...]:
+    out: list[Request] = []
+    t = rng.uniform(*first)
+    while t < end:
+        for _ in range(rng.randint(*size)):
+            if t >= end:
+                break
+            out.append(make(t, len(out)))
+            t += rng.uniform(*spacing)
+        t += max(rng.expovariate(1 / mean_gap), 600.0)
+    return tuple(out)
+
+
+def make_workload(seed: int, hours: float) -> Workload:
+    """The seeded workload: a pure function of (seed, hours)."""
+    rng = random.Random(seed)  # noqa: S311 (a reproducible workload, not a secret)
+    end = hours * 3600
+    streams = [_user_stream(rng, p, end) for p in PINNED]
+    small = PINNED[0]
+    streams.append(
+        _sessions(
+            rng,
+            end,
+            first=(300, 3600),
+            mean_gap=3600,
+            size=(2, 6),
+            spacing=(10, 60),
+            make=lambda t, i: Request(
+                t,
+                "other-ctx",
+                small.model.name,
+                "other-ctx",
+                small.num_ctx * 2,
+                None,
+                f"other-ctx#{i}",
+            ),
+        )
+    )
+    streams.append(
+        _sessions(
+            rng,
+            end,
+            first=(600, 2700),
+            mean_gap=2700,
+            size=(1, 4),
+            spacing=(30, 120),
+            make=lambda t, i: Request(
+                t, "foreign", FOREIGN.name, "foreign", FOREIGN_NUM_CTX, None, f"foreign#{i}"
+            ),
+        )
+    )
+    targets = [rng.choice(PINNED) for _ in range(int(hours * 4) + 4)]
+    streams.append(
+        _sessions(
+            rng,
+            end,
+            first=(600, 3600),
+            mean_gap=3600,
+            size=(1, 1),
+            spacing=(0, 0),
+            make=lambda t, i: Request(
+                t,
+                "unload",
+                targets[i % len(targets)].model.name,
+                "pinned",
+                targets[i % len(targets)].num_ctx,
+                0,
+                f"unload#{i}",
+            ),
+        )
+    )
+    count = max(1, round(hours / 2))
+    times = sorted(rng.uniform(0.1 * end, 0.9 * end) for _ in range(count))
+    restarts = tuple(Restart(t, rng.uniform(5, 30)) for t in times)
+    return Workload(seed, hours, tuple(streams), restarts)
+
+
+# --- clients --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    request: Request
+    ok: bool
+    attempts: int
+    tokens: int = 0
+    error: str | None = None
+
+
+def generate(
+    host: str,
+    port: int,
+    body: dict[str, Any],
+    *,
+    timeout: float = 120.0,
+) -> tuple[int, dict[str, Any]]:
+    """POST /api/generate, streaming; returns (status, the final line or error body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(
+            "POST",
+            "/api/generate",
+            json.dumps(body),
+            {"Content-Type": "application/json", "Connection": "close"},
+        )
+        response = conn.getresponse()
+        if response.status != 200:
+            raw = response.read()
+            try:
+                return response.status, json.loads(raw)
+            except ValueError:
+                return response.status, {"error": raw.decode("utf-8", "replace")}
+        final: dict[str, Any] = {}
+        for line in response:
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if item.get("done"):
+                final = item
+                break
+        if not final:
+            raise http.client.IncompleteRead(b"")
+        return 200, final
+    finally:
+        conn.close()
+
+
+def run_client(host: str, port: int, request: Request) -> ClientResult:
+    body: dict[str, Any] = {
+        "model": request.model,
+        "prompt": request.prompt,
+        "options": {"num_ctx": request.num_ctx},
+    }
+    if request.keep_alive is not None:
+        body["keep_alive"] = request.keep_alive
+    deadline = time.monotonic() + CLIENT_RETRY_REAL_SECONDS
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            status, answer = generate(host, port, body)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # Ollama restarting: the connection is refused or cut. A client tries again.
+            if time.monotonic() > deadline:
+                return ClientResult(request, False, attempts, error=type(exc).__name__)
+            time.sleep(0.01)
+            continue
+        if status != 200:
+            return ClientResult(request, False, attempts, error=f"HTTP {status}: {answer}")
+        return ClientResult(request, True, attempts, tokens=int(answer.get("eval_count", 0)))
+
+
+# --- strategies -----------------------------------------------------------------------------
+
+
+class Strategy:
+    """How models are kept warm: the double's OLLAMA_KEEP_ALIVE, and what runs beside it."""
+
+    name = "none"
+    keep_alive: str | None = None
+
+    def setup(self, double: OllamaDouble, workdir: Path, scale: float) -> None:
+        """Before the workload starts (t = 0)."""
+
+    def start(self, double: OllamaDouble, t0: float, scale: float, end: float) -> None:
+        """At t = 0; ``t0`` is time.monotonic() then."""
+
+    def stop(self) -> None:
+        """At the end of the workload."""
+
+    def requests_sent(self, double: OllamaDouble) -> int:
+        """Load or warm-up requests this strategy sent during the workload."""
+        return 0
+
+    def cpu_seconds(self) -> float | None:
+        return None
+
+
+class KeepAliveForever(Strategy):
+    name = "keep-alive-forever"
+    keep_alive = "-1"
+
+
+class Cron(Strategy):
+    """Every 5 simulated minutes, one request per pinned model, one after the other, as a
+    shell loop of curl lines would; a refused connection is not retried."""
+
+    name = "cron"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+
+    def _round(self, double: OllamaDouble) -> None:
+        for pinned in PINNED:
+            body = {
+                "model": pinned.model.name,
+                "prompt": KEEP_WARM_PROMPT,
+                "keep_alive": -1,
+                "options": {"num_ctx": pinned.num_ctx},
+                "stream": False,
+            }
+            self.sent += 1
+            with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
+                generate(double.host, double.port, body)
+
+    def setup(self, double: OllamaDouble, workdir: Path, scale: float) -> None:
+        self._round(double)
+        self.sent = 0
+
+    def start(self, double: OllamaDouble, t0: float, scale: float, end: float) -> None:
+        def loop() -> None:
+            k = 1
+            while k * CRON_PERIOD < end:
+                if self._stop.wait(max(0.0, t0 + k * CRON_PERIOD / scale - time.monotonic())):
+                    return
+                self._round(double)
+                k += 1
+
+        self._thread = threading.Thread(target=loop, name="cron", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def requests_sent(self, double: OllamaDouble) -> int:
+        return self.sent
+
+
+def is_load_request(method: str, path: str, body: object) -> bool:
+    """A request that loads (or re-times) a model without generating: no prompt, no
+    messages, no input, and a keep_alive other than 0."""
+    if method != "POST" or path not in ("/api/generate", "/api/chat", "/api/embed"):
+        return False
+    if not isinstance(body, dict):
+        return False
+    if body.get("prompt") or body.get("messages") or body.get("input"):
+        return False
+    return body.get("keep_alive") not in (0, "0", "0s")
+
+
+class Keeper(Strategy):
+    """The real daemon as a subprocess, its interval set to 15 simulated seconds."""
+
+    name = "sentinel-keeper"
+    keep_alive = "-1"  # what `sentinel-keeper apply-override` writes for ollama.service
+
+    def __init__(self, interval: float = DAEMON_INTERVAL, *, scaled: bool = True) -> None:
+        self.interval = interval
+        self.scaled = scaled
+        self.daemon: DaemonProcess | None = None
+        self.notify: NotifySocket | None = None
+        self.ready_after: float | None = None
+        self._cpu_at_start = 0.0
+        self._cpu: float | None = None
+
+    def setup(self, double: OllamaDouble, workdir: Path, scale: float) -> None:
+        real_interval = self.interval / scale if self.scaled else self.interval
+        policy = write_policy(workdir / "policy.yaml", double.url, interval=real_interval)
+        self.notify = NotifySocket(workdir / "notify.sock")
+        self.daemon = DaemonProcess(policy, workdir, self.notify)
+        ready = self.notify.wait_for("READY", "1", timeout=120)
+        self.ready_after = ready - self.daemon.started
+
+    def start(self, double: OllamaDouble, t0: float, scale: float, end: float) -> None:
+        double.clear_requests()
+        if self.daemon is not None:
+            self._cpu_at_start = self.daemon.cpu_seconds()
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            if self.daemon.proc.poll() is None:
+                self._cpu = self.daemon.cpu_seconds() - self._cpu_at_start
+            self.daemon.stop()
+        if self.notify is not None:
+            self.notify.close()
+
+    def requests_sent(self, double: OllamaDouble) -> int:
+        return sum(1 for r in double.requests if is_load_request(r.method, r.path, r.body))
+
+    def cpu_seconds(self) -> float | None:
+        return self._cpu
+
+    def outages_seen(self) -> int:
+        if self.daemon is None:
+            return 0
+        return sum(1 for line in self.daemon.log_lines() if '"ollama_unreachable"' in line)
+
+
+def make_strategy(name: str) -> Strategy:
+    if name == "none":
+        return Strategy()
+    if name == "keep-alive-forever":
+        return KeepAliveForever()
+    if name == "cron":
+        return Cron()
+    if name == "sentinel-keeper":
+        return Keeper()
+    raise ValueError(f"unknown strategy {name!r}")
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    strategy: str
+    scale: float
+    start: float  # the double's clock at t = 0
+    clients: list[ClientResult]
+    completions: list[CompletionRecord]
+    load_log: list[LoadRecord]
+    unload_log: list[UnloadRecord]
+    restarts: list[float]  # the double's clock when it answered again
+    tokens_generated: int
+    requests_sent: int
+    loads: int
+    cpu_seconds: float | None
+    wall_seconds: float
+    end: float = 0.0  # the double's clock at the end of the workload
+    ready_after: float | None = None
+    outages_seen: int | None = None
+
+
+def run_strategy(workload: Workload, strategy: Strategy, scale: float, workdir: Path) -> RunResult:
+    double = make_double(keep_alive=strategy.keep_alive, time_scale=scale).start()
+    results: list[ClientResult] = []
+    lock = threading.Lock()
+    began = time.monotonic()
+    try:
+        strategy.setup(double, workdir, scale)
+        t0 = time.monotonic() + 0.05
+        time.sleep(max(0.0, t0 - time.monotonic()))
+        start_clock = double.now()
+        tokens_before = double.tokens_generated
+        loads_before = double.load_count
+        load_log_before = len(double.load_log)
+        unload_log_before = len(double.unload_log)
+        completions_before = len(double.completions)
+        strategy.start(double, t0, scale, workload.end)
+
+        def stream_loop(stream: Sequence[Request]) -> None:
+            for request in stream:
+                delay = t0 + request.at / scale - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                result = run_client(double.host, double.port, request)
+                with lock:
+                    results.append(result)
+
+        def restart_loop() -> None:
+            for restart in workload.restarts:
+                delay = t0 + restart.at / scale - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                double.restart(down_seconds=restart.down / scale)
+
+        threads = [
+            threading.Thread(target=stream_loop, args=(s,), name="client", daemon=True)
+            for s in workload.streams
+        ]
+        threads.append(threading.Thread(target=restart_loop, name="restarts", daemon=True))
+        for t in threads:
+            t.start()
+        finish = t0 + workload.end / scale
+        for t in threads:
+            t.join(timeout=max(1.0, finish - time.monotonic()) + CLIENT_RETRY_REAL_SECONDS + 30)
+        end_clock = double.now()
+        strategy.stop()
+        return RunResult(
+            strategy=strategy.name,
+            scale=scale,
+            start=start_clock,
+            end=end_clock,
+            clients=results,
+            completions=list(double.completions[completions_before:]),
+            load_log=list(double.load_log[load_log_before:]),
+            unload_log=list(double.unload_log[unload_log_before:]),
+            restarts=list(double.restart_log),
+            tokens_generated=double.tokens_generated - tokens_before,
+            requests_sent=strategy.requests_sent(double),
+            loads=double.load_count - loads_before,
+            cpu_seconds=strategy.cpu_seconds(),
+            wall_seconds=time.monotonic() - began,
+            ready_after=strategy.ready_after if isinstance(strategy, Keeper) else None,
+            outages_seen=strategy.outages_seen() if isinstance(strategy, Keeper) else None,
+        )
+    finally:
+        strategy.stop()
+        double.stop()
+
+
+# --- figures --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rewarm:
+    seconds: float | None  # None: not every pinned model was loaded again before the next
+    loads: float  # the summed load time of those loads
+
+
+@dataclass
+class Figures:
+    strategy: str
+    pinned: int
+    failed: int
+    cold: int
+    ttfb: list[float]  # simulated seconds, pinned requests
+    warm_ttfb: list[float]
+    other_ctx: int
+    other_ctx_cold: int
+    foreign: int
+    foreign_cold: int
+    rewarms: list[Rewarm]
+    keep_warm_tokens: int
+    unattributed_tokens: int
+    requests_sent: int
+    loads: int
+    cpu_seconds: float | None
+    wall_seconds: float
+    outages_seen: int | None = None
+    causes: dict[str, int] = field(default_factory=dict)
+    ttfb_not_evicted: list[float] = field(default_factory=list)  # without "evicted" cold hits
+
+    @property
+    def cold_share(self) -> float:
+        return self.cold / self.pinned if self.pinned else float("nan")
+
+    def p(self, fraction: float) -> float:
+        return percentile(self.ttfb, fraction)
+
+    @property
+    def warm_p50(self) -> float:
+        return percentile(self.warm_ttfb, 0.5)
+
+
+def rewarms(result: RunResult, names: Sequence[str]) -> list[Rewarm]:
+    """For each restart: how long from Ollama answering again until every pinned model had
+    been loaded again (before the next restart or the end)."""
+    out = []
+    times = sorted(t for t in result.restarts if t >= result.start)
+    for i, answered in enumerate(times):
+        until = times[i + 1] if i + 1 < len(times) else result.end
+        firsts: dict[str, LoadRecord] = {}
+        for record in result.load_log:
+            if answered <= record.at < until and record.model in names:
+                firsts.setdefault(record.model, record)
+        if len(firsts) < len(names):
+            out.append(Rewarm(None, sum(r.seconds for r in firsts.values())))
+            continue
+        last = max(r.at for r in firsts.values())
+        out.append(Rewarm(last - answered, sum(r.seconds for r in firsts.values())))
+    return out
+
+
+CAUSES = (
+    "not loaded yet",
+    "restart",
+    "evicted",
+    "keep_alive 0",
+    "other num_ctx",
+    "keep_alive ran out",
+)
+_UNLOAD_CAUSES = {
+    "restart": "restart",
+    "evicted": "evicted",
+    "keep_alive 0": "keep_alive 0",
+    "reload": "other num_ctx",
+    "expired": "keep_alive ran out",
+    "removed": "evicted",
+}
+
+
+def cold_causes(result: RunResult) -> dict[str, str]:
+    """Why each cold pinned-model request found its model cold, from the double's own log
+    of loads and unloads: the last thing that happened to the model before the request
+    arrived. A load means the model was there with other load-time options (another
+    num_ctx); an unload says why it went (evicted for another model, keep_alive 0, its
+    keep_alive ran out, a restart); nothing at all: not loaded since the start."""
+    prompts = {c.request.prompt for c in result.clients if c.request.kind == "pinned"}
+    events: dict[str, list[tuple[float, str]]] = {}
+    for load in result.load_log:
+        events.setdefault(load.model, []).append((load.at, "other num_ctx"))
+    for unload in result.unload_log:
+        cause = _UNLOAD_CAUSES.get(unload.reason, unload.reason)
+        events.setdefault(unload.model, []).append((unload.at, cause))
+    for items in events.values():
+        items.sort()
+    causes: dict[str, str] = {}
+    for record in result.completions:
+        if record.warm or record.prompt not in prompts:
+            continue
+        before = [cause for at, cause in events.get(record.model, []) if at <= record.arrived_at]
+        causes[record.prompt] = before[-1] if before else "not loaded yet"
+    return causes
+
+
+def figures(result: RunResult) -> Figures:
+    by_prompt = {c.prompt: c for c in result.completions}
+    pinned_ttfb: list[float] = []
+    warm: list[float] = []
+    cold = other = other_cold = foreign = foreign_cold = failed = 0
+    client_tokens = 0
+    for client in result.clients:
+        request = client.request
+        record = by_prompt.get(request.prompt)
+        if record is None:
+            if request.kind == "pinned":
+                failed += 1
+            continue
+        client_tokens += record.tokens
+        is_cold = not record.warm
+        if request.kind == "pinned":
+            ttfb = record.wait_seconds + FIRST_TOKEN_SECONDS
+            pinned_ttfb.append(ttfb)
+            if is_cold:
+                cold += 1
+            else:
+                warm.append(ttfb)
+        elif request.kind == "other-ctx":
+            other += 1
+            other_cold += is_cold
+        else:
+            foreign += 1
+            foreign_cold += is_cold
+    client_prompts = {c.request.prompt for c in result.clients}
+    by_prompt_request = {c.request.prompt: c.request.kind for c in result.clients}
+    keep_warm = sum(c.tokens for c in result.completions if c.prompt not in client_prompts)
+    causes = cold_causes(result)
+    counts = dict.fromkeys(CAUSES, 0)
+    for cause in causes.values():
+        counts[cause] = counts.get(cause, 0) + 1
+    not_evicted = [
+        record.wait_seconds + FIRST_TOKEN_SECONDS
+        for record in result.completions
+        if record.prompt in client_prompts
+        and by_prompt_request.get(record.prompt) == "pinned"
+        and causes.get(record.prompt) != "evicted"
+    ]
+    return Figures(
+        strategy=result.strategy,
+        pinned=len(pinned_ttfb),
+        failed=failed,
+        cold=cold,
+        ttfb=pinned_ttfb,
+        warm_ttfb=warm,
+        other_ctx=other,
+        other_ctx_cold=other_cold,
+        foreign=foreign,
+        foreign_cold=foreign_cold,
+        rewarms=rewarms(result, [p.model.name for p in PINNED]),
+        keep_warm_tokens=keep_warm,
+        unattributed_tokens=result.tokens_generated - client_tokens - keep_warm,
+        requests_sent=result.requests_sent,
+        loads=result.loads,
+        cpu_seconds=result.cpu_seconds,
+        wall_seconds=result.wall_seconds,
+        outages_seen=result.outages_seen,
+        causes=counts,
+        ttfb_not_evicted=not_evicted,
+    )
+
+
+# --- the real-time re-warm phase ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RewarmSample:
+    down: float  # real seconds the port refused connections
+    seconds: float  # from Ollama answering to every pinned model resident
+    loads: float  # the load time of those loads
+    noticed: bool  # the daemon logged the outage (it probes quickly only then)
+
+    @property
+    def overhead(self) -> float:
+        return self.seconds - self.loads
+
+
+def measure_rewarm(
+    seed: int, restarts: int, scale: float, interval: float, workdir: Path
+) -> list[RewarmSample]:
+    """Restart the double under the running daemon ``restarts`` times, at random moments of
+    its pass schedule, and time the pinned models' return. In double seconds (real seconds
+    at scale 1)."""
+    rng = random.Random(seed + 1)  # noqa: S311 (reproducible moments)
+    names = {p.model.name for p in PINNED}
+    keeper = Keeper(interval, scaled=False)
+    double = make_double(keep_alive="-1", time_scale=scale).start()
+    samples: list[RewarmSample] = []
+    try:
+        keeper.setup(double, workdir, scale)
+        for _ in range(restarts):
+            time.sleep(rng.uniform(1.0, 1.0 + interval))  # a random phase of the passes
+            down = rng.uniform(1.0, 5.0) / scale
+            seen_before = keeper.outages_seen()
+            logged = len(double.load_log)
+            double.restart(down_seconds=down)
+            answered = time.monotonic()
+            deadline = answered + 300
+            while not names <= {i.name for i in double.loaded()}:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the pinned models did not come back within 300 s")
+                time.sleep(0.002)
+            resident = time.monotonic()
+            loads = sum(r.seconds for r in double.load_log[logged:] if r.model in names)
+            samples.append(
+                RewarmSample(
+                    down=down * scale,
+                    seconds=(resident - answered) * scale,
+                    loads=loads,
+                    noticed=keeper.outages_seen() > seen_before,
+                )
+            )
+    finally:
+        keeper.stop()
+        double.stop()
+    return samples
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f}"
+
+
+def rewarm_text(items: Sequence[Rewarm]) -> str:
+    if not items:
+        return "-"
+    done = sorted(r.seconds for r in items if r.seconds is not None)
+    never = len(items) - len(done)
+    parts = [", ".join(f"{s:.0f}" for s in done)] if done else []
+    if never:
+        parts.append(f"{never} never")
+    return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    met: bool | None  # None: not measured
+    measured: str
+
+
+def targets(by_name: dict[str, Figures], samples: Sequence[RewarmSample]) -> list[Target]:
+    out: list[Target] = []
+    keeper = by_name.get("sentinel-keeper")
+    cron = by_name.get("cron")
+    if keeper is None:
+        return out
+    share = keeper.cold_share
+    evicted = keeper.causes.get("evicted", 0)
+    others = keeper.pinned - evicted
+    out.append(
+        Target(
+            "cold-hit share <= 0.5% (sentinel-keeper)",
+            share <= TARGET_COLD_SHARE,
+            f"{share:.2%} ({keeper.cold} of {keeper.pinned}; {evicted} of them evicted to make "
+            f"room for another model; without those, {(keeper.cold - evicted) / others:.2%})",
+        )
+    )
+    if cron is not None:
+        ratio = cron.cold_share / share if share > 0 else float("inf")
+        out.append(
+            Target(
+                "cold-hit share at least 10x below the cron warm-up",
+                (cron.cold_share > 0 and share == 0) or ratio >= TARGET_COLD_RATIO_TO_CRON,
+                f"cron {cron.cold_share:.2%}, {ratio:.1f}x",
+            )
+        )
+    p99, warm = keeper.p(0.99), keeper.warm_p50
+    p99_not_evicted = percentile(keeper.ttfb_not_evicted, 0.99)
+    out.append(
+        Target(
+            "TTFB p99 <= 1.5x warm p50 (sentinel-keeper)",
+            p99 <= TARGET_P99_OVER_WARM_P50 * warm,
+            f"p99 {ms(p99)} ms, warm p50 {ms(warm)} ms: {p99 / warm:.2f}x; without the "
+            f"requests that met an evicted model, p99 {ms(p99_not_evicted)} ms",
+        )
+    )
+    out.append(
+        Target(
+            "zero keep-warm tokens (sentinel-keeper)",
+            keeper.keep_warm_tokens == 0,
+            f"{keeper.keep_warm_tokens} tokens",
+        )
+    )
+    if samples:
+        worst = max(s.overhead for s in samples)
+        out.append(
+            Target(
+                "re-warm within the load time + 1 s of Ollama answering (real time)",
+                worst <= TARGET_REWARM_OVERHEAD,
+                "beyond the load time: "
+                + ", ".join(f"{s.overhead:.1f} s" for s in samples)
+                + f" (worst {worst:.1f} s)",
+            )
+        )
+    else:
+        out.append(
+            Target(
+                "re-warm within the load time + 1 s of Ollama answering (real time)",
+                None,
+                "not measured (--rewarm-restarts 0)",
+            )
+        )
+    return out
+
+
+def markdown(
+    *,
+    command: str,
+    workload: Workload,
+    scale: float,
+    results: Sequence[Figures],
+    samples: Sequence[RewarmSample],
+    rewarm_scale: float,
+    rewarm_interval: float,
+    goals: Sequence[Target],
+    machine: str,
+    plot_name: str | None,
+) -> str:
+    lines = [
+        "# Residency under faults",
+        "",
+        "Produced by:",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        f"Seed {workload.seed}; {workload.hours:g} simulated hours at time scale {scale:g} "
+        f"(each strategy runs {workload.hours * 3600 / scale:.0f} s of real time); "
+        f"machine: {machine}.",
+        "",
+        "The workload (the same for every strategy): "
+        f"{workload.count('pinned')} requests to the {len(PINNED)} pinned models "
+        f"({', '.join(f'{p.model.name} num_ctx {p.num_ctx}' for p in PINNED)}) "
+        "in sessions separated by 6 to 40 idle minutes, 30% of the sessions sending their own "
+        'keep_alive ("5m" or "30s"), '
+        f"{sum(1 for r in workload.requests() if r.keep_alive == 0)} of them with keep_alive 0; "
+        f"{workload.count('other-ctx')} requests to {PINNED[0].model.name} with num_ctx "
+        f"{PINNED[0].num_ctx * 2}; {workload.count('foreign')} requests to {FOREIGN.name} "
+        f"(not in the policy, num_ctx {FOREIGN_NUM_CTX}), which does not fit beside the "
+        f"pinned models in {_harness.VRAM // 1024**3} GiB; "
+        f"{len(workload.restarts)} Ollama restarts "
+        f"(down {', '.join(f'{r.down:.0f}' for r in workload.restarts)} s). "
+        f"Cold loads take {_harness.LOAD_SECONDS:g} s + {_harness.LOAD_SECONDS_PER_GIB:g} s "
+        "per GiB Ollama predicts for the model; a warm model answers its first token in "
+        f"{FIRST_TOKEN_SECONDS * 1000:.0f} ms.",
+        "",
+        "| strategy | pinned requests | cold hits | TTFB p50 ms | p95 ms | p99 ms | max ms "
+        "| re-warm after restarts, s | keep-warm tokens | requests sent to keep warm |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for f in results:
+        lines.append(
+            f"| {LABELS[f.strategy]} | {f.pinned} | {f.cold} ({f.cold_share:.1%}) "
+            f"| {ms(f.p(0.5))} | {ms(f.p(0.95))} | {ms(f.p(0.99))} | {ms(max(f.ttfb))} "
+            f"| {rewarm_text(f.rewarms)} | {f.keep_warm_tokens} | {f.requests_sent} |"
+        )
+    lines += [
+        "",
+        "All times are simulated (real time x the time scale). TTFB is the time Ollama (the "
+        "double) kept the request waiting for its model (queueing, evictions, the load) plus "
+        f"the {FIRST_TOKEN_SECONDS * 1000:.0f} ms a warm model takes to its first token; the "
+        "harness's own HTTP round trip is not included. A cold hit is a request whose model "
+        "was not loaded with the request's num_ctx when it arrived. Re-warm: from Ollama "
+        "answering again after a restart until every pinned model had been loaded again, "
+        "whoever loaded it ('never': not before the next restart or the end). Requests sent "
+        "to keep warm: the cron's prompts; sentinel-keeper's requests without a prompt "
+        "(loads, and keep_alive re-assertions after a client shortened a timer, which Ollama "
+        "serves without loading anything).",
+        "",
+        "Other clients, for each strategy (not in the figures above):",
+        "",
+        "| strategy | other-num_ctx requests cold | foreign-model requests cold "
+        "| failed pinned requests | model loads in Ollama | daemon CPU s | real s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for f in results:
+        cpu = "-" if f.cpu_seconds is None else f"{f.cpu_seconds:.1f}"
+        lines.append(
+            f"| {LABELS[f.strategy]} | {f.other_ctx_cold} of {f.other_ctx} "
+            f"| {f.foreign_cold} of {f.foreign} | {f.failed} | {f.loads} | {cpu} "
+            f"| {f.wall_seconds:.0f} |"
+        )
+    lines += [
+        "",
+        "Cold hits on pinned models by cause: the last thing that happened to the model "
+        "before the request arrived, from the double's log (evicted: to make room for "
+        "another model; other num_ctx: loaded with other options; not loaded yet: since "
+        "the start):",
+        "",
+        "| strategy | " + " | ".join(CAUSES) + " |",
+        "| --- |" + " ---: |" * len(CAUSES),
+    ]
+    for f in results:
+        lines.append(
+            f"| {LABELS[f.strategy]} | "
+            + " | ".join(str(f.causes.get(c, 0)) for c in CAUSES)
+            + " |"
+        )
+    keeper = next((f for f in results if f.strategy == "sentinel-keeper"), None)
+    lines += [""]
+    if keeper is not None:
+        lines += [
+            "sentinel-keeper ran with "
+            f"`interval: {_harness.format_seconds(DAEMON_INTERVAL / scale)}`"
+            f" (real), that is {DAEMON_INTERVAL:g} s simulated, the default. Its probes while "
+            "Ollama is down are capped by the interval, so here they come every "
+            f"{DAEMON_INTERVAL:g} simulated seconds instead of every 0.25 to 1 real second: "
+            "the accelerated run overstates its re-warm time. It saw "
+            f"{keeper.outages_seen} of {len(workload.restarts)} outages (an outage shorter "
+            "than the time to its next pass goes unseen; the next pass then finds the models "
+            "gone).",
+            "",
+        ]
+    if samples:
+        lines += [
+            "## Re-warm after a restart, real time",
+            "",
+            f"sentinel-keeper with `interval: {rewarm_interval:g}s` against the double at "
+            f"time scale {rewarm_scale:g}, Ollama restarted {len(samples)} times at random "
+            "moments of the daemon's pass schedule. Seconds from Ollama answering again to "
+            "every pinned model resident; the load time is the sum of the loads Ollama did "
+            "(one at a time).",
+            "",
+            "| restart | down s | re-warm s | load time s | beyond the load time s "
+            "| daemon saw the outage |",
+            "| ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for i, s in enumerate(samples, 1):
+            lines.append(
+                f"| {i} | {s.down:.1f} | {s.seconds:.2f} | {s.loads:.2f} | {s.overhead:.2f} "
+                f"| {'yes' if s.noticed else 'no'} |"
+            )
+        lines.append("")
+    lines += ["## Targets", ""]
+    for goal in goals:
+        verdict = "not measured" if goal.met is None else "met" if goal.met else "MISSED"
+        lines.append(f"- {goal.text}: **{verdict}**, {goal.measured}")
+    lines.append("")
+    if plot_name is not None:
+        lines += [f"![TTFB distribution per strategy]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+COLORS = {
+    "none": "tab:blue",
+    "keep-alive-forever": "tab:orange",
+    "cron": "tab:green",
+    "sentinel-keeper": "tab:red",
+}
+
+
+def plot(results: Sequence[Figures], path: Path, title: str) -> None:
+    import matplotlib  # noqa: PLC0415 (a bench-only dependency, imported only here)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.6]}
+    )
+    labels = [LABELS[f.strategy].replace(" every", "\nevery") for f in results]
+    shares = [100 * f.cold_share for f in results]
+    bars = left.bar(labels, shares, color=[COLORS[f.strategy] for f in results])
+    for bar, f in zip(bars, results, strict=True):
+        left.annotate(
+            f"{f.cold_share:.1%}\n({f.cold} of {f.pinned})",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    left.axhline(100 * TARGET_COLD_SHARE, color="grey", linewidth=0.8, linestyle=":")
+    left.set_ylabel("pinned-model requests that met a cold model, %")
+    left.set_title("cold hits")
+    left.set_ylim(0, max(shares + [1.0]) * 1.25)
+    left.tick_params(axis="x", labelsize=7)
+    for f in results:
+        xs = sorted(f.ttfb)
+        n = len(xs)
+        if not n:
+            continue
+        tail = [1 - (i / n) for i in range(n)]
+        right.step(
+            xs,
+            tail,
+            where="post",
+            color=COLORS[f.strategy],
+            label=f"{LABELS[f.strategy]}: p99 {ms(f.p(0.99))} ms",
+        )
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("TTFB, simulated seconds (log)")
+    right.set_ylabel("share of requests with at least this TTFB (log)")
+    right.set_title("TTFB distribution of pinned-model requests")
+    right.axvline(FIRST_TOKEN_SECONDS, color="grey", linewidth=0.8, linestyle=":")
+    right.axhline(0.01, color="grey", linewidth=0.8, linestyle="--")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend(fontsize=8, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--hours", type=float, default=4.0, help="simulated hours (default 4)")
+    p.add_argument(
+        "--time-scale", type=float, default=120.0, help="simulated seconds per real second"
+    )
+    p.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help=f"comma-separated, from {', '.join(STRATEGIES)}",
+    )
+    p.add_argument(
+        "--rewarm-restarts",
+        type=int,
+        default=5,
+        help="restarts in the real-time re-warm phase (0: skip it)",
+    )
+    p.add_argument("--rewarm-time-scale", type=float, default=1.0)
+    p.add_argument(
+        "--rewarm-interval",
+        type=float,
+        default=PRODUCTION_INTERVAL,
+        help="the daemon's interval in the re-warm phase, real seconds (default 15)",
+    )
+    p.add_argument("--out", type=Path, default=Path("docs"), help="directory for the results")
+    p.add_argument("--name", default="residency", help="file names: NAME.md, NAME.png")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
+    p.add_argument("--raw", type=Path, help="also write every record of every run as JSON")
+    return p.parse_args(argv)
+
+
+def reproducible_args(argv: Sequence[str]) -> list[str]:
+    """The command line as the results record it: without --raw, which only adds a file."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--raw":
+            skip = True
+        elif not arg.startswith("--raw="):
+            out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        print(f"unknown strategies: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    _harness.quiet_double_errors()
+    sys.setswitchinterval(0.0005)  # threads get the GIL sooner: less noise in the timings
+    command = "python benchmarks/residency.py " + " ".join(
+        shlex.quote(a) for a in reproducible_args(sys.argv[1:] if argv is None else argv)
+    )
+    machine = _harness.machine_note()
+    workload = make_workload(args.seed, args.hours)
+    print(
+        f"workload: seed {args.seed}, {args.hours:g} h, {len(workload.requests())} requests, "
+        f"{len(workload.restarts)} restarts; time scale {args.time_scale:g}",
+        flush=True,
+    )
+    results: list[Figures] = []
+    raw: dict[str, Any] = {}
+    for name in names:
+        with _harness.temp_workdir(f"residency-{name}-") as tmp:
+            run = run_strategy(workload, make_strategy(name), args.time_scale, Path(tmp))
+        raw[name] = dataclasses.asdict(run)
+        fig = figures(run)
+        results.append(fig)
+        print(
+            f"{name:<20} cold {fig.cold}/{fig.pinned} ({fig.cold_share:.2%}: "
+            + ", ".join(f"{k} {v}" for k, v in fig.causes.items() if v)
+            + "), "
+            f"TTFB p50 {ms(fig.p(0.5))} p99 {ms(fig.p(0.99))} max {ms(max(fig.ttfb))} ms, "
+            f"re-warm {rewarm_text(fig.rewarms)}, keep-warm tokens {fig.keep_warm_tokens}, "
+            f"load requests {fig.requests_sent} ({run.wall_seconds:.0f} s)",
+            flush=True,
+        )
+    samples: list[RewarmSample] = []
+    if args.rewarm_restarts > 0 and "sentinel-keeper" in names:
+        with _harness.temp_workdir("residency-rewarm-") as tmp:
+            samples = measure_rewarm(
+                args.seed,
+                args.rewarm_restarts,
+                args.rewarm_time_scale,
+                args.rewarm_interval,
+                Path(tmp),
+            )
+        for s in samples:
+            print(
+                f"re-warm {s.seconds:.2f} s (loads {s.loads:.2f} s, beyond {s.overhead:.2f} s, "
+                f"outage {'seen' if s.noticed else 'unseen'})",
+                flush=True,
+            )
+    goals = targets({f.strategy: f for f in results}, samples)
+    print("targets:")
+    for goal in goals:
+        verdict = "not measured" if goal.met is None else "met" if goal.met else "MISSED"
+        print(f"  {goal.text}: {verdict} ({goal.measured})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_name: str | None = None
+    if not args.no_plot:
+        plot_name = f"{args.name}.png"
+        plot(
+            results,
+            args.out / plot_name,
+            f"pinned-model TTFB, seed {args.seed}, {args.hours:g} simulated hours",
+        )
+    text = markdown(
+        command=command,
+        workload=workload,
+        scale=args.time_scale,
+        results=results,
+        samples=samples,
+        rewarm_scale=args.rewarm_time_scale,
+        rewarm_interval=args.rewarm_interval,
+        goals=goals,
+        machine=machine,
+        plot_name=plot_name,
+    )
+    (args.out / f"{args.name}.md").write_text(text, encoding="utf-8")
+    if args.raw is not None:
+        args.raw.write_text(json.dumps(raw, default=list), encoding="utf-8")
+    print(f"wrote {args.out / (args.name + '.md')}" + (f" and {plot_name}" if plot_name else ""))
+    print(f"mean TTFB per strategy (s): {[round(statistics.fmean(f.ttfb), 3) for f in results]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
