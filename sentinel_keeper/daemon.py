@@ -378,8 +378,10 @@ class Daemon:
             self._pass_lock.release()
 
     def _after_pass(self, report: PassReport, policy: Policy) -> None:
-        """While Ollama is unreachable, probe again soon (capped back-off)."""
-        if report.reachable:
+        """While Ollama is unreachable, probe again soon (capped back-off). So too when it went
+        away during the pass (a restart in the middle of a load): the next interval may be
+        minutes away."""
+        if report.reachable and not any(o.ollama_gone for o in report.outcomes):
             self._probe_delay = PROBE_FIRST_SECONDS
             return
         delay = min(self._probe_delay, PROBE_MAX_SECONDS, policy.interval)

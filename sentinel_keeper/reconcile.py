@@ -12,7 +12,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sentinel_keeper.errors import OllamaError, OllamaUnreachable, SentinelError, StateError
+from sentinel_keeper.errors import (
+    OllamaError,
+    OllamaTimeout,
+    OllamaUnreachable,
+    SentinelError,
+    StateError,
+)
 from sentinel_keeper.observation import (
     Footprint,
     GpuSnapshot,
@@ -80,6 +86,8 @@ class Outcome:
     skipped: bool = False  # not attempted (backing off, pass stopped, Ollama gone)
     load_duration: float | None = None
     endpoint: Endpoint | None = None
+    # Ollama went away during the call (refused, reset, closed): says nothing about the model
+    ollama_gone: bool = False
 
 
 @dataclass(frozen=True)
@@ -275,7 +283,9 @@ class Reconciler:
             outcomes.append(outcome)
             if not outcome.ok and action.kind is ActionKind.PULL:
                 failed_pulls.add(action.model)
-            if action.is_load:
+            if action.is_load and not outcome.ollama_gone:
+                # A restart of Ollama in the middle of a load is no reason to wait before
+                # loading the model again; an error, or a load past load_timeout, is.
                 self._note_result(action.model, outcome.ok)
             if outcome.error is not None and outcome.error.startswith("unreachable: "):
                 gone = "ollama went away during the pass"
@@ -305,7 +315,11 @@ class Reconciler:
             return Outcome(action, ok=True, seconds=self.monotonic() - begun)
         except OllamaUnreachable as exc:
             return Outcome(
-                action, ok=False, seconds=self.monotonic() - begun, error=f"unreachable: {exc}"
+                action,
+                ok=False,
+                seconds=self.monotonic() - begun,
+                error=f"unreachable: {exc}",
+                ollama_gone=not isinstance(exc, OllamaTimeout),
             )
         except SentinelError as exc:
             return Outcome(action, ok=False, seconds=self.monotonic() - begun, error=str(exc))
