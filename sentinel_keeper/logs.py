@@ -25,6 +25,8 @@ from typing import IO, Any, Literal, TextIO, get_args
 
 import structlog
 
+from sentinel_keeper.units import escape_unprintable
+
 LogFormat = Literal["auto", "journal", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
@@ -101,7 +103,21 @@ def format_value(value: object) -> str:
     text = str(value)
     if text and all(c in _BARE for c in text):
         return text
-    return json.dumps(text, ensure_ascii=False)
+    # JSON escapes C0 controls and quotes; escape_unprintable also DEL, C1 controls (U+0085),
+    # line and paragraph separators and bidi overrides, which JSON leaves raw: a value from
+    # Ollama can neither end the line nor disguise it.
+    return escape_unprintable(json.dumps(text, ensure_ascii=False))
+
+
+def console_safe(
+    _logger: object, _method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor for the console renderer, which writes strings as they are:
+    a string that could break or disguise the line is written as format_value() quotes it."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and not value.isprintable():
+            event_dict[key] = format_value(value)
+    return event_dict
 
 
 def logfmt(event: str, fields: Mapping[str, object]) -> str:
@@ -168,6 +184,7 @@ def configure_logging(
         colors = bool(getattr(out, "isatty", lambda: False)()) and "NO_COLOR" not in environ
         processors += [
             structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            console_safe,
             structlog.dev.ConsoleRenderer(colors=colors, sort_keys=False),
         ]
     structlog.configure(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sentinel_keeper.units import escape_unprintable
+
 DEFAULT_TAG = "latest"
 
 
@@ -11,8 +13,12 @@ def normalize_model_name(name: str) -> str:
     ``llama3.2`` and ``registry.ollama.ai/library/llama3.2`` become ``llama3.2:latest``;
     ``hf.co/org/repo:Q4_K_M`` and ``host:5000/ns/model`` keep their own tag (or gain
     ``:latest``): a colon only starts the tag when it comes after the last slash.
+
+    Names come from Ollama's answers too: control characters, line separators and the like
+    (which no real model name has) are escaped here, so that no name can break a log line
+    or reach a terminal raw.
     """
-    name = name.strip()
+    name = escape_unprintable(name.strip())
     for prefix in ("registry.ollama.ai/", "library/"):
         # Ollama shows its own registry's models by the shortest name (DisplayShortest).
         if name.startswith(prefix) and len(name) > len(prefix):

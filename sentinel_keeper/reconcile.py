@@ -29,11 +29,13 @@ from sentinel_keeper.observation import (
 )
 from sentinel_keeper.plan import Action, ActionKind, Endpoint, Plan, plan
 from sentinel_keeper.policy import Policy
+from sentinel_keeper.units import escape_unprintable
 
 # A model whose load failed is retried after this, doubling per failure up to the cap, so
 # that an out-of-memory model does not hammer Ollama every interval.
 BACKOFF_BASE_SECONDS = 15.0
 BACKOFF_MAX_SECONDS = 900.0
+MAX_VERSION_CHARS = 100
 
 
 class OllamaApi(Protocol):
@@ -162,7 +164,8 @@ class Reconciler:
     def observe(self) -> Observation:
         """Read the world. Raises OllamaError when Ollama cannot be observed."""
         at = self.clock()
-        version = self.client.version()
+        # Shown in logs, STATUS= and on terminals: no control characters, a sane length.
+        version = escape_unprintable(self.client.version())[:MAX_VERSION_CHARS]
         loaded = self.client.ps()
         installed = self.client.tags()
         gpu = self.gpu.snapshot() if self.gpu is not None else GpuSnapshot(error="GPU probe off")
