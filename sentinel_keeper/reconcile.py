@@ -224,6 +224,12 @@ class Reconciler:
         final: Observation | None = observation
         if any(o.ok and not o.skipped for o in outcomes):
             final = self._reobserve(observation)
+            outcomes = self._blame_evictions(observation, final, outcomes)
+        for outcome in outcomes:
+            if outcome.action.is_load and not outcome.skipped and not outcome.ollama_gone:
+                # A restart of Ollama in the middle of a load is no reason to wait before
+                # loading the model again; an error, or a load past load_timeout, is.
+                self._note_result(outcome.action.model, outcome.ok)
         state_error = self._remember(final)
         return PassReport(
             started,
@@ -286,13 +292,48 @@ class Reconciler:
             outcomes.append(outcome)
             if not outcome.ok and action.kind is ActionKind.PULL:
                 failed_pulls.add(action.model)
-            if action.is_load and not outcome.ollama_gone:
-                # A restart of Ollama in the middle of a load is no reason to wait before
-                # loading the model again; an error, or a load past load_timeout, is.
-                self._note_result(action.model, outcome.ok)
             if outcome.error is not None and outcome.error.startswith("unreachable: "):
                 gone = "ollama went away during the pass"
         return tuple(outcomes)
+
+    def _blame_evictions(
+        self, before: Observation, after: Observation | None, outcomes: tuple[Outcome, ...]
+    ) -> tuple[Outcome, ...]:
+        """A pinned model whose load made Ollama unload a pinned model listed before it in
+        the policy failed: the two do not fit in memory together. Counted as a failed load
+        (so it backs off), the earlier model is loaded again next pass and stays; without
+        this, the two would evict each other at every pass, a full load each time."""
+        if after is None:
+            return outcomes
+        order = {m.name: i for i, m in enumerate(self.policy.pinned)}
+        loaded = {o.action.model for o in outcomes if o.ok and not o.skipped and o.action.is_load}
+        present = after.loaded_by_name()
+        gone = [
+            name
+            for name in order
+            if name not in present and (name in loaded or name in before.loaded_by_name())
+        ]
+        if not gone:
+            return outcomes
+        blamed = []
+        for outcome in outcomes:
+            name = outcome.action.model
+            victims = [g for g in gone if name in order and order[g] < order[name]]
+            if outcome.ok and not outcome.skipped and outcome.action.is_load and victims:
+                blamed.append(
+                    replace(
+                        outcome,
+                        ok=False,
+                        error=(
+                            f"loaded, but Ollama unloaded {', '.join(victims)} to make room: these "
+                            "pinned models do not fit in memory together (the one listed first "
+                            "is kept)"
+                        ),
+                    )
+                )
+            else:
+                blamed.append(outcome)
+        return tuple(blamed)
 
     def _execute(self, action: Action) -> Outcome:
         begun = self.monotonic()
