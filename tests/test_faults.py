@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml, library_dir, nvml_env
-from ollama_double import OOM_TEXT, FakeModel, OllamaDouble
+from ollama_double import OOM_TEXT, FakeModel, ManualClock, OllamaDouble
 from test_daemon import NotifySocket, wait_until
 
 from sentinel_keeper import daemon as daemon_module
@@ -552,3 +552,38 @@ def test_the_gpu_lost_and_back(
     assert counts["nvml_available"] == 1
     assert resident(double) and resident(double, EXTRA)  # unknown memory sheds nothing
     assert k.alive()
+
+
+def test_pinned_models_that_do_not_fit_together_back_off_over_a_simulated_hour() -> None:
+    """Two pinned models of 5 GiB on an 8 GiB GPU: Ollama evicts one to load the other. The
+    keeper used to load them in turn at every pass (240 loads an hour at a 15 s interval);
+    now the second is blamed and backs off, and the first stays resident."""
+    clock = ManualClock(1_800_000_000.0)
+    models = [FakeModel("a:1b", size=5 * GiB), FakeModel("b:1b", size=5 * GiB)]
+    with OllamaDouble(models, clock=clock, vram_total=8 * GiB) as double:
+        policy = parse_policy(
+            f"ollama: {{url: '{double.url}'}}\nmodels:\n  - name: a:1b\n  - name: b:1b\n",
+            "p.yaml",
+        )
+        client = OllamaClient(double.url, timeout=2, load_timeout=5)
+        reconciler = Reconciler(
+            policy, client, clock=lambda: datetime.fromtimestamp(double.now(), UTC)
+        )
+        first_resident = 0
+        errors = set()
+        for _ in range(240):
+            double.advance(15)
+            report = reconciler.run_pass()
+            latest = report.latest
+            assert latest is not None
+            first_resident += "a:1b" in latest.loaded_by_name()
+            errors |= {o.error for o in report.outcomes if o.error and not o.skipped}
+        client.close()
+        loads = double.load_count
+    _print(
+        f"two pinned models that do not fit: {loads} loads in a simulated hour, the first "
+        f"resident in {first_resident} of 240 passes"
+    )
+    assert loads <= 25
+    assert first_resident >= 220
+    assert any("do not fit in memory together" in e for e in errors)
