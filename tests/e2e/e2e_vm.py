@@ -46,7 +46,7 @@ IMAGE_FILES = HERE / "image"
 LOCK_TIMEOUT = 900.0  # another run building the same cache
 BUILD_TIMEOUT = 420.0  # debootstrap, kernel, mkfs: about 80 s
 WHEELS_TIMEOUT = 240.0  # pip download: seconds with a warm pip cache
-GUEST_TIMEOUT = 480  # the checks inside the guest (install.sh twice under emulation...)
+GUEST_TIMEOUT = 600  # the checks: 210-320 s seen (install.sh twice under emulation...)
 BOOT_ALLOWANCE = 120.0  # boot to the runner unit, and the power-off after it
 POWEROFF_GRACE = 60.0
 
