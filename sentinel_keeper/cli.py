@@ -21,7 +21,13 @@ from sentinel_keeper.errors import (
     PolicyError,
     SentinelError,
 )
-from sentinel_keeper.logs import LOG_FORMATS, LOG_LEVELS, configure_logging, daemon_logger
+from sentinel_keeper.logs import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    configure_logging,
+    daemon_logger,
+    under_journal,
+)
 from sentinel_keeper.policy import (
     DEFAULT_POLICY_PATH,
     Policy,
@@ -77,11 +83,24 @@ def _out(text: str = "", stream: TextIO | None = None) -> None:
     print(text, file=stream or sys.stdout)
 
 
+# syslog priorities for stderr lines under journald (ExecStartPre=, ExecReload=, a timer):
+# without the "<N>" prefix journald files every line at info, and `journalctl -p warning`
+# would show a failed reload without its reason.
+_ERR, _WARNING = 3, 4
+
+
+def _err(text: str, priority: int = _ERR) -> None:
+    """A line (or lines) for the user on stderr, with its priority prefix under journald."""
+    prefix = f"<{priority}>" if under_journal(os.environ, sys.stderr) else ""
+    for line in text.splitlines() or [""]:
+        print(prefix + line, file=sys.stderr)
+
+
 def _file_risks(path: str) -> bool:
     """Warn about who else can change the policy; True if any local user can."""
     risks = file_risks(path)
     for risk in risks:
-        _out(f"warning: {path}: {risk.message}", sys.stderr)
+        _err(f"warning: {path}: {risk.message}", _WARNING)
     return any(risk.anyone for risk in risks)
 
 
@@ -106,7 +125,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         report = reconciler.run_pass()
     observation = report.observation
     if observation is None:
-        _out(f"sentinel-keeper: {report.error}", sys.stderr)
+        _err(f"sentinel-keeper: {report.error}")
         return EXIT_UNAVAILABLE
     version, gpu = observation.ollama_version, gpu_summary(observation.gpu)
     _out(f"ollama {version} at {policy.ollama.url}; {gpu}")
@@ -117,7 +136,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     if not report.outcomes:
         _out("nothing to do")
     if report.state_error:
-        _out(f"warning: {report.state_error} (sizes of extras will be estimated)", sys.stderr)
+        _err(f"warning: {report.state_error} (sizes of extras will be estimated)", _WARNING)
     _out(status_line(report))
     return EXIT_OK if report.all_pinned_resident else EXIT_NOT_RESIDENT
 
@@ -143,16 +162,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     policy = _load(args)
     if not args.model and not policy.models:
-        _out(
+        _err(
             f"sentinel-keeper: nothing to bench: {policy.source} names no models "
-            "and no --model was given",
-            sys.stderr,
+            "and no --model was given"
         )
         return EXIT_USAGE
 
     def progress(name: str) -> None:
         if sys.stderr.isatty():
-            _out(f"bench: {name} ...", sys.stderr)
+            _err(f"bench: {name} ...")
 
     with make_client(policy) as client:
         report = run_bench(
@@ -184,9 +202,9 @@ def _at_least_one(text: str) -> int:
 
 def _print_override(report: OverrideReport) -> None:
     for conflict in report.conflicts:
-        _out(f"warning: {conflict}", sys.stderr)
+        _err(f"warning: {conflict}", _WARNING)
     for note in report.notes:
-        _out(f"warning: {note}", sys.stderr)
+        _err(f"warning: {note}", _WARNING)
     path, unit = report.path, report.unit
     if report.dry_run:
         if report.diff:
@@ -236,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_apply_override(args: argparse.Namespace) -> int:
     policy = _load(args)
     if _file_risks(policy.source) and not args.dry_run:
-        _out(f"{policy.source}: refusing to write Ollama's drop-in as root from it", sys.stderr)
+        _err(f"{policy.source}: refusing to write Ollama's drop-in as root from it")
         return EXIT_CONFIG
     ollama = policy.ollama
     try:
@@ -252,12 +270,12 @@ def cmd_apply_override(args: argparse.Namespace) -> int:
             remove=args.remove,
         )
     except OverrideError as exc:
-        _out(f"sentinel-keeper: {exc}", sys.stderr)
+        _err(f"sentinel-keeper: {exc}")
         return EXIT_CANTCREAT
     _print_override(report)
     if report.systemd_error is not None:
         done = "removed" if report.status == "removed" else "wrote"
-        _out(f"sentinel-keeper: {done} {report.path}, but {report.systemd_error}", sys.stderr)
+        _err(f"sentinel-keeper: {done} {report.path}, but {report.systemd_error}")
         return EXIT_UNAVAILABLE
     return EXIT_OK
 
@@ -363,18 +381,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except PolicyError as exc:
-        _out(str(exc), sys.stderr)
+        _err(str(exc))
         count = len(exc.diagnostics)
-        _out(f"{exc.path}: {count} error{'s' if count != 1 else ''}", sys.stderr)
+        _err(f"{exc.path}: {count} error{'s' if count != 1 else ''}")
         return EXIT_CONFIG
     except OllamaUnreachable as exc:
-        _out(f"sentinel-keeper: {exc}", sys.stderr)
+        _err(f"sentinel-keeper: {exc}")
         return EXIT_UNAVAILABLE
     except OllamaError as exc:
-        _out(f"sentinel-keeper: {exc}", sys.stderr)
+        _err(f"sentinel-keeper: {exc}")
         return EXIT_UNAVAILABLE
     except SentinelError as exc:
-        _out(f"sentinel-keeper: {exc}", sys.stderr)
+        _err(f"sentinel-keeper: {exc}")
         return EXIT_SOFTWARE
     except KeyboardInterrupt:
         return 130
