@@ -107,7 +107,9 @@ def assert_clean(path: Path, data: bytes) -> int:
     count = len(diagnostics)
     assert count >= 1, err
     assert summary == f"{name}: {count} error{'s' if count != 1 else ''}", err
-    last_line = data.count(b"\n") + 1
+    # YAML's line breaks: a lone CR, NEL and the Unicode separators count as well
+    text = data.decode("utf-8", "replace")
+    last_line = len(re.findall("\r\n|[\r\n\x85\u2028\u2029]", text)) + 1
     for line in diagnostics:
         assert line.startswith(f"{name}:"), line
         where = re.fullmatch(r"(\d+):(\d+): (\S.*)", line[len(name) + 1 :])
