@@ -43,7 +43,6 @@ import http.client
 import json
 import random
 import shlex
-import statistics
 import sys
 import threading
 import time
@@ -1009,6 +1008,12 @@ def markdown(
     return "\n".join(lines)
 
 
+SHORT_LABELS = {
+    "none": "none\n(5m default)",
+    "keep-alive-forever": "OLLAMA_\nKEEP_ALIVE=-1",
+    "cron": "cron\nevery 5m",
+    "sentinel-keeper": "sentinel-\nkeeper",
+}
 COLORS = {
     "none": "tab:blue",
     "keep-alive-forever": "tab:orange",
@@ -1026,13 +1031,25 @@ def plot(results: Sequence[Figures], path: Path, title: str) -> None:
     fig, (left, right) = plt.subplots(
         1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.6]}
     )
-    labels = [LABELS[f.strategy].replace(" every", "\nevery") for f in results]
+    labels = [SHORT_LABELS[f.strategy] for f in results]
     shares = [100 * f.cold_share for f in results]
-    bars = left.bar(labels, shares, color=[COLORS[f.strategy] for f in results])
+    evicted = [100 * f.causes.get("evicted", 0) / f.pinned if f.pinned else 0.0 for f in results]
+    colors = [COLORS[f.strategy] for f in results]
+    left.bar(labels, [s - e for s, e in zip(shares, evicted, strict=True)], color=colors)
+    bars = left.bar(
+        labels,
+        evicted,
+        bottom=[s - e for s, e in zip(shares, evicted, strict=True)],
+        color=colors,
+        alpha=0.45,
+        hatch="//",
+        label="evicted for another model",
+    )
+    left.legend(fontsize=8, loc="upper right")
     for bar, f in zip(bars, results, strict=True):
         left.annotate(
             f"{f.cold_share:.1%}\n({f.cold} of {f.pinned})",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            (bar.get_x() + bar.get_width() / 2, 100 * f.cold_share),
             ha="center",
             va="bottom",
             fontsize=8,
@@ -1041,7 +1058,7 @@ def plot(results: Sequence[Figures], path: Path, title: str) -> None:
     left.set_ylabel("pinned-model requests that met a cold model, %")
     left.set_title("cold hits")
     left.set_ylim(0, max(shares + [1.0]) * 1.25)
-    left.tick_params(axis="x", labelsize=7)
+    left.tick_params(axis="x", labelsize=8)
     for f in results:
         xs = sorted(f.ttfb)
         n = len(xs)
@@ -1201,7 +1218,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.raw is not None:
         args.raw.write_text(json.dumps(raw, default=list), encoding="utf-8")
     print(f"wrote {args.out / (args.name + '.md')}" + (f" and {plot_name}" if plot_name else ""))
-    print(f"mean TTFB per strategy (s): {[round(statistics.fmean(f.ttfb), 3) for f in results]}")
     return 0
 
 

@@ -196,3 +196,29 @@ def test_residency_harness_runs_end_to_end(tmp_path: Path) -> None:
     assert text.count("**met**") + text.count("**MISSED**") == 5
     if plot:
         assert (tmp_path / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_plan_pass_benchmark_runs() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "plan_pass.py"),
+            "--models",
+            "10",
+            "--gpus",
+            "2",
+            "--repeat",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("plan() over 10 policy models and 2 GPUs")
+    assert [line.split()[0] for line in lines[1:]] == ["settled", "disturbed"]
+    assert all(re.search(r"median [\d.]+ ms per pass", line) for line in lines[1:])
