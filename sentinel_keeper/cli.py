@@ -253,7 +253,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_apply_override(args: argparse.Namespace) -> int:
     policy = _load(args)
-    if _file_risks(policy.source) and not args.dry_run:
+    # --remove only deletes sentinel-keeper's own file: allowed, so that uninstalling works
+    if _file_risks(policy.source) and not (args.dry_run or args.remove):
         _err(f"{policy.source}: refusing to write Ollama's drop-in as root from it")
         return EXIT_CONFIG
     ollama = policy.ollama

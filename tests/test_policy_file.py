@@ -137,6 +137,9 @@ def test_apply_override_refuses_a_world_writable_policy(private: Path, tmp_path:
     assert code == 0
     assert "world-writable" in err
     assert not dropins.exists()
+    code, out, err = run_cli(*argv, "--remove", "--no-reload")  # only deletes our own file
+    assert code == 0
+    assert "world-writable" in err
     os.chown(private, 0, 1234)
     private.chmod(0o664)  # one group: a warning, and the drop-in is written
     code, out, err = run_cli(*argv, "--no-reload")
