@@ -7,7 +7,9 @@ that every problem is reported at once, compiler style, with file, line, column 
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import stat
 import time
@@ -603,6 +605,17 @@ class FileRisk:
     anyone: bool  # every local user can, not only a group or one user
 
 
+def _private_group(info: os.stat_result) -> bool:
+    """Is the file's group the owner's own group with nobody else in it (the user private
+    groups of Debian and others, where a umask of 002 makes files group-writable)?"""
+    try:
+        owner = pwd.getpwuid(info.st_uid)
+        group = grp.getgrgid(info.st_gid)
+    except KeyError:
+        return False
+    return owner.pw_gid == info.st_gid and not [m for m in group.gr_mem if m != owner.pw_name]
+
+
 def _writers(info: os.stat_result, what: str, directory: bool) -> list[FileRisk]:
     mode = info.st_mode
     risks = []
@@ -611,7 +624,7 @@ def _writers(info: os.stat_result, what: str, directory: bool) -> list[FileRisk]
     verb = "replace the policy in it" if directory else "change it"
     if mode & stat.S_IWOTH:
         risks.append(FileRisk(f"{what} is world-writable: any local user can {verb}", True))
-    elif mode & stat.S_IWGRP and info.st_gid != 0:
+    elif mode & stat.S_IWGRP and info.st_gid != 0 and not _private_group(info):
         risks.append(
             FileRisk(f"{what} is group-writable (gid {info.st_gid}): that group can {verb}", False)
         )

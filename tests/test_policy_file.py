@@ -19,8 +19,10 @@ Decisions these tests hold:
 
 from __future__ import annotations
 
+import grp
 import io
 import os
+import pwd
 import re
 import signal
 import threading
@@ -38,6 +40,8 @@ from sentinel_keeper.dropin import DROPIN_NAME
 from sentinel_keeper.policy import SETTLE_SECONDS, file_risks, load_policy
 
 MiB = 1024**2
+# Giving a file to another user or group takes root; the tests run as root in CI here.
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid/gid needs root")
 MODELS = ("llama3.2:1b", "qwen2.5:0.5b", "gemma3:1b")
 
 
@@ -70,6 +74,7 @@ def test_a_private_policy_gives_no_warning(private: Path) -> None:
     assert out.startswith(f"{private}: ok ")
 
 
+@needs_root
 @pytest.mark.parametrize(
     ("mode", "words", "anyone"),
     [
@@ -91,6 +96,21 @@ def test_check_warns_when_others_can_write_the_policy(
     assert err == f"warning: {private}: {words}\n"
 
 
+@needs_root
+def test_a_user_private_group_is_the_owner(private: Path) -> None:
+    """With user private groups (umask 002), a group-writable file whose group is its
+    owner's own, with no other member, is the owner's alone: no group warning."""
+    nobody = pwd.getpwuid(65534)
+    if grp.getgrgid(nobody.pw_gid).gr_mem:
+        pytest.skip("nobody's group has members here")
+    os.chown(private, nobody.pw_uid, nobody.pw_gid)
+    private.chmod(0o664)
+    assert [r.message for r in file_risks(str(private))] == [
+        f"the policy file is owned by uid {nobody.pw_uid}, who can change it"
+    ]
+
+
+@needs_root
 def test_another_owner_and_a_writable_directory_are_warned(private: Path) -> None:
     os.chown(private, 4321, 0)
     private.parent.chmod(0o777)
@@ -121,6 +141,7 @@ def test_a_symlink_is_followed_and_its_target_judged(private: Path, tmp_path: Pa
     assert risk.message.startswith(f"its directory {link_dir} is world-writable")
 
 
+@needs_root
 def test_apply_override_refuses_a_world_writable_policy(private: Path, tmp_path: Path) -> None:
     dropins = tmp_path / "ollama.service.d"
     argv = ("--policy", str(private), "apply-override", "--dropin-dir", str(dropins))

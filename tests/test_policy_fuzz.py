@@ -88,6 +88,7 @@ def unprintable(text: str) -> list[str]:
 def assert_clean(path: Path, data: bytes) -> int:
     """Check ``data`` as a policy file at ``path``; judge the outcome; return the exit code."""
     path.write_bytes(data)
+    path.chmod(0o644)  # whatever the umask: no warning about who else can write it
     began = time.monotonic()
     code, out, err = run_check(path)
     took = time.monotonic() - began
