@@ -422,7 +422,7 @@ def test_errors_and_nonsense_from_ollama(
             assert isinstance(answer, bytes)
             double.raw_paths = {"/api/ps": answer}
         k.wait_event(rf"^<4>ollama_unreachable error=.*{words}", since=started)
-        time.sleep(2.0)
+        time.sleep(1.5)
         probes = len([1 for at, p, _ in double.arrivals if p == "/api/ps" and at >= started])
         double.error_paths, double.raw_paths = {}, {}
         end = time.monotonic()
@@ -430,7 +430,7 @@ def test_errors_and_nonsense_from_ollama(
         k.wait_event(r"^<6>pass ", since=end)
         counts = k.events(started)
         figures.append(f"{name}: {probes} probes, back after {back:.2f} s; journal {counts}")
-        assert probes >= 3, name
+        assert probes >= 2, name
         assert back < 1.0 + SLACK, name
         assert counts == {"ollama_unreachable": 1, "ollama_back": 1, "pass": 1}, name
         assert resident(double)
@@ -449,7 +449,7 @@ def test_a_model_removed_from_ollama(
     fault = time.monotonic()
     double.remove_model(PINNED)
     k.wait_event(r"^<4>model_not_installed ", since=fault)
-    time.sleep(2 * INTERVAL)
+    time.sleep(INTERVAL + 0.5)  # at least one more pass
     assert double.loads_since(fault) == []  # nothing to load, no hammering
     double.add_model(FakeModel(PINNED, size=800 * MiB))
     end = time.monotonic()
@@ -534,7 +534,7 @@ def test_the_gpu_lost_and_back(
     k = keeper(policy, LD_LIBRARY_PATH=env["LD_LIBRARY_PATH"], FAKE_NVML_CONFIG=str(config))
     steady(k, double, notify)
     k.wait_event(r"^<4>nvml_unavailable reason=.*GPU is lost")
-    time.sleep(2 * INTERVAL)
+    time.sleep(INTERVAL + 0.5)
     assert not resident(double, EXTRA)
     healthy.write(config)
     end = time.monotonic()
@@ -544,7 +544,7 @@ def test_the_gpu_lost_and_back(
     lost.write(config)  # and lost again mid-run, with the extra loaded
     again = time.monotonic()
     k.wait_event(r"^<4>nvml_unavailable ", since=again, timeout=3 * INTERVAL)
-    time.sleep(2 * INTERVAL)
+    time.sleep(INTERVAL + 0.5)
     counts = k.events()
     _print(f"GPU lost: extra loaded {recovered:.2f} s after NVML answered; journal {counts}")
     assert recovered < INTERVAL + LOAD_SECONDS + SLACK
