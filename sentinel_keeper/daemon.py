@@ -55,6 +55,7 @@ from sentinel_keeper.report import status_line
 from sentinel_keeper.runtime import make_client
 from sentinel_keeper.state import StateStore
 from sentinel_keeper.units import format_duration
+from sentinel_keeper.watch import gone_pinned
 
 JOB_ID = "reconcile"
 TICK_SECONDS = 0.5  # the main loop wakes at least this often
@@ -74,6 +75,10 @@ BETWEEN_CALLS_SECONDS = 10.0
 # Without a pass for interval + this, the scheduler is taken to have stalled.
 IDLE_GRACE_SECONDS = 30.0
 CRASHES_BEFORE_EXIT = 3
+# Between passes, /api/ps this often (see watch.py): a restart of Ollama, an eviction or a
+# client's unload of a pinned model is seen within seconds, not at the next interval.
+WATCH_SECONDS = 2.0
+WATCH_JOB_ID = "watch"
 
 log = structlog.get_logger("sentinel_keeper.daemon")
 
@@ -377,6 +382,30 @@ class Daemon:
         finally:
             self._pass_lock.release()
 
+    def _watch(self) -> None:
+        """Between passes, a look at /api/ps (watch.py); a pinned model gone, or an Ollama
+        that stopped answering, asks the main loop for a pass now."""
+        last = self._last
+        if (
+            self._stop.is_set()
+            or self.progress.running
+            or self._rerun.is_set()
+            or last is None
+            or not last.reachable  # an outage: the probing after a failed pass handles it
+            or self.policy.interval <= WATCH_SECONDS
+        ):
+            return
+        with self._engine_lock:
+            client = self._engine.client
+        try:
+            loaded = client.ps()
+        except SentinelError as exc:
+            self._post("watch", f"ollama: {exc}")
+            return
+        gone = gone_pinned(last, loaded)
+        if gone:
+            self._post("watch", f"pinned model gone: {', '.join(gone)}")
+
     def _after_pass(self, report: PassReport, policy: Policy) -> None:
         """While Ollama is unreachable, probe again soon (capped back-off). So too when it went
         away during the pass (a restart in the middle of a load): the next interval may be
@@ -494,6 +523,12 @@ class Daemon:
             name="reconcile pass",
             next_run_time=datetime.now(UTC),
         )
+        scheduler.add_job(
+            self._watch,
+            trigger=IntervalTrigger(seconds=WATCH_SECONDS, timezone=UTC),
+            id=WATCH_JOB_ID,
+            name="watch between passes",
+        )
         self._scheduler = scheduler
         scheduler.start()
 
@@ -525,6 +560,9 @@ class Daemon:
             if kind == "report":
                 self._crashes = 0
                 self._on_report(item)
+            elif kind == "watch":
+                log.debug("pass_requested", why=item)
+                self._request_pass()
             else:
                 self._on_crash(item)
 

@@ -178,7 +178,7 @@ def _missing_events(history: History, report: PassReport) -> list[LogEvent]:
         if remaining is not None and remaining.total_seconds() <= 0:
             why = "its keep_alive ran out"
         else:
-            why = "evicted by Ollama or unloaded by a client"
+            why = "evicted by Ollama, unloaded by a client, or Ollama restarted"
         tier = _tier(report, name)
         events.append(
             LogEvent(

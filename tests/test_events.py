@@ -190,7 +190,7 @@ def test_a_pinned_model_gone_between_passes_is_a_warning() -> None:
     assert event.fields == {
         "model": "a:1b",
         "tier": "pinned",
-        "why": "evicted by Ollama or unloaded by a client",
+        "why": "evicted by Ollama, unloaded by a client, or Ollama restarted",
     }
 
 

@@ -361,6 +361,53 @@ def test_ollama_restarted_in_the_middle_of_a_load(
 
 
 @pytest.mark.slow
+def test_a_quick_restart_between_passes_is_seen_by_the_watch(
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+) -> None:
+    """`systemctl restart ollama` between two passes of a long interval: no pass sees the
+    outage, but the watch between passes sees the pinned model gone and runs one at once."""
+    policy = write_policy(tmp_path / "policy.yaml", double.url, interval="1m")
+    k = keeper(policy)
+    steady(k, double, notify)
+    k.wait_event(r"^<6>pass ")
+    time.sleep(0.5)
+    double.restart()
+    back = time.monotonic()
+    wait_until("the pinned model", lambda: resident(double), timeout=15)
+    recovered = time.monotonic() - back
+    k.wait_event(r"^<6>model_loaded ", since=back)
+    missing = k.wait_event(r"^<4>model_missing .*Ollama restarted", since=back)
+    counts = k.events(back)
+    _print(f"restart between passes: resident {recovered:.2f} s after; journal {counts}")
+    assert missing >= back
+    assert recovered < daemon_module.WATCH_SECONDS + LOAD_SECONDS + SLACK
+    assert counts["model_loaded"] == 1
+    assert k.alive() and k.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_client_unloading_a_pinned_model_is_seen_by_the_watch(
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+) -> None:
+    policy = write_policy(tmp_path / "policy.yaml", double.url, interval="1m")
+    k = keeper(policy)
+    steady(k, double, notify)
+    k.wait_event(r"^<6>pass ")
+    quiet = time.monotonic()
+    time.sleep(3 * daemon_module.WATCH_SECONDS)
+    assert double.loads_since(quiet) == []  # watching alone sends no loads
+    with OllamaClient(double.url) as client:
+        client.unload(PINNED)
+    gone = time.monotonic()
+    wait_until("the pinned model", lambda: resident(double), timeout=15)
+    recovered = time.monotonic() - gone
+    _print(f"client unload (keep_alive 0): resident again {recovered:.2f} s after")
+    assert recovered < daemon_module.WATCH_SECONDS + LOAD_SECONDS + SLACK
+    assert len(double.loads_since(gone)) == 1
+    assert k.alive() and k.stop() == 0
+
+
+@pytest.mark.slow
 def test_ollama_hanging_times_out_and_the_watchdog_stays_honest(
     tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
 ) -> None:
