@@ -526,11 +526,14 @@ class Scenario:
             done = run("systemctl", "reload", UNIT, timeout=120)
             if done.returncode == 0:
                 raise Failed("systemctl reload succeeded with a broken policy")
+            # At priority err, so that `journalctl -p warning` says why the reload failed.
             pointer = journal_until(
-                "the journal points at policy.yaml:9",
+                "the journal points at policy.yaml:9 at priority err",
                 mark,
                 lambda es: [
-                    e for e in es if "policy.yaml:9:" in e.message and "num_ctx" in e.message
+                    e
+                    for e in es
+                    if "policy.yaml:9:" in e.message and "num_ctx" in e.message and e.priority <= 3
                 ],
             )
             props = show(UNIT, "ActiveState", "SubState", "StatusText", "MainPID")
