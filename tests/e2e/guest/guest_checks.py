@@ -456,8 +456,10 @@ class Scenario:
                 raise Failed(f"{LLAMA} not loaded")
             return time.monotonic() - started
 
-        # The policy's interval is 15s: a restart between two passes is seen at the next one.
-        seconds = wait_for(f"{LLAMA} resident after the ollama restart", back, 45)
+        # The restart falls between two passes of the 15 s interval; the daemon's watch of
+        # /api/ps between passes (every 2 s) sees the model gone and runs a pass at once.
+        # (tests/test_faults.py measures that precisely; here emulation makes timings loose.)
+        seconds = wait_for(f"{LLAMA} resident after the ollama restart", back, 30)
 
         found = journal_until(
             "the journal says it loaded the model again",
