@@ -11,7 +11,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal, NoReturn
@@ -36,6 +36,11 @@ Endpoint = Literal["generate", "embed"]
 
 DEFAULT_PORT = 11434
 _MAX_ERROR_TEXT = 500
+# The most of an answer the client holds: /api/tags with thousands of models is well below.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+MAX_LINE_BYTES = 1024 * 1024  # one line of a streamed answer (progress, a token)
+# Describe the body as it came off the wire; the buffered copy is decoded and whole.
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # Go's time.Time marshals as RFC 3339 with up to 9 fractional digits and Z or +hh:mm.
 _RFC3339 = re.compile(
@@ -430,9 +435,8 @@ class OllamaClient:
         try:
             with self._http.stream("POST", path, json=body, timeout=self._long) as response:
                 if response.status_code != 200:
-                    response.read()
-                    self._raise_for_status(response, path, model, loading=True)
-                for i, line in enumerate(response.iter_lines()):
+                    self._raise_for_status(_buffered(response, path), path, model, loading=True)
+                for i, line in enumerate(_lines(response, path)):
                     if not line.strip():
                         continue
                     item = shape.an_object(_json_or_fail(line, path), f"line {i + 1}")
@@ -492,9 +496,8 @@ class OllamaClient:
                 "POST", path, json={"model": model, "stream": True}, timeout=self._long
             ) as response:
                 if response.status_code != 200:
-                    response.read()
-                    self._raise_for_status(response, path, model, loading=False)
-                for i, line in enumerate(response.iter_lines()):
+                    self._raise_for_status(_buffered(response, path), path, model, loading=False)
+                for i, line in enumerate(_lines(response, path)):
                     if not line.strip():
                         continue
                     item = shape.an_object(_json_or_fail(line, path), f"line {i + 1}")
@@ -520,7 +523,8 @@ class OllamaClient:
     ) -> Any:
         timeout = self._long if loading else self._short
         try:
-            response = self._http.request(method, path, json=body, timeout=timeout)
+            with self._http.stream(method, path, json=body, timeout=timeout) as streamed:
+                response = _buffered(streamed, path)
         except httpx.TransportError as exc:
             self._raise_transport(exc, method, path, timeout.read)
         if response.status_code != 200:
@@ -601,6 +605,45 @@ class OllamaClient:
         if status == 500 and loading:
             raise LoadFailed(status, text, model=model)
         raise OllamaAPIError(status, text, model=model)
+
+
+def _too_large(path: str, what: str, limit: int) -> OllamaProtocolError:
+    return OllamaProtocolError(f"{path}: {what} is larger than {limit // 1024 // 1024} MiB")
+
+
+def _buffered(response: httpx.Response, path: str) -> httpx.Response:
+    """``response`` read whole, but at most MAX_ANSWER_BYTES (decoded): an answer from a
+    hostile or broken server cannot make the keeper hold gigabytes."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        raise _too_large(path, "the answer", MAX_ANSWER_BYTES)
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in response.iter_bytes():
+        total += len(chunk)
+        if total > MAX_ANSWER_BYTES:
+            raise _too_large(path, "the answer", MAX_ANSWER_BYTES)
+        chunks.append(chunk)
+    return httpx.Response(
+        response.status_code,
+        headers=[(k, v) for k, v in response.headers.multi_items() if k not in _BODY_HEADERS],
+        content=b"".join(chunks),
+        request=response.request,
+    )
+
+
+def _lines(response: httpx.Response, path: str) -> Iterator[str]:
+    """The lines of a streamed answer (NDJSON), each at most MAX_LINE_BYTES."""
+    pending = b""
+    for chunk in response.iter_bytes():
+        pending += chunk
+        *done, pending = pending.split(b"\n")
+        for line in done:
+            yield line.decode("utf-8", "replace")
+        if len(pending) > MAX_LINE_BYTES:
+            raise _too_large(path, "a line of the answer", MAX_LINE_BYTES)
+    if pending:
+        yield pending.decode("utf-8", "replace")
 
 
 def _error_text(response: httpx.Response) -> tuple[str, bool]:
