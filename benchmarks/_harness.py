@@ -224,9 +224,13 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 class DaemonProcess:
     """``python -m sentinel_keeper --policy P run`` with NOTIFY_SOCKET bound here, a temporary
-    STATE_DIRECTORY, no watchdog, and its log (JSON lines) in ``log_path``."""
+    STATE_DIRECTORY, no watchdog, and its log (JSON lines) in ``log_path``. With a
+    ``time_scale`` other than 1, the daemon's own clock constants are divided by it
+    (_scaled_daemon.py)."""
 
-    def __init__(self, policy: Path, workdir: Path, notify: NotifySocket) -> None:
+    def __init__(
+        self, policy: Path, workdir: Path, notify: NotifySocket, *, time_scale: float = 1.0
+    ) -> None:
         self.log_path = workdir / "daemon.log"
         environ = {
             k: v for k, v in os.environ.items() if not k.startswith(("WATCHDOG_", "NOTIFY_"))
@@ -238,13 +242,18 @@ class DaemonProcess:
             PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), environ.get("PYTHONPATH", "")) if p),
         )
         environ.pop("JOURNAL_STREAM", None)
+        if time_scale != 1.0:
+            # the daemon's own clock constants scaled too (see _scaled_daemon.py)
+            environ["SENTINEL_BENCH_TIME_SCALE"] = repr(time_scale)
+            program = [str(Path(__file__).with_name("_scaled_daemon.py"))]
+        else:
+            program = ["-m", "sentinel_keeper"]
         self._log = self.log_path.open("wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "sentinel_keeper",
+                *program,
                 "--policy",
                 str(policy),
                 "run",
@@ -299,6 +308,31 @@ def machine_note() -> str:
     except OSError:
         return f"{os.cpu_count()} CPUs"
     return f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+
+
+def code_version() -> str:
+    """The checkout's commit, "+changes" when the work tree differs from it: the daemon
+    measured is the code in this checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "sentinel_keeper"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return f"{commit}{' +changes in sentinel_keeper/' if dirty else ''}"
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

@@ -146,11 +146,13 @@ def idle_and_rewarm(
 
 
 def report(
+    *,
     command: str,
     ready: Sequence[float],
     idle: Idle | None,
     rewarms: Sequence[Rewarm],
     interval: float,
+    version: str,
 ) -> str:
     lines = [
         "# Daemon footprint",
@@ -162,7 +164,8 @@ def report(
         "```",
         "",
         f"Python {sys.version.split()[0]}; machine: {_harness.machine_note()}; "
-        f"{len(PINNED)} pinned models; no NVML on this machine.",
+        f"{len(PINNED)} pinned models; no NVML on this machine; sentinel-keeper at commit "
+        f"{version}.",
         "",
         "| what | figure |",
         "| --- | --- |",
@@ -208,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         del given[at : at + 2]
     command = "python benchmarks/footprint.py " + " ".join(shlex.quote(a) for a in given)
     _harness.quiet_double_errors()
+    version = _harness.code_version()
     ready: list[float] = []
     idle: Idle | None = None
     rewarms: list[Rewarm] = []
@@ -220,7 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             idle, rewarms = idle_and_rewarm(
                 args.duration, args.interval, args.restarts, Path(tmp), phases
             )
-    text = report(command, ready, idle, rewarms, args.interval)
+    text = report(
+        command=command,
+        ready=ready,
+        idle=idle,
+        rewarms=rewarms,
+        interval=args.interval,
+        version=version,
+    )
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,11 +23,12 @@ the harness's own HTTP round trip is left out because, multiplied by the time sc
 would drown the figures (about 0.3 ms real, 40 ms simulated, at the default scale).
 
 The daemon sleeps in real time, so its policy ``interval`` is set to 15 s of simulated time
-(15 s is the default): 125 ms real at the default scale. Its probes while Ollama is
-unreachable are capped by that interval, so in this run they also come every 15 simulated
-seconds, not every 0.25 to 1 real second as in production: the accelerated run overstates
-what a restart costs with sentinel-keeper. A second phase measures the re-warm after a
-restart in real time (``--rewarm-time-scale 1``) with the production interval of 15 s.
+(15 s is the default): 125 ms real at the default scale; and it runs through
+_scaled_daemon.py, which divides its own clock constants (probes while Ollama does not
+answer, the look at /api/ps between passes, jitter, the back-off after a failed load) by the
+time scale (``--stock-daemon`` leaves them in real seconds). A second phase measures the
+re-warm after a restart in real time (``--rewarm-time-scale 1``) with the stock daemon at
+the production interval of 15 s.
 
     python benchmarks/residency.py --seed 1 --hours 4 --time-scale 120 --out docs
 
@@ -407,9 +408,12 @@ class Keeper(Strategy):
     name = "sentinel-keeper"
     keep_alive = "-1"  # what `sentinel-keeper apply-override` writes for ollama.service
 
-    def __init__(self, interval: float = DAEMON_INTERVAL, *, scaled: bool = True) -> None:
+    def __init__(
+        self, interval: float = DAEMON_INTERVAL, *, scaled: bool = True, stock: bool = False
+    ) -> None:
         self.interval = interval
-        self.scaled = scaled
+        self.scaled = scaled  # the interval is in simulated seconds
+        self.stock = stock  # leave the daemon's own clock constants in real seconds
         self.daemon: DaemonProcess | None = None
         self.notify: NotifySocket | None = None
         self.ready_after: float | None = None
@@ -420,7 +424,8 @@ class Keeper(Strategy):
         real_interval = self.interval / scale if self.scaled else self.interval
         policy = write_policy(workdir / "policy.yaml", double.url, interval=real_interval)
         self.notify = NotifySocket(workdir / "notify.sock")
-        self.daemon = DaemonProcess(policy, workdir, self.notify)
+        constants_scale = scale if self.scaled and not self.stock else 1.0
+        self.daemon = DaemonProcess(policy, workdir, self.notify, time_scale=constants_scale)
         ready = self.notify.wait_for("READY", "1", timeout=120)
         self.ready_after = ready - self.daemon.started
 
@@ -449,7 +454,7 @@ class Keeper(Strategy):
         return sum(1 for line in self.daemon.log_lines() if '"ollama_unreachable"' in line)
 
 
-def make_strategy(name: str) -> Strategy:
+def make_strategy(name: str, *, stock_daemon: bool = False) -> Strategy:
     if name == "none":
         return Strategy()
     if name == "keep-alive-forever":
@@ -457,7 +462,7 @@ def make_strategy(name: str) -> Strategy:
     if name == "cron":
         return Cron()
     if name == "sentinel-keeper":
-        return Keeper()
+        return Keeper(stock=stock_daemon)
     raise ValueError(f"unknown strategy {name!r}")
 
 
@@ -881,6 +886,7 @@ def markdown(
     goals: Sequence[Target],
     machine: str,
     plot_name: str | None,
+    stock_daemon: bool = False,
 ) -> str:
     lines = [
         "# Residency under faults",
@@ -969,13 +975,20 @@ def markdown(
         lines += [
             "sentinel-keeper ran with "
             f"`interval: {_harness.format_seconds(DAEMON_INTERVAL / scale)}`"
-            f" (real), that is {DAEMON_INTERVAL:g} s simulated, the default. Its probes while "
-            "Ollama is down are capped by the interval, so here they come every "
-            f"{DAEMON_INTERVAL:g} simulated seconds instead of every 0.25 to 1 real second: "
-            "the accelerated run overstates its re-warm time. It saw "
-            f"{keeper.outages_seen} of {len(workload.restarts)} outages (an outage shorter "
-            "than the time to its next pass goes unseen; the next pass then finds the models "
-            "gone).",
+            f" (real), that is {DAEMON_INTERVAL:g} s simulated, the default, "
+            + (
+                "and its other clock constants left in real seconds (`--stock-daemon`): in "
+                "simulated time its probes while Ollama does not answer, its look at /api/ps "
+                f"between passes and its back-off after a failed load are {scale:g} times "
+                "slower than in production. "
+                if stock_daemon
+                else "and with the daemon's own clock constants divided by the time scale "
+                "(benchmarks/_scaled_daemon.py: its probes while Ollama does not answer, its "
+                "look at /api/ps between passes, the jitter of its passes, its back-off after "
+                "a failed load), so that in simulated time it keeps the pace it keeps in real "
+                "time. "
+            )
+            + f"It logged {keeper.outages_seen} outages of Ollama.",
             "",
         ]
     if samples:
@@ -1119,6 +1132,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--name", default="residency", help="file names: NAME.md, NAME.png")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
     p.add_argument("--raw", type=Path, help="also write every record of every run as JSON")
+    p.add_argument(
+        "--stock-daemon",
+        action="store_true",
+        help="leave the daemon's probe, watch, jitter and back-off times in real seconds",
+    )
     return p.parse_args(argv)
 
 
@@ -1148,7 +1166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python benchmarks/residency.py " + " ".join(
         shlex.quote(a) for a in reproducible_args(sys.argv[1:] if argv is None else argv)
     )
-    machine = _harness.machine_note()
+    machine = f"{_harness.machine_note()}; sentinel-keeper at commit {_harness.code_version()}"
     workload = make_workload(args.seed, args.hours)
     print(
         f"workload: seed {args.seed}, {args.hours:g} h, {len(workload.requests())} requests, "
@@ -1159,7 +1177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw: dict[str, Any] = {}
     for name in names:
         with _harness.temp_workdir(f"residency-{name}-") as tmp:
-            run = run_strategy(workload, make_strategy(name), args.time_scale, Path(tmp))
+            strategy = make_strategy(name, stock_daemon=args.stock_daemon)
+            run = run_strategy(workload, strategy, args.time_scale, Path(tmp))
         raw[name] = dataclasses.asdict(run)
         fig = figures(run)
         results.append(fig)
@@ -1213,6 +1232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         goals=goals,
         machine=machine,
         plot_name=plot_name,
+        stock_daemon=args.stock_daemon,
     )
     (args.out / f"{args.name}.md").write_text(text, encoding="utf-8")
     if args.raw is not None:

@@ -152,9 +152,9 @@ def test_residency_harness_runs_end_to_end(tmp_path: Path) -> None:
         "--seed",
         "3",
         "--hours",
-        "0.4",
+        "0.3",
         "--time-scale",
-        "600",
+        "300",
         "--rewarm-restarts",
         "1",
         "--rewarm-time-scale",
@@ -173,7 +173,7 @@ def test_residency_harness_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     text = (tmp_path / "smoke.md").read_text()
-    assert "python benchmarks/residency.py --seed 3 --hours 0.4" in text
+    assert "python benchmarks/residency.py --seed 3 --hours 0.3" in text
     rows = table_rows(text, "| strategy | pinned requests")
     assert list(rows) == [
         "none (5m default)",
