@@ -158,6 +158,8 @@ class Reconciler:
         self.monotonic = monotonic
         self._details: dict[tuple[str, str], ModelDetails] = {}
         self._failures: dict[str, tuple[int, datetime]] = {}  # model -> (count, retry after)
+        # pairs of pinned models seen resident at the same time: they fit together
+        self._seen_together: set[frozenset[str]] = set()
 
     # -- observe ---------------------------------------------------------------------------
 
@@ -219,12 +221,14 @@ class Reconciler:
             return PassReport(
                 started, self.monotonic() - begun, pinned, extras, None, error=str(exc)
             )
+        self._note_together(observation)
         the_plan = plan(self.policy, observation, observation.at)
         outcomes = self._act(the_plan.actions, stop)
         final: Observation | None = observation
         if any(o.ok and not o.skipped for o in outcomes):
             final = self._reobserve(observation)
             outcomes = self._blame_evictions(observation, final, outcomes)
+            self._note_together(final)
         for outcome in outcomes:
             if outcome.action.is_load and not outcome.skipped and not outcome.ollama_gone:
                 # A restart of Ollama in the middle of a load is no reason to wait before
@@ -296,6 +300,16 @@ class Reconciler:
                 gone = "ollama went away during the pass"
         return tuple(outcomes)
 
+    def _note_together(self, observation: Observation | None) -> None:
+        """Remember which pinned models were resident at the same time: they fit together."""
+        if observation is None:
+            return
+        pinned = {m.name for m in self.policy.pinned}
+        resident = sorted(n for n in observation.loaded_by_name() if n in pinned)
+        self._seen_together.update(
+            frozenset((a, b)) for i, a in enumerate(resident) for b in resident[i + 1 :]
+        )
+
     def _blame_evictions(
         self, before: Observation, after: Observation | None, outcomes: tuple[Outcome, ...]
     ) -> tuple[Outcome, ...]:
@@ -318,8 +332,18 @@ class Reconciler:
         blamed = []
         for outcome in outcomes:
             name = outcome.action.model
-            victims = [g for g in gone if name in order and order[g] < order[name]]
-            if outcome.ok and not outcome.skipped and outcome.action.is_load and victims:
+            # Two pinned models once resident at the same time fit together: when one goes
+            # during the other's load, something else took the room (another client's model,
+            # busy at that moment). A re-assertion of keep_alive loads nothing at all.
+            victims = [
+                g
+                for g in gone
+                if name in order
+                and order[g] < order[name]
+                and frozenset((g, name)) not in self._seen_together
+            ]
+            loads_memory = outcome.action.kind in (ActionKind.LOAD, ActionKind.RELOAD)
+            if outcome.ok and not outcome.skipped and loads_memory and victims:
                 blamed.append(
                     replace(
                         outcome,
