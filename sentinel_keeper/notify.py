@@ -1,10 +1,14 @@
 """The sd_notify protocol: what the daemon tells systemd (READY, STATUS, WATCHDOG, RELOADING,
 STOPPING, EXTEND_TIMEOUT_USEC).
 
-Sending goes through the sdnotify package, which ignores every error: a keeper whose
-notification socket went away keeps keeping. Without NOTIFY_SOCKET nothing is sent at all.
-The parsing of systemd's variables (WATCHDOG_USEC, WATCHDOG_PID) and the formatting of the
-messages are pure functions, tested on their own.
+Sending goes through the sdnotify package's socket, with a send timeout: a receiver that does
+not read (PID 1 busy, a test harness) fills the socket's queue, and a blocking send would
+then hold the main loop, and SIGTERM with it, forever. A message that cannot be sent within
+:data:`SEND_TIMEOUT_SECONDS` is dropped (a missed WATCHDOG=1 or STATUS= is harmless); a state
+change (READY=1, RELOADING=1, STOPPING=1) that could not be sent is kept and sent, in order,
+before the next message. A keeper whose notification socket went away keeps keeping. Without
+NOTIFY_SOCKET nothing is sent at all. The parsing of systemd's variables (WATCHDOG_USEC,
+WATCHDOG_PID) and the formatting of the messages are pure functions, tested on their own.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ import sdnotify
 
 # STATUS is shown by `systemctl status` on one line; keep it short and single-line.
 MAX_STATUS_CHARS = 200
+# The longest one send may block the loop: a few per tick at most, so a receiver that never
+# reads slows the loop to about a tick per second and never stops it.
+SEND_TIMEOUT_SECONDS = 0.1
+MAX_UNSENT = 4  # state changes kept for a later send while the receiver does not read
 
 
 def watchdog_period(env: Mapping[str, str], pid: int) -> float | None:
@@ -62,9 +70,26 @@ def message(*fields: tuple[str, str]) -> str:
     return "\n".join(f"{key}={value}" for key, value in fields)
 
 
+def bounded_sender(timeout: float = SEND_TIMEOUT_SECONDS) -> Callable[[str], None] | None:
+    """A send function for NOTIFY_SOCKET (read from os.environ, as sdnotify does) that blocks
+    at most ``timeout`` seconds and raises OSError when the message did not go out; None
+    when there is no socket to send to."""
+    try:
+        notifier = sdnotify.SystemdNotifier(debug=True)
+    except (OSError, TypeError, ValueError):
+        return None  # no NOTIFY_SOCKET, or nothing listening there: nothing to tell
+    notifier.socket.settimeout(timeout)
+
+    def send(text: str) -> None:
+        notifier.notify(text)
+
+    return send
+
+
 class Notifier:
-    """Sends sd_notify messages; a no-op without NOTIFY_SOCKET. Thread-safe: the daemon sends
-    from its main thread, but nothing breaks if a worker sends too."""
+    """Sends sd_notify messages; a no-op without NOTIFY_SOCKET. Never blocks longer than a
+    send timeout. Thread-safe: the daemon sends from its main thread, but nothing breaks if a
+    worker sends too."""
 
     def __init__(
         self,
@@ -80,17 +105,31 @@ class Notifier:
         self._monotonic_usec = monotonic_usec
         self._lock = threading.Lock()
         self._status: str | None = None
+        self._unsent: list[str] = []  # state changes not sent yet, oldest first
+        self.dropped = 0  # messages given up on: the receiver did not read in time
         self._send: Callable[[str], None] | None = send
         if self._send is None and self.enabled:
-            # SystemdNotifier reads NOTIFY_SOCKET from os.environ; an explicit env (tests) is
-            # only honoured for the watchdog settings.
-            self._send = sdnotify.SystemdNotifier().notify
+            # The socket comes from os.environ (as sdnotify reads it); an explicit env
+            # (tests) is only honoured for the watchdog settings.
+            self._send = bounded_sender()
 
-    def _emit(self, text: str) -> None:
+    def _emit(self, text: str, *, state_change: bool = False) -> bool:
+        """Send ``text``; False when it did not go out in time. State changes that did not
+        are kept (the last few, in order) and sent before the next message."""
         if self._send is None:
-            return
+            return False
         with self._lock:
-            self._send(text)
+            try:
+                while self._unsent:
+                    self._send(self._unsent[0])
+                    del self._unsent[0]
+                self._send(text)
+            except OSError:
+                self.dropped += 1
+                if state_change:
+                    self._unsent = [*self._unsent, text][-MAX_UNSENT:]
+                return False
+            return True
 
     @property
     def status_text(self) -> str | None:
@@ -102,16 +141,17 @@ class Notifier:
         line = clean_status(text)
         if line == self._status:
             return False
-        self._status = line
-        self._emit(message(("STATUS", line)))
-        return True
+        if self._emit(message(("STATUS", line))):
+            self._status = line  # else tried again at the next call
+            return True
+        return False
 
     def ready(self, status: str | None = None) -> None:
         fields = [("READY", "1")]
         if status is not None:
             self._status = clean_status(status)
             fields.append(("STATUS", self._status))
-        self._emit(message(*fields))
+        self._emit(message(*fields), state_change=True)
 
     def reloading(self, status: str | None = None) -> None:
         """RELOADING=1 with MONOTONIC_USEC, which Type=notify-reload (systemd >= 253) needs to
@@ -120,14 +160,14 @@ class Notifier:
         if status is not None:
             self._status = clean_status(status)
             fields.append(("STATUS", self._status))
-        self._emit(message(*fields))
+        self._emit(message(*fields), state_change=True)
 
     def stopping(self, status: str | None = None) -> None:
         fields = [("STOPPING", "1")]
         if status is not None:
             self._status = clean_status(status)
             fields.append(("STATUS", self._status))
-        self._emit(message(*fields))
+        self._emit(message(*fields), state_change=True)
 
     def watchdog(self) -> None:
         """WATCHDOG=1, only when systemd asked this process for pings."""

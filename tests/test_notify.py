@@ -128,3 +128,69 @@ def test_real_socket(tmp_path: Path) -> None:
     finally:
         listener.close()
     assert got == ["READY=1\nSTATUS=1/1 pinned resident", "WATCHDOG=1", "STOPPING=1"]
+
+
+# --- a receiver that does not read ----------------------------------------------------------
+
+
+def jam(path: Path) -> int:
+    """Fill the queue of the datagram socket bound at ``path`` from another socket, as a
+    PID 1 that does not read for a while leaves it; returns how many datagrams it took."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
+        filler.connect(str(path))
+        filler.setblocking(False)
+        for count in range(100_000):
+            try:
+                filler.send(b"X=1")
+            except BlockingIOError:
+                return count
+    raise AssertionError("the receiver's queue never filled")
+
+
+def received(listener: socket.socket) -> list[str]:
+    listener.setblocking(False)
+    got = []
+    while True:
+        try:
+            got.append(listener.recv(4096).decode())
+        except BlockingIOError:
+            return [m for m in got if m != "X=1"]
+
+
+def test_a_receiver_that_does_not_read_never_blocks_a_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the send timeout, the first message to a full queue blocked the loop for good."""
+    import time
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        n = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}, pid=os.getpid())
+        assert jam(path) > 0
+        began = time.monotonic()
+        n.ready("1/1 pinned resident")  # a state change: kept for later
+        n.watchdog()  # not a state change: dropped
+        assert not n.status("waiting")
+        n.stopping("stopping")
+        assert time.monotonic() - began < 2.0  # four sends, each bounded
+        assert n.dropped == 4
+        received(listener)  # PID 1 reads again
+        assert n.status("1/1 pinned resident; later")
+        assert received(listener) == [
+            "READY=1\nSTATUS=1/1 pinned resident",
+            "STOPPING=1\nSTATUS=stopping",
+            "STATUS=1/1 pinned resident; later",
+        ]
+
+
+def test_unsent_state_changes_are_bounded() -> None:
+    def refuse(_text: str) -> None:
+        raise TimeoutError("timed out")
+
+    n = Notifier({}, send=refuse)
+    for _ in range(10):
+        n.ready("x")
+    assert n.dropped == 10
+    assert len(n._unsent) == 4
