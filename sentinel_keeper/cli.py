@@ -35,9 +35,11 @@ from sentinel_keeper.policy import (
     json_schema,
     load_policy,
 )
+from sentinel_keeper.reconcile import MAX_SETTLE_PASSES
 from sentinel_keeper.report import (
     bench_json,
     bench_table,
+    extras_without_reason,
     gpu_summary,
     outcome_line,
     status_json,
@@ -46,10 +48,11 @@ from sentinel_keeper.report import (
 )
 from sentinel_keeper.runtime import make_client, open_reconciler
 from sentinel_keeper.state import default_state_dir
+from sentinel_keeper.timings import Timings
 
 # Exit codes (sysexits.h where one fits). Documented in --help and the README.
 EXIT_OK = 0
-EXIT_NOT_RESIDENT = 1  # `once`: a pinned model is not resident after the pass
+EXIT_NOT_RESIDENT = 1  # `once`: a pinned model is not resident after its passes
 EXIT_BENCH_INCOMPLETE = 1  # `bench`: a model failed or was refused
 EXIT_USAGE = 2  # bad command line (argparse)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: Ollama unreachable; apply-override: systemctl failed
@@ -59,7 +62,7 @@ EXIT_CONFIG = 78  # EX_CONFIG: the policy is missing or invalid
 
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}   success (`once`: every pinned model is resident afterwards)
-  {EXIT_NOT_RESIDENT}   `once`: some pinned model is not resident after the pass;
+  {EXIT_NOT_RESIDENT}   `once`: some pinned model is not resident after its passes;
       `bench`: a model failed or was refused
   {EXIT_USAGE}   bad command line
   {EXIT_UNAVAILABLE}  Ollama is unreachable (apply-override: systemctl failed)
@@ -119,21 +122,30 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-
     policy = _load(args)
     with open_reconciler(policy, args.state_dir) as reconciler:
-        report = reconciler.run_pass()
-    observation = report.observation
+        reports = reconciler.settle()
+    report = reports[-1]
+    observation = reports[0].observation
     if observation is None:
         _err(f"sentinel-keeper: {report.error}")
         return EXIT_UNAVAILABLE
     version, gpu = observation.ollama_version, gpu_summary(observation.gpu)
     _out(f"ollama {version} at {policy.ollama.url}; {gpu}")
-    for outcome in report.outcomes:
+    outcomes = [outcome for each in reports for outcome in each.outcomes]
+    for outcome in outcomes:
         _out(outcome_line(outcome))
+    if not report.reachable:
+        _err(f"sentinel-keeper: {report.error}")
+        return EXIT_UNAVAILABLE
     for finding in report.plan.findings:
         _out(f"{'warning' if finding.warning else 'note':<9} {finding.message}")
-    if not report.outcomes:
+    for name in extras_without_reason(report):
+        _out(
+            f"{'note':<9} {name} not loaded: still waiting for the pinned models after "
+            f"{len(reports)} passes; the daemon places it in a later pass"
+        )
+    if not outcomes:
         _out("nothing to do")
     if report.state_error:
         _err(f"warning: {report.state_error} (sizes of extras will be estimated)", _WARNING)
@@ -240,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, args.log_level)
     log = daemon_logger()
     try:
-        return run_daemon(_policy_path(args), state_dir=args.state_dir)
+        return run_daemon(_policy_path(args), state_dir=args.state_dir, timings=args.timings)
     except PolicyError as exc:
         log.error("policy_invalid", path=exc.path, errors=len(exc.diagnostics))
         for diagnostic in exc.diagnostics:
@@ -315,7 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     command("check", cmd_check, "validate the policy; every error as PATH:LINE:COL")
-    command("once", cmd_once, "run one reconcile pass, print what was done and why")
+    command(
+        "once",
+        cmd_once,
+        "run reconcile passes until nothing is left to do (at most "
+        f"{MAX_SETTLE_PASSES}), print what was done and why",
+    )
     status = command("status", cmd_status, "show each policy model, GPU memory and Ollama")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     command("schema", cmd_schema, "print the policy's JSON Schema (for editors)")
@@ -375,9 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, timings: Timings | None = None) -> int:
+    """The command line. ``timings``: the daemon's clock (tests and benchmarks run it at
+    accelerated time with ``Timings().scaled(k)``); the shipped defaults otherwise."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.timings = timings
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Protocol
 
 from sentinel_keeper.errors import (
@@ -29,13 +30,13 @@ from sentinel_keeper.observation import (
 )
 from sentinel_keeper.plan import Action, ActionKind, Endpoint, Plan, plan
 from sentinel_keeper.policy import Policy
+from sentinel_keeper.timings import Timings
 from sentinel_keeper.units import escape_unprintable
 
-# A model whose load failed is retried after this, doubling per failure up to the cap, so
-# that an out-of-memory model does not hammer Ollama every interval.
-BACKOFF_BASE_SECONDS = 15.0
-BACKOFF_MAX_SECONDS = 900.0
 MAX_VERSION_CHARS = 100
+# `once` runs passes until one has nothing left to do (the pinned models load first, the
+# extras that fit in the pass after): at most this many.
+MAX_SETTLE_PASSES = 5
 
 
 class OllamaApi(Protocol):
@@ -77,6 +78,15 @@ class StateApi(Protocol):
     def update(self, footprints: Mapping[str, Footprint], keep: set[str]) -> bool: ...
 
 
+class Failure(StrEnum):
+    """Why an attempted action failed: what the pass and the daemon decide on (the error
+    text is for people)."""
+
+    UNREACHABLE = "unreachable"  # no answer: refused, reset, closed, or timed out
+    OLLAMA_ERROR = "ollama_error"  # Ollama answered with an error (OOM, not found, bad shape)
+    DOES_NOT_FIT = "does_not_fit"  # loaded, but Ollama unloaded an earlier pinned model
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one planned action."""
@@ -88,8 +98,13 @@ class Outcome:
     skipped: bool = False  # not attempted (backing off, pass stopped, Ollama gone)
     load_duration: float | None = None
     endpoint: Endpoint | None = None
+    failure: Failure | None = None  # set when attempted and not ok
     # Ollama went away during the call (refused, reset, closed): says nothing about the model
     ollama_gone: bool = False
+
+    @property
+    def attempted(self) -> bool:
+        return not self.skipped
 
 
 @dataclass(frozen=True)
@@ -101,7 +116,9 @@ class PassReport:
     pinned: tuple[str, ...]
     extras: tuple[str, ...]
     observation: Observation | None  # None: Ollama could not be observed
-    error: str | None = None  # why Ollama could not be observed
+    error: str | None = None  # why Ollama could not be observed, in full
+    # the same in short, without the server's address ("GET /api/ps: connection refused")
+    error_reason: str | None = None
     plan: Plan = field(default_factory=Plan)
     outcomes: tuple[Outcome, ...] = ()
     final: Observation | None = None  # after acting; the same as observation if nothing ran
@@ -149,8 +166,10 @@ class Reconciler:
         state: StateApi | None = None,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        timings: Timings | None = None,
     ) -> None:
         self.policy = policy
+        self.timings = timings if timings is not None else Timings()
         self.client = client
         self.gpu = gpu
         self.state = state
@@ -218,8 +237,15 @@ class Reconciler:
         try:
             observation = self.observe()
         except OllamaError as exc:
+            reason = exc.reason if isinstance(exc, OllamaUnreachable) else str(exc)
             return PassReport(
-                started, self.monotonic() - begun, pinned, extras, None, error=str(exc)
+                started,
+                self.monotonic() - begun,
+                pinned,
+                extras,
+                None,
+                error=str(exc),
+                error_reason=reason,
             )
         self._note_together(observation)
         the_plan = plan(self.policy, observation, observation.at)
@@ -246,6 +272,18 @@ class Reconciler:
             final=final,
             state_error=state_error,
         )
+
+    def settle(self, max_passes: int = MAX_SETTLE_PASSES) -> tuple[PassReport, ...]:
+        """Passes until one attempts nothing, Ollama cannot be observed, or ``max_passes``
+        ran: what `once` runs, so that one call realises the whole policy (the pinned models
+        load first, the extras that fit are planned in the pass after them)."""
+        reports: list[PassReport] = []
+        for _ in range(max_passes):
+            report = self.run_pass()
+            reports.append(report)
+            if not report.reachable or not any(o.attempted for o in report.outcomes):
+                break
+        return tuple(reports)
 
     def _reobserve(self, before: Observation) -> Observation | None:
         try:
@@ -296,7 +334,7 @@ class Reconciler:
             outcomes.append(outcome)
             if not outcome.ok and action.kind is ActionKind.PULL:
                 failed_pulls.add(action.model)
-            if outcome.error is not None and outcome.error.startswith("unreachable: "):
+            if outcome.failure is Failure.UNREACHABLE:
                 gone = "ollama went away during the pass"
         return tuple(outcomes)
 
@@ -348,6 +386,7 @@ class Reconciler:
                     replace(
                         outcome,
                         ok=False,
+                        failure=Failure.DOES_NOT_FIT,
                         error=(
                             f"loaded, but Ollama unloaded {', '.join(victims)} to make room: these "
                             "pinned models do not fit in memory together (the one listed first "
@@ -387,10 +426,17 @@ class Reconciler:
                 ok=False,
                 seconds=self.monotonic() - begun,
                 error=f"unreachable: {exc}",
+                failure=Failure.UNREACHABLE,
                 ollama_gone=not isinstance(exc, OllamaTimeout),
             )
         except SentinelError as exc:
-            return Outcome(action, ok=False, seconds=self.monotonic() - begun, error=str(exc))
+            return Outcome(
+                action,
+                ok=False,
+                seconds=self.monotonic() - begun,
+                error=str(exc),
+                failure=Failure.OLLAMA_ERROR,
+            )
 
     def _backing_off(self, action: Action) -> str | None:
         if not action.is_load:
@@ -410,5 +456,5 @@ class Reconciler:
             self._failures.pop(model, None)
             return
         count = self._failures.get(model, (0, self.clock()))[0] + 1
-        delay = min(BACKOFF_BASE_SECONDS * 2 ** (count - 1), BACKOFF_MAX_SECONDS)
+        delay = self.timings.backoff(count)
         self._failures[model] = (count, self.clock() + timedelta(seconds=delay))

@@ -8,6 +8,7 @@ from typing import Any
 
 from sentinel_keeper.bench import BenchReport
 from sentinel_keeper.observation import GpuSnapshot, Observation
+from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import Outcome, PassReport
 from sentinel_keeper.units import format_duration, format_size
@@ -40,6 +41,21 @@ def status_line(report: PassReport) -> str:
     if missing:
         line += f"; missing: {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else "")
     return line
+
+
+def extras_without_reason(report: PassReport) -> tuple[str, ...]:
+    """The extras ``report`` leaves not resident without saying why: no finding, no action
+    of the pass names them (the planner leaves extras for the next pass while a pinned model
+    loads or an extra is shed)."""
+    latest = report.latest
+    if latest is None:
+        return ()
+    findings = report.plan.findings
+    if any(f.kind is FindingKind.NO_MEMORY_INFO for f in findings):
+        return ()
+    named = {f.model for f in findings} | {o.action.model for o in report.outcomes}
+    loaded = latest.loaded_by_name()
+    return tuple(n for n in report.extras if n not in loaded and n not in named)
 
 
 def outcome_line(outcome: Outcome) -> str:

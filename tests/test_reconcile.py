@@ -14,10 +14,12 @@ from sentinel_keeper.observation import GpuInfo, GpuSnapshot
 from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.plan import ActionKind
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.reconcile import BACKOFF_BASE_SECONDS, Reconciler
+from sentinel_keeper.reconcile import Reconciler
 from sentinel_keeper.report import status_line
 from sentinel_keeper.state import StateStore
+from sentinel_keeper.timings import Timings
 
+BACKOFF_BASE_SECONDS = Timings().backoff_base
 GiB = 1024**3
 MiB = 1024**2
 
