@@ -25,12 +25,8 @@ from typing import Any
 import pytest
 from ollama_double import FakeModel, OllamaDouble
 
-from sentinel_keeper.daemon import (
-    BETWEEN_CALLS_SECONDS,
-    Progress,
-    TrackedClient,
-    unreachable_reason,
-)
+from sentinel_keeper.daemon.engine import TrackedClient
+from sentinel_keeper.daemon.progress import Progress
 from sentinel_keeper.errors import OllamaUnreachable
 from sentinel_keeper.ollama import OllamaClient
 
@@ -251,7 +247,7 @@ class FakeMonotonic:
 
 def test_progress_limits() -> None:
     clock = FakeMonotonic()
-    progress = Progress(clock)
+    progress = Progress(clock, between_calls=10.0)
     clock.now += 29
     assert progress.stuck(idle_limit=30) is None
     clock.now += 2
@@ -261,7 +257,7 @@ def test_progress_limits() -> None:
 
     progress.begin_pass()
     assert progress.running
-    clock.now += BETWEEN_CALLS_SECONDS - 1
+    clock.now += 10.0 - 1
     assert progress.stuck(idle_limit=30) is None
     progress.begin_call("GET /api/ps", None, 1.6)
     clock.now += 1.5
@@ -297,7 +293,7 @@ def test_tracked_client_limits_follow_the_client_timeouts() -> None:
         port = probe.getsockname()[1]
     client = OllamaClient(f"http://127.0.0.1:{port}", timeout=0.2, load_timeout=3.0)
     try:
-        tracked = TrackedClient(client, progress)
+        tracked = TrackedClient(client, progress, call_grace=1.0)
         assert tracked._short_limit == pytest.approx(1.6)  # connect + write + read + 1 s
         assert tracked._long_limit == pytest.approx(4.4)  # load_timeout + 2 x 0.2 + 1 s
         progress.begin_pass()
@@ -307,14 +303,6 @@ def test_tracked_client_limits_follow_the_client_timeouts() -> None:
         progress.end_pass()
     finally:
         client.close()
-
-
-def test_unreachable_reason() -> None:
-    url = "http://127.0.0.1:11434"
-    error = f"ollama at {url} is unreachable: GET /api/version: connection refused"
-    assert unreachable_reason(error, url) == "GET /api/version: connection refused"
-    assert unreachable_reason("/api/ps: bad JSON", url) == "/api/ps: bad JSON"
-    assert unreachable_reason(None, url) == "no answer"
 
 
 # --- the daemon as systemd runs it ---------------------------------------------------------
@@ -607,3 +595,56 @@ def test_invalid_policy_at_start_exits_78_with_every_error(
     assert all(re.search(rf'error="{re.escape(str(policy))}:\d+:\d+: ', x) for x in lines[1:])
     assert len(lines) == 3
     assert notify.messages == []
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_daemon_while_systemd_does_not_read_its_notifications(
+    tmp_path: Path, double: OllamaDouble
+) -> None:
+    """A NOTIFY_SOCKET whose receiver does not read (PID 1 busy) fills up; a blocking send
+    then held the main loop, and SIGTERM never took effect (still running 70 s later). Sends
+    are bounded now: the daemon keeps working, stops at once, and the READY=1 it could not
+    send goes out once the receiver reads again."""
+    path = tmp_path / "jammed.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.connect(str(path))
+    filler.setblocking(False)
+    for _ in range(100_000):  # fill the receiver's queue, as a PID 1 that does not read
+        try:
+            filler.send(b"X=1")
+        except BlockingIOError:
+            break
+    else:
+        raise AssertionError("the receiver's queue never filled")
+    policy = write_policy(tmp_path / "policy.yaml", double.url, PINNED, interval="1s")
+    jammed = type("Jammed", (), {"path": path})()
+    daemon = DaemonProcess(policy, tmp_path, jammed, WATCHDOG_USEC="2000000")  # type: ignore[arg-type]
+    try:
+        # the daemon works while its notifications are dropped
+        daemon.wait_line(r"^<6>ready why=\"pinned resident\"")
+        receiver.setblocking(False)
+        got: list[str] = []
+
+        def drained() -> bool:
+            while True:
+                try:
+                    got.append(receiver.recv(4096).decode())
+                except BlockingIOError:
+                    return any(m.startswith("READY=1") for m in got)
+
+        wait_until("READY=1 once the receiver reads again", drained)
+        for _ in range(100_000):  # jam it again, then stop the daemon
+            try:
+                filler.send(b"X=1")
+            except BlockingIOError:
+                break
+        sent = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+        assert time.monotonic() - sent < 5.0
+    finally:
+        daemon.kill()
+        filler.close()
+        receiver.close()

@@ -36,12 +36,12 @@ from fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml, library_dir, nv
 from ollama_double import OOM_TEXT, FakeModel, ManualClock, OllamaDouble
 from test_daemon import NotifySocket, wait_until
 
-from sentinel_keeper import daemon as daemon_module
+from sentinel_keeper.daemon import lifecycle
 from sentinel_keeper.events import History, advance, pass_events
-from sentinel_keeper.notify import Notifier
 from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.policy import parse_policy
-from sentinel_keeper.reconcile import BACKOFF_MAX_SECONDS, PassReport, Reconciler
+from sentinel_keeper.reconcile import PassReport, Reconciler
+from sentinel_keeper.timings import Timings
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024**2
@@ -290,7 +290,7 @@ def test_a_long_outage_keeps_probing_every_second_and_logs_twice(
         f"reloaded {recovered:.2f} s after Ollama answered; journal at info+ {info}"
     )
     assert len(probes) >= 9
-    assert max(gaps[2:]) < 1.0 + SLACK  # capped at PROBE_MAX_SECONDS
+    assert max(gaps[2:]) < 1.0 + SLACK  # capped at Timings().probe_max
     assert recovered < 1.0 + LOAD_SECONDS + SLACK  # one probe period, not an interval
     assert info["ollama_unreachable"] == 1
     assert info["ollama_back"] == 1
@@ -309,25 +309,26 @@ def test_a_simulated_hour_of_outage_probes_every_second_and_logs_once() -> None:
     are one warning and 3,599 debug lines, and the end of the outage is one info line with
     the outage's length."""
     policy = parse_policy(f"interval: 15s\nmodels:\n  - name: {PINNED}\n", "p.yaml")
-    keeper = daemon_module.Daemon("p.yaml", policy, state_dir=None, notifier=Notifier({}))
+    timings = Timings()
     delays: list[float] = []
-    keeper._run_at = lambda when: delays.append(  # type: ignore[method-assign]
-        (when - datetime.now(UTC)).total_seconds()
-    )
+    delay = timings.probe_first
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     history = History()
     levels: Counter[str] = Counter()
     for second in range(3600):
         report = PassReport(t0 + timedelta(seconds=second), 0.01, (PINNED,), (), None, "refused")
-        keeper._after_pass(report, policy)
+        probe = lifecycle.probe(report, delay, interval=policy.interval, timings=timings)
+        assert probe.after is not None
+        delays.append(probe.after)
+        delay = probe.next_delay
         for event in pass_events(history, report):
             levels[f"{event.event}/{event.level}"] += 1
         history = advance(history, report)
     assert len(delays) == 3600
-    assert max(delays) <= daemon_module.PROBE_MAX_SECONDS + 0.01
-    assert min(delays[3:]) >= daemon_module.PROBE_MAX_SECONDS - 0.05  # capped, not decaying
+    assert delays[:3] == [0.25, 0.5, 1.0]
+    assert max(delays) <= timings.probe_max
+    assert min(delays[3:]) == timings.probe_max  # capped, not decaying
     assert levels == {"ollama_unreachable/warning": 1, "ollama_still_unreachable/debug": 3599}
-    keeper._engine.close()
 
 
 @pytest.mark.slow
@@ -380,7 +381,7 @@ def test_a_quick_restart_between_passes_is_seen_by_the_watch(
     counts = k.events(back)
     _print(f"restart between passes: resident {recovered:.2f} s after; journal {counts}")
     assert missing >= back
-    assert recovered < daemon_module.WATCH_SECONDS + LOAD_SECONDS + SLACK
+    assert recovered < Timings().watch + LOAD_SECONDS + SLACK
     assert counts["model_loaded"] == 1
     assert k.alive() and k.stop() == 0
 
@@ -394,7 +395,7 @@ def test_a_client_unloading_a_pinned_model_is_seen_by_the_watch(
     steady(k, double, notify)
     k.wait_event(r"^<6>pass ")
     quiet = time.monotonic()
-    time.sleep(3 * daemon_module.WATCH_SECONDS)
+    time.sleep(3 * Timings().watch)
     assert double.loads_since(quiet) == []  # watching alone sends no loads
     with OllamaClient(double.url) as client:
         client.unload(PINNED)
@@ -402,7 +403,7 @@ def test_a_client_unloading_a_pinned_model_is_seen_by_the_watch(
     wait_until("the pinned model", lambda: resident(double), timeout=15)
     recovered = time.monotonic() - gone
     _print(f"client unload (keep_alive 0): resident again {recovered:.2f} s after")
-    assert recovered < daemon_module.WATCH_SECONDS + LOAD_SECONDS + SLACK
+    assert recovered < Timings().watch + LOAD_SECONDS + SLACK
     assert len(double.loads_since(gone)) == 1
     assert k.alive() and k.stop() == 0
 
@@ -562,7 +563,7 @@ def test_out_of_memory_back_off_over_a_simulated_hour() -> None:
     _print(f"OOM over a simulated hour: {len(attempts)} attempts of 240 passes; gaps {gaps}")
     assert len(attempts) <= 11
     assert gaps[:4] == [15, 30, 60, 120]
-    assert max(gaps) <= BACKOFF_MAX_SECONDS
+    assert max(gaps) <= Timings().backoff_max
 
 
 @pytest.mark.slow

@@ -198,7 +198,9 @@ class Daemon:
             self._start()
             try:
                 while self._stop_signal is None and self._crash is None:
-                    self._wait(lifecycle.tick_seconds(self.timings, self.notifier.watchdog_interval))
+                    self._wait(
+                        lifecycle.tick_seconds(self.timings, self.notifier.watchdog_interval)
+                    )
                     if self._stop_signal is not None:
                         break
                     if self._hup:
@@ -221,9 +223,7 @@ class Daemon:
                         pass
 
     def _pass_trigger(self, interval: float) -> IntervalTrigger:
-        return IntervalTrigger(
-            seconds=interval, jitter=self.timings.jitter(interval), timezone=UTC
-        )
+        return IntervalTrigger(seconds=interval, jitter=self.timings.jitter(interval), timezone=UTC)
 
     def _start(self) -> None:
         policy = self.policy
@@ -252,7 +252,9 @@ class Daemon:
             timezone=UTC,
             daemon=True,
         )
-        scheduler.add_job(self.worker.request_pass, self._pass_trigger(policy.interval), id=PASS_JOB)
+        scheduler.add_job(
+            self.worker.request_pass, self._pass_trigger(policy.interval), id=PASS_JOB
+        )
         scheduler.add_job(
             self.worker.request_watch,
             IntervalTrigger(seconds=self.timings.watch, timezone=UTC),

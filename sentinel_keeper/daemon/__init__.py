@@ -1,0 +1,12 @@
+"""The daemon, `sentinel-keeper run`.
+
+- service.py: signals, the main loop, the scheduler and the calls to sd_notify;
+- lifecycle.py: its decisions (READY, STATUS, the watchdog, reloads, probes), pure;
+- worker.py: the one thread that runs passes and the watch between them;
+- engine.py: the policy in force with its Ollama client, GPU probe and reconciler;
+- progress.py: whether a pass is within its time limits.
+"""
+
+from sentinel_keeper.daemon.service import Daemon, run_daemon
+
+__all__ = ["Daemon", "run_daemon"]

@@ -1,0 +1,162 @@
+"""What a pass runs with: the policy in force, its Ollama client, its GPU probe and its
+reconciler. A new policy takes effect at the next pass; a pass in flight keeps its own."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from sentinel_keeper.daemon.progress import Progress
+from sentinel_keeper.gpu import GpuProbe
+from sentinel_keeper.observation import InstalledModel, LoadedModel, ModelDetails
+from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.plan import Endpoint
+from sentinel_keeper.policy import Policy
+from sentinel_keeper.reconcile import LoadOutcome, OllamaApi, Reconciler
+from sentinel_keeper.state import StateStore
+from sentinel_keeper.timings import Timings
+
+
+class TrackedClient:
+    """The Ollama client, reporting the start and end of every call to :class:`Progress`
+    with the time the call may take (its own httpx timeouts plus a grace)."""
+
+    def __init__(self, inner: OllamaClient, progress: Progress, *, call_grace: float) -> None:
+        self.inner = inner
+        self._progress = progress
+        short = inner.timeout
+        self._short_limit = 3 * short + call_grace  # connect + write + read
+        self._long_limit = inner.load_timeout + 2 * short + call_grace
+
+    @contextlib.contextmanager
+    def _call(self, what: str, model: str | None, limit: float | None) -> Iterator[None]:
+        self._progress.begin_call(what, model, limit)
+        try:
+            yield
+        finally:
+            self._progress.end_call()
+
+    def version(self) -> str:
+        with self._call("GET /api/version", None, self._short_limit):
+            return self.inner.version()
+
+    def ps(self) -> tuple[LoadedModel, ...]:
+        with self._call("GET /api/ps", None, self._short_limit):
+            return self.inner.ps()
+
+    def tags(self) -> tuple[InstalledModel, ...]:
+        with self._call("GET /api/tags", None, self._short_limit):
+            return self.inner.tags()
+
+    def show(self, model: str) -> ModelDetails:
+        with self._call("POST /api/show", model, self._short_limit):
+            return self.inner.show(model)
+
+    def load(
+        self,
+        model: str,
+        *,
+        options: Mapping[str, int | bool],
+        keep_alive: float,
+        endpoint: Endpoint = "generate",
+    ) -> LoadOutcome:
+        with self._call("load", model, self._long_limit):
+            return self.inner.load(model, options=options, keep_alive=keep_alive, endpoint=endpoint)
+
+    def unload(self, model: str, *, endpoint: Endpoint = "generate") -> None:
+        with self._call("unload", model, self._long_limit):
+            self.inner.unload(model, endpoint=endpoint)
+
+    def pull(self, model: str) -> None:
+        # A download streams progress for as long as it takes; the client bounds the gap
+        # between progress lines, so the watchdog sets no limit of its own.
+        with self._call("pull", model, None):
+            self.inner.pull(model)
+
+
+@dataclass(frozen=True)
+class Engine:
+    policy: Policy
+    client: OllamaClient
+    gpu: GpuProbe
+    reconciler: Reconciler
+
+
+def _close(thing: OllamaClient | GpuProbe) -> None:
+    with contextlib.suppress(Exception):  # closing what may already be broken
+        thing.close()
+
+
+class Engines:
+    """The engine of the policy in force. The main thread hands in a new policy; the pass
+    worker builds the new engine at its next pass, reusing the client and the GPU probe when
+    the policy's settings for them did not change (a reconciler's back-off and caches start
+    afresh with a new policy)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        progress: Progress,
+        timings: Timings,
+        state_dir: str | None,
+        make_ollama: Callable[[Policy], OllamaClient],
+        make_gpu: Callable[[Policy], GpuProbe],
+    ) -> None:
+        self._progress = progress
+        self._timings = timings
+        self._state = StateStore(state_dir) if state_dir else None
+        self._make_ollama = make_ollama
+        self._make_gpu = make_gpu
+        self._lock = threading.Lock()
+        self._pending: Policy | None = None
+        self._current = self._build(policy, None)
+
+    @property
+    def current(self) -> Engine:
+        with self._lock:
+            return self._current
+
+    def replace(self, policy: Policy) -> None:
+        """Run passes with ``policy`` from the next one on."""
+        with self._lock:
+            self._pending = policy
+
+    def for_pass(self) -> Engine:
+        with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self._current = self._build(pending, self._current)
+            return self._current
+
+    def close(self) -> None:
+        engine = self.current
+        _close(engine.client)
+        _close(engine.gpu)
+
+    def _build(self, policy: Policy, old: Engine | None) -> Engine:
+        ollama = policy.ollama
+        client = gpu = None
+        if old is not None:
+            before = old.policy.ollama
+            if (before.url, before.request_timeout, before.load_timeout) == (
+                ollama.url,
+                ollama.request_timeout,
+                ollama.load_timeout,
+            ):
+                client = old.client
+            else:
+                _close(old.client)
+            if old.policy.vram.gpu_indices == policy.vram.gpu_indices:
+                gpu = old.gpu
+            else:
+                _close(old.gpu)
+        client = client or self._make_ollama(policy)
+        gpu = gpu or self._make_gpu(policy)
+        tracked: OllamaApi = TrackedClient(
+            client, self._progress, call_grace=self._timings.call_grace
+        )
+        reconciler = Reconciler(policy, tracked, gpu=gpu, state=self._state, timings=self._timings)
+        return Engine(policy, client, gpu, reconciler)
