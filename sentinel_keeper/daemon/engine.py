@@ -1,5 +1,6 @@
 """What a pass runs with: the policy in force, its Ollama client, its GPU probe and its
-reconciler. A new policy takes effect at the next pass; a pass in flight keeps its own."""
+reconciler; and the two things the pass worker does with them, a pass and the watch between
+passes. A new policy takes effect at the next pass; a pass in flight keeps its own."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from sentinel_keeper.daemon.progress import Progress
+from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.observation import InstalledModel, LoadedModel, ModelDetails
 from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.plan import Endpoint
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.reconcile import LoadOutcome, OllamaApi, Reconciler
+from sentinel_keeper.reconcile import LoadOutcome, OllamaApi, PassReport, Reconciler
 from sentinel_keeper.state import StateStore
 from sentinel_keeper.timings import Timings
+from sentinel_keeper.watch import gone_pinned
 
 
 class TrackedClient:
@@ -113,6 +116,7 @@ class Engines:
         self._lock = threading.Lock()
         self._pending: Policy | None = None
         self._current = self._build(policy, None)
+        self._last_pass: PassReport | None = None  # the pass worker's own
 
     @property
     def current(self) -> Engine:
@@ -130,6 +134,34 @@ class Engines:
             if pending is not None:
                 self._current = self._build(pending, self._current)
             return self._current
+
+    def run_pass(self, stop: threading.Event) -> PassReport:
+        """One pass with the policy in force, its progress tracked (the pass worker's)."""
+        engine = self.for_pass()
+        self._progress.begin_pass()
+        try:
+            report = engine.reconciler.run_pass(stop=stop)
+        finally:
+            self._progress.end_pass()
+        self._last_pass = report
+        return report
+
+    def watch(self) -> str | None:
+        """Between passes, a look at /api/ps (watch.py): why a pass is due now, if one is (a
+        pinned model gone, or an Ollama that stopped answering). The pass worker's."""
+        last = self._last_pass
+        engine = self.current
+        if (
+            last is None
+            or not last.reachable  # an outage: the probing after a failed pass handles it
+            or engine.policy.interval <= self._timings.watch
+        ):
+            return None
+        try:
+            gone = gone_pinned(last, engine.client.ps())
+        except SentinelError as exc:
+            return f"ollama: {exc}"
+        return f"pinned model gone: {', '.join(gone)}" if gone else None
 
     def close(self) -> None:
         engine = self.current

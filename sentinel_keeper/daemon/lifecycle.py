@@ -21,6 +21,24 @@ from sentinel_keeper.report import status_line
 from sentinel_keeper.timings import Timings
 from sentinel_keeper.units import format_duration
 
+
+def starting_event(policy: Policy, path: str, version: str, watchdog: float | None) -> LogEvent:
+    return LogEvent(
+        "starting",
+        "info",
+        {
+            "version": version,
+            "policy": path,
+            "pinned": len(policy.pinned),
+            "extras": len(policy.extras),
+            "interval": format_duration(policy.interval),
+            "ready": policy.ready,
+            "ollama": policy.ollama.url,
+            "watchdog": format_duration(watchdog * 2) if watchdog else "off",
+        },
+    )
+
+
 # --- READY=1 --------------------------------------------------------------------------------
 
 

@@ -8,8 +8,9 @@ Threads and who owns what:
   ping the watchdog, extend the start timeout, keep STATUS current and notice a stuck pass.
   What it does is decided by the pure functions of :mod:`lifecycle`.
 - One pass worker thread (:mod:`worker`) runs the passes, one at a time, and the watch between
-  them. APScheduler's triggers (the interval with its jitter, the watch period, a probe while
-  Ollama does not answer) only ask the worker for work; so do a reload and the watch.
+  them (:mod:`engine`). APScheduler's triggers (:mod:`schedule`: the interval with its jitter,
+  the watch period, a probe while Ollama does not answer) only ask the worker for work; so do
+  a reload and the watch.
 - A :class:`Progress` record, updated through the tracked client, tells the main thread
   whether the pass is within its own time limits. When it is not (a call stuck past its
   timeout), the watchdog pings stop and systemd restarts the service.
@@ -29,21 +30,17 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from types import FrameType
 
 import structlog
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from sentinel_keeper import __version__
 from sentinel_keeper.daemon import lifecycle
 from sentinel_keeper.daemon.engine import Engines
 from sentinel_keeper.daemon.progress import Progress, Stuck
+from sentinel_keeper.daemon.schedule import Schedule
+from sentinel_keeper.daemon.signals import SignalFlags
 from sentinel_keeper.daemon.worker import PassWorker
 from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.events import History, LogEvent, advance, pass_events
@@ -55,10 +52,7 @@ from sentinel_keeper.policy import SETTLE_SECONDS, Policy, file_risks, load_poli
 from sentinel_keeper.reconcile import PassReport
 from sentinel_keeper.runtime import make_client
 from sentinel_keeper.timings import Timings
-from sentinel_keeper.units import format_duration
-from sentinel_keeper.watch import gone_pinned
 
-PASS_JOB, WATCH_JOB, PROBE_JOB = "pass", "watch", "probe"
 CRASHES_BEFORE_EXIT = 3
 
 log = structlog.get_logger("sentinel_keeper.daemon")
@@ -100,17 +94,17 @@ class Daemon:
             make_gpu=make_gpu or (lambda p: GpuProbe(p.vram.gpu_indices)),
         )
         self.worker = PassWorker(self._pass, self._watch, lambda exc: self._post(_Crash(exc)))
+        self.schedule = Schedule(
+            self.timings,
+            request_pass=self.worker.request_pass,
+            request_watch=self.worker.request_watch,
+        )
         self._stop = threading.Event()  # read by a pass between its actions
         self._results: queue.SimpleQueue[PassReport | _Crash | _WatchAsked] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._scheduler: BackgroundScheduler | None = None
-        # signal flags, set by handlers only
-        self._stop_signal: int | None = None
-        self._hup = False
-        # the worker's own: the last pass it ran, for the watch
-        self._last_pass: PassReport | None = None
+        self._signals = SignalFlags(self._wake_w.fileno())
         # the main thread's
         self._started = time.monotonic()
         self._history = History()
@@ -128,83 +122,34 @@ class Daemon:
     # -- the pass worker's side --------------------------------------------------------------
 
     def _pass(self) -> None:
-        if self._stop.is_set():
-            return
-        engine = self.engines.for_pass()
-        self.progress.begin_pass()
-        try:
-            report = engine.reconciler.run_pass(stop=self._stop)
-        finally:
-            self.progress.end_pass()
-        self._last_pass = report
-        self._post(report)
+        if not self._stop.is_set():
+            self._post(self.engines.run_pass(self._stop))
 
     def _watch(self) -> None:
-        """Between passes, a look at /api/ps (watch.py): a pinned model gone, or an Ollama
-        that stopped answering, brings the next pass forward."""
-        last = self._last_pass
-        engine = self.engines.current
-        if (
-            self._stop.is_set()
-            or last is None
-            or not last.reachable  # an outage: the probing after a failed pass handles it
-            or engine.policy.interval <= self.timings.watch
-        ):
-            return
-        try:
-            gone = gone_pinned(last, engine.client.ps())
-        except SentinelError as exc:
-            why = f"ollama: {exc}"
-        else:
-            if not gone:
-                return
-            why = f"pinned model gone: {', '.join(gone)}"
-        self._post(_WatchAsked(why))
-        self.worker.request_pass()
+        why = None if self._stop.is_set() else self.engines.watch()
+        if why is not None:
+            self._post(_WatchAsked(why))
+            self.worker.request_pass()
 
     def _post(self, item: PassReport | _Crash | _WatchAsked) -> None:
         self._results.put(item)
         with contextlib.suppress(OSError):  # full (the loop wakes anyway) or closed (stopping)
             self._wake_w.send(b"r")
 
-    # -- signals (handlers only set flags) ------------------------------------------------
-
-    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
-        self._stop_signal = signum
-
-    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
-        self._hup = True
-
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        previous_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        handlers = {
-            signal.SIGTERM: self._on_stop,
-            signal.SIGINT: self._on_stop,
-            signal.SIGHUP: self._on_hup,
-        }
-        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-            signal.set_wakeup_fd(previous_fd)
-
     # -- the main loop ----------------------------------------------------------------------
 
     def run(self) -> int:
-        with self._signals():
+        flags = self._signals
+        with flags:
             self._start()
             try:
-                while self._stop_signal is None and self._crash is None:
+                while flags.stop is None and self._crash is None:
                     self._wait(
                         lifecycle.tick_seconds(self.timings, self.notifier.watchdog_interval)
                     )
-                    if self._stop_signal is not None:
+                    if flags.stop is not None:
                         break
-                    if self._hup:
-                        self._hup = False
+                    if flags.take_hup():
                         self._reload()
                     self._drain()
                     self._tick()
@@ -222,60 +167,24 @@ class Daemon:
                     while self._wake_r.recv(4096):
                         pass
 
-    def _pass_trigger(self, interval: float) -> IntervalTrigger:
-        return IntervalTrigger(seconds=interval, jitter=self.timings.jitter(interval), timezone=UTC)
-
     def _start(self) -> None:
-        policy = self.policy
         watchdog = self.notifier.watchdog_interval
-        self._event(
-            LogEvent(
-                "starting",
-                "info",
-                {
-                    "version": __version__,
-                    "policy": self.policy_path,
-                    "pinned": len(policy.pinned),
-                    "extras": len(policy.extras),
-                    "interval": format_duration(policy.interval),
-                    "ready": policy.ready,
-                    "ollama": policy.ollama.url,
-                    "watchdog": format_duration(watchdog * 2) if watchdog else "off",
-                },
-            )
-        )
+        self._event(lifecycle.starting_event(self.policy, self.policy_path, __version__, watchdog))
         self._file_risks()
         self.notifier.status(self._status_text())
-        scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(1)},  # the jobs only ask the worker
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-            timezone=UTC,
-            daemon=True,
-        )
-        scheduler.add_job(
-            self.worker.request_pass, self._pass_trigger(policy.interval), id=PASS_JOB
-        )
-        scheduler.add_job(
-            self.worker.request_watch,
-            IntervalTrigger(seconds=self.timings.watch, timezone=UTC),
-            id=WATCH_JOB,
-        )
-        self._scheduler = scheduler
-        scheduler.start()
+        self.schedule.start(self.policy.interval)
         self.worker.start()
         self.worker.request_pass()  # the first pass now, not one interval after the start
 
     def _shutdown(self) -> None:
-        signum = self._stop_signal
+        signum = self._signals.stop
         name = signal.Signals(signum).name if signum is not None else "crash"
         running = self.progress.running
         self.notifier.stopping("stopping" + (" (abandoning a load)" if running else ""))
         self._stop.set()
         self.worker.stop()
         self._event(LogEvent("stopping", "info", {"signal": name, "pass_running": running}))
-        scheduler, self._scheduler = self._scheduler, None
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)
+        self.schedule.shutdown()
         if self.worker.idle:
             # A pass stuck in a call keeps its client; the process exit closes the socket.
             self.engines.close()
@@ -322,14 +231,8 @@ class Daemon:
             report, self._probe_delay, interval=self.policy.interval, timings=self.timings
         )
         self._probe_delay = probe.next_delay
-        if probe.after is not None and self._scheduler is not None:
-            when = datetime.now(UTC) + timedelta(seconds=probe.after)
-            self._scheduler.add_job(
-                self.worker.request_pass,
-                DateTrigger(run_date=when, timezone=UTC),
-                id=PROBE_JOB,
-                replace_existing=True,
-            )
+        if probe.after is not None:
+            self.schedule.probe_in(probe.after)
 
     # -- reload --------------------------------------------------------------------------------
 
@@ -350,10 +253,8 @@ class Daemon:
         if decision.policy is not None:
             self.policy = decision.policy
             self.engines.replace(decision.policy)
-            if decision.interval_changed and self._scheduler is not None:
-                self._scheduler.reschedule_job(
-                    PASS_JOB, trigger=self._pass_trigger(decision.policy.interval)
-                )
+            if decision.interval_changed:
+                self.schedule.change_interval(decision.policy.interval)
             self._file_risks()
             self.worker.request_pass()
         if announce:
