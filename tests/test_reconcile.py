@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from ollama_double import FakeModel, OllamaDouble
+from planning import installed, loaded, observation
 
-from sentinel_keeper.observation import GpuInfo, GpuSnapshot
+from sentinel_keeper.observation import GpuInfo, GpuSnapshot, LoadedModel
 from sentinel_keeper.ollama import OllamaClient
-from sentinel_keeper.plan import ActionKind
+from sentinel_keeper.plan import Action, ActionKind, Finding, FindingKind, Plan
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.reconcile import Reconciler
-from sentinel_keeper.report import status_line
+from sentinel_keeper.reconcile import MAX_SETTLE_PASSES, Outcome, PassReport, Reconciler
+from sentinel_keeper.report import extras_without_reason, status_line
 from sentinel_keeper.state import StateStore
 from sentinel_keeper.timings import Timings
 
@@ -162,3 +164,84 @@ def test_corrupt_state_counts_as_empty(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="corrupt"):
         store.footprints()
     assert store.footprints() == {}
+
+
+# --- settle: what `once` runs ---------------------------------------------------------------
+
+
+def test_settle_places_pinned_then_extras_and_stops_when_nothing_is_left(
+    double: OllamaDouble,
+) -> None:
+    reconciler = make(
+        double,
+        [
+            {"name": "llama3.2:1b"},
+            {"name": "qwen2.5:0.5b", "tier": "extra"},
+            {"name": "big:70b", "tier": "extra"},
+        ],
+        gpu=FixedGpu(8 * GiB),
+    )
+    reports = reconciler.settle()
+    assert [[(o.action.kind, o.action.model) for o in r.outcomes] for r in reports] == [
+        [(ActionKind.LOAD, "llama3.2:1b")],
+        [(ActionKind.LOAD, "qwen2.5:0.5b")],
+        [],  # nothing left to do: the last pass
+    ]
+    last = reports[-1]
+    assert last.resident(last.extras) == ("qwen2.5:0.5b",)
+    # the extra that does not fit says why; none is left without a reason
+    assert [f.model for f in last.plan.findings] == ["big:70b"]
+    assert extras_without_reason(last) == ()
+
+
+def test_settle_stops_at_an_unreachable_ollama(double: OllamaDouble) -> None:
+    reconciler = make(double, [{"name": "llama3.2:1b"}])
+    double.stop()
+    reports = reconciler.settle()
+    assert len(reports) == 1 and not reports[0].reachable
+
+
+class VanishingLoads(OllamaClient):
+    """An Ollama whose loads succeed and never show in /api/ps (another client evicting
+    them at once): every pass has something to do."""
+
+    def ps(self) -> tuple[LoadedModel, ...]:
+        return ()
+
+
+def test_settle_is_bounded_when_the_world_never_settles(double: OllamaDouble) -> None:
+    policy = Policy.model_validate(
+        {"ollama": {"url": double.url}, "models": [{"name": "llama3.2:1b"}]}
+    )
+    client = VanishingLoads(double.url, timeout=2, load_timeout=10)
+    try:
+        reports = Reconciler(policy, client).settle()
+    finally:
+        client.close()
+    assert len(reports) == MAX_SETTLE_PASSES
+    assert all(r.outcomes and r.outcomes[0].ok for r in reports)
+
+
+def test_extras_left_for_a_later_pass_are_named() -> None:
+    """A pass in which a pinned model loads plans no extra: `once` says which it left."""
+    obs = observation(
+        loaded_models=(loaded("a:1b"),),
+        installed_models=(installed("a:1b"), installed("x:1b"), installed("y:1b")),
+    )
+    load = Action(ActionKind.LOAD, "a:1b", "pinned", "pinned and not loaded")
+    report = PassReport(
+        obs.at,
+        1.0,
+        ("a:1b",),
+        ("x:1b", "y:1b"),
+        obs,
+        plan=Plan((load,), (Finding(FindingKind.EXTRA_SKIPPED, "y:1b", "y:1b not loaded: ..."),)),
+        outcomes=(Outcome(load, ok=True),),
+        final=obs,
+    )
+    assert extras_without_reason(report) == ("x:1b",)
+    no_memory = replace(
+        report,
+        plan=Plan((load,), (Finding(FindingKind.NO_MEMORY_INFO, None, "GPU memory is unknown"),)),
+    )
+    assert extras_without_reason(no_memory) == ()  # that finding speaks for every extra
