@@ -620,7 +620,7 @@ def test_sigterm_stops_the_daemon_while_systemd_does_not_read_its_notifications(
         raise AssertionError("the receiver's queue never filled")
     policy = write_policy(tmp_path / "policy.yaml", double.url, PINNED, interval="1s")
     jammed = type("Jammed", (), {"path": path})()
-    daemon = DaemonProcess(policy, tmp_path, jammed, WATCHDOG_USEC="2000000")  # type: ignore[arg-type]
+    daemon = DaemonProcess(policy, tmp_path, jammed, WATCHDOG_USEC="2000000")
     try:
         # the daemon works while its notifications are dropped
         daemon.wait_line(r"^<6>ready why=\"pinned resident\"")
