@@ -46,9 +46,9 @@ from sentinel_keeper.events import History, LogEvent, advance, pass_events
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.logs import LEVEL_NUMBERS
 from sentinel_keeper.notify import Notifier
-from sentinel_keeper.observation import InstalledModel, LoadedModel, ModelDetails
+from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
 from sentinel_keeper.ollama import OllamaClient
-from sentinel_keeper.plan import Endpoint, FindingKind
+from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import SETTLE_SECONDS, Policy, file_risks, load_policy
 from sentinel_keeper.reconcile import LoadOutcome, OllamaApi, PassReport, Reconciler
 from sentinel_keeper.report import status_line

@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
+
+# The API a model is loaded through: /api/generate, or /api/embed for embedding-only models.
+Endpoint = Literal["generate", "embed"]
 
 # Ollama's CLI prints "Forever" for an expiry more than this far ahead; a keep_alive of -1
 # shows as about now + 292 years in /api/ps.

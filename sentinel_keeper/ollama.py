@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import httpx
 
@@ -30,9 +30,7 @@ from sentinel_keeper.errors import (
     UnsupportedByModel,
 )
 from sentinel_keeper.names import normalize_model_name
-from sentinel_keeper.observation import InstalledModel, LoadedModel, ModelDetails
-
-Endpoint = Literal["generate", "embed"]
+from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
 
 DEFAULT_PORT = 11434
 _MAX_ERROR_TEXT = 500

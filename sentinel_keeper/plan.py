@@ -10,13 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
 
-from sentinel_keeper.observation import LoadedModel, Observation
+from sentinel_keeper.observation import Endpoint, LoadedModel, Observation
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.units import format_duration, format_size
-
-Endpoint = Literal["generate", "embed"]
 
 # Ollama lets a new model join loaded ones only if its predicted size is at most this share
 # of the free VRAM; otherwise it evicts (see shared ollama-facts, server/sched.go).

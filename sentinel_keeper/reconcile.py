@@ -20,6 +20,7 @@ from sentinel_keeper.errors import (
     StateError,
 )
 from sentinel_keeper.observation import (
+    Endpoint,
     Footprint,
     GpuSnapshot,
     InstalledModel,
@@ -27,7 +28,7 @@ from sentinel_keeper.observation import (
     ModelDetails,
     Observation,
 )
-from sentinel_keeper.plan import Action, ActionKind, Endpoint, Plan, plan
+from sentinel_keeper.plan import Action, ActionKind, Plan, plan
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.units import escape_unprintable
 
