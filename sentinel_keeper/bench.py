@@ -32,6 +32,7 @@ from sentinel_keeper.errors import ModelNotFound, OllamaError, OllamaUnreachable
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails
 from sentinel_keeper.ollama import TimedAnswer
+from sentinel_keeper.plan import expected_context_length
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.units import format_duration
 
@@ -149,15 +150,6 @@ class BenchReport:
         return all(m.status == "ok" for m in self.models)
 
 
-def expected_context(model: ModelPolicy, details: ModelDetails | None) -> int | None:
-    """The context_length /api/ps shows for the policy's num_ctx (capped at the trained one)."""
-    wanted = model.options.num_ctx
-    if wanted is None:
-        return None
-    trained = details.context_length if details is not None else None
-    return trained if trained and trained < wanted else wanted
-
-
 def in_use(
     model: ModelPolicy | None,
     loaded: LoadedModel,
@@ -168,7 +160,7 @@ def in_use(
     ``force``), or None when it is in the state sentinel-keeper keeps it in."""
     if model is None:
         return "it is loaded and the policy does not name it: another client loaded it"
-    wanted = expected_context(model, details)
+    wanted = expected_context_length(model, details)
     if wanted is not None and loaded.context_length not in (None, wanted):
         return (
             f"it is loaded with num_ctx {loaded.context_length}, the policy says {wanted}: "
