@@ -1,7 +1,8 @@
 """The planner: a pure function of (policy, observation, now) to actions, each with a reason.
 
 No I/O, no clock, no logging: everything it knows comes in as arguments, so every case is a
-table-driven test. The executor (:mod:`sentinel_keeper.act`) carries the actions out.
+table-driven test. The executor (:class:`sentinel_keeper.reconcile.Reconciler`) carries the
+actions out.
 """
 
 from __future__ import annotations
