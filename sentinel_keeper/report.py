@@ -126,17 +126,9 @@ def status_table(policy: Policy, observation: Observation) -> list[str]:
 
 
 def status_json(policy: Policy, observation: Observation) -> dict[str, Any]:
-    gpu = observation.gpu
     return {
         "ollama": {"url": policy.ollama.url, "version": observation.ollama_version},
-        "gpu": {
-            "known": gpu.known,
-            "error": gpu.error,
-            "gpus": [
-                {"index": g.index, "name": g.name, "total": g.total, "used": g.used, "free": g.free}
-                for g in gpu.gpus
-            ],
-        },
+        "gpu": observation.gpu.as_json(totals=False),
         "models": [
             {
                 "name": row.name,
