@@ -31,6 +31,7 @@ from sentinel_keeper.errors import (
 )
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
+from sentinel_keeper.text import one_line
 
 DEFAULT_PORT = 11434
 _MAX_ERROR_TEXT = 500
@@ -39,7 +40,6 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 MAX_LINE_BYTES = 1024 * 1024  # one line of a streamed answer (progress, a token)
 # Describe the body as it came off the wire; the buffered copy is decoded and whole.
 _BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # Go's time.Time marshals as RFC 3339 with up to 9 fractional digits and Z or +hh:mm.
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
@@ -128,11 +128,8 @@ def keep_alive_json(keep_alive: float) -> int | float:
 
 
 def _clean(text: str) -> str:
-    """Untrusted text made safe to show in one log line."""
-    text = _CONTROL_CHARS.sub("?", text).replace("\n", " ").strip()
-    if len(text) > _MAX_ERROR_TEXT:
-        text = text[:_MAX_ERROR_TEXT] + "..."
-    return text
+    """Untrusted text made safe to show in one log line, and bounded."""
+    return one_line(text, _MAX_ERROR_TEXT)
 
 
 class _Shape:

@@ -30,7 +30,7 @@ from sentinel_keeper.observation import (
 )
 from sentinel_keeper.plan import Action, ActionKind, Plan, plan
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.units import escape_unprintable
+from sentinel_keeper.text import escape_unprintable
 
 # A model whose load failed is retried after this, doubling per failure up to the cap, so
 # that an out-of-memory model does not hammer Ollama every interval.

@@ -448,6 +448,17 @@ def test_hostile_error_text_is_kept_as_one_line_of_data(
     assert len(text) < 700
 
 
+def test_error_text_cannot_break_or_disguise_a_line(
+    double: OllamaDouble, client: OllamaClient
+) -> None:
+    # Line and paragraph separators, NEL and bidi overrides are not ASCII controls: they are
+    # escaped like the rest, and whitespace becomes a space.
+    double.error_paths["/api/generate"] = (500, "a\u2028b\u2029c\x85d\u202ee\tf\x7f")
+    with pytest.raises(LoadFailed) as info:
+        client.load("llama3.2:1b", options={}, keep_alive=-1)
+    assert info.value.message == "a b c d\\u202ee f\\u007f"
+
+
 def test_every_failure_is_an_ollama_error(double: OllamaDouble) -> None:
     double.raw_paths["*"] = b"{"
     with OllamaClient(double.url) as c:
