@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, NoReturn
 
 import httpx
@@ -31,7 +31,7 @@ from sentinel_keeper.errors import (
 )
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
-from sentinel_keeper.text import one_line
+from sentinel_keeper.text import one_line, show
 
 DEFAULT_PORT = 11434
 _MAX_ERROR_TEXT = 500
@@ -40,11 +40,8 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 MAX_LINE_BYTES = 1024 * 1024  # one line of a streamed answer (progress, a token)
 # Describe the body as it came off the wire; the buffered copy is decoded and whole.
 _BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
-# Go's time.Time marshals as RFC 3339 with up to 9 fractional digits and Z or +hh:mm.
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
-)
+# Go's time.Time marshals as RFC 3339 with up to 9 fractional digits; Python keeps 6.
+_FRACTION_PAST_MICROSECONDS = re.compile(r"(\.\d{6})\d+")
 
 
 @dataclass(frozen=True)
@@ -99,22 +96,23 @@ def normalize_base_url(base_url: str) -> str:
 
 
 def parse_timestamp(text: str) -> datetime:
-    """A timezone-aware datetime from Go's RFC 3339 output (nanoseconds are cut to
-    microseconds). Raises ValueError when ``text`` is not such a time."""
-    m = _RFC3339.fullmatch(text.strip())
-    if m is None:
-        raise ValueError(f"not an RFC 3339 time: {_clean(text)[:60]!r}")
-    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
-    fraction = (m.group(7) or "").ljust(6, "0")[:6]
-    if m.group(8):
-        tz: timezone = UTC
-    else:
-        offset = timedelta(hours=int(m.group(10)), minutes=int(m.group(11)))
-        tz = timezone(-offset if m.group(9) == "-" else offset)
+    """A timezone-aware datetime from Go's RFC 3339 output (``Z``, ``z`` or an offset;
+    nanoseconds are cut to microseconds). Raises ValueError when ``text`` is not such a time,
+    a time without a zone included.
+
+    ``datetime.fromisoformat`` does the parsing. Go writes up to 9 fractional digits and a
+    datetime holds 6: the fraction is cut to 6 digits first, so that the result does not
+    depend on what a Python version does with the rest (3.11.7 drops them too)."""
+    stripped = text.strip()
+    if stripped[-1:] == "z":  # RFC 3339 allows a lower-case Z; fromisoformat does not
+        stripped = stripped[:-1] + "Z"
     try:
-        return datetime(year, month, day, hour, minute, min(second, 59), int(fraction), tz)
-    except (ValueError, OverflowError) as exc:
-        raise ValueError(f"not a valid time: {_clean(text)[:60]!r}") from exc
+        moment = datetime.fromisoformat(_FRACTION_PAST_MICROSECONDS.sub(r"\1", stripped))
+    except ValueError:
+        raise ValueError(f"not an RFC 3339 time: {show(text)}") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"not an RFC 3339 time (no time zone): {show(text)}")
+    return moment
 
 
 def keep_alive_json(keep_alive: float) -> int | float:
