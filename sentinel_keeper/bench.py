@@ -31,7 +31,7 @@ from typing import Literal, Protocol
 from sentinel_keeper.errors import ModelNotFound, OllamaError, OllamaUnreachable
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails
-from sentinel_keeper.ollama import TimedAnswer
+from sentinel_keeper.ollama_wire import TimedAnswer
 from sentinel_keeper.plan import expected_context_length
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.units import format_duration

@@ -26,7 +26,8 @@ from sentinel_keeper.bench import (
     run_bench,
 )
 from sentinel_keeper.observation import LoadedModel, ModelDetails
-from sentinel_keeper.ollama import OllamaClient, TimedAnswer
+from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.ollama_wire import TimedAnswer
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.report import bench_json, bench_table
 

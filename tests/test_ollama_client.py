@@ -31,13 +31,8 @@ from sentinel_keeper.errors import (
     OllamaUnreachable,
     UnsupportedByModel,
 )
-from sentinel_keeper.ollama import (
-    LoadResult,
-    OllamaClient,
-    keep_alive_json,
-    normalize_base_url,
-    parse_timestamp,
-)
+from sentinel_keeper.ollama import OllamaClient, normalize_base_url
+from sentinel_keeper.ollama_wire import LoadResult, keep_alive_json, parse_timestamp
 
 
 @pytest.fixture
