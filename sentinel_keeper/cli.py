@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from sentinel_keeper import __version__
-from sentinel_keeper.bench import run_bench
+from sentinel_keeper.bench import bench_json, bench_table, run_bench
 from sentinel_keeper.daemon import run_daemon
 from sentinel_keeper.dropin import OverrideReport, apply_override
 from sentinel_keeper.errors import (
@@ -36,8 +36,6 @@ from sentinel_keeper.policy import (
     load_policy,
 )
 from sentinel_keeper.report import (
-    bench_json,
-    bench_table,
     gpu_summary,
     outcome_line,
     status_json,
