@@ -9,7 +9,8 @@ bound here, then checked for shape and turned into typed data by
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import closing
 from typing import Any, NoReturn
 
 import httpx
@@ -198,7 +199,6 @@ class OllamaClient:
         """POST /api/generate with a prompt, streaming, timed: generates up to
         ``num_predict`` tokens. Waits as long as a load may take (``load_timeout``)."""
         path = "/api/generate"
-        shape = Shape(path)
         body: dict[str, Any] = {
             "model": model,
             "prompt": prompt,
@@ -209,28 +209,18 @@ class OllamaClient:
         started = time.monotonic()
         first: float | None = None
         final: Mapping[str, Any] | None = None
-        try:
-            with self._http.stream("POST", path, json=body, timeout=self._long) as response:
-                if response.status_code != 200:
-                    self._raise_for_status(_buffered(response, path), path, model, loading=True)
-                for i, line in enumerate(_lines(response, path)):
-                    if not line.strip():
-                        continue
-                    item = shape.an_object(parse_json(line, path), f"line {i + 1}")
-                    if first is None:
-                        first = time.monotonic()
-                    if item.get("error") is not None:
-                        raise OllamaAPIError(500, error_text(item["error"]), model=model)
-                    if item.get("done") is True:
-                        final = item
-                        break
-        except httpx.TransportError as exc:
-            self._raise_transport(exc, "POST", path, self.load_timeout)
+        with closing(self._stream(path, body, model=model, loading=True)) as items:
+            for item in items:
+                if first is None:
+                    first = time.monotonic()
+                if item.get("done") is True:
+                    final = item
+                    break
         ended = time.monotonic()
         if final is None or first is None:
             raise OllamaProtocolError(f"{path}: the answer for {model} ended before its last line")
         return parse_timed(
-            shape, final, started=started, first=first, ended=ended, endpoint="generate"
+            path, final, started=started, first=first, ended=ended, endpoint="generate"
         )
 
     def embed_timed(
@@ -259,35 +249,43 @@ class OllamaClient:
         if answer.get("error") is not None:
             raise OllamaAPIError(500, error_text(answer["error"]), model=model)
         return parse_timed(
-            shape, answer, started=started, first=ended, ended=ended, endpoint="embed"
+            path, answer, started=started, first=ended, ended=ended, endpoint="embed"
         )
 
     def pull(self, model: str) -> None:
         """POST /api/pull: download ``model``. Streams progress so that a long download never
         looks like a stall; each progress line must come within ``load_timeout``."""
         path = "/api/pull"
-        shape = Shape(path)
         success = False
+        with closing(self._stream(path, {"model": model, "stream": True}, model=model)) as items:
+            for item in items:
+                if item.get("status") == "success":
+                    success = True
+        if not success:
+            raise OllamaProtocolError(f"{path}: the download of {model} ended without success")
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _stream(
+        self, path: str, body: Mapping[str, Any], *, model: str, loading: bool = False
+    ) -> Generator[Mapping[str, Any], None, None]:
+        """POST ``body`` and yield the JSON objects of the streamed answer (NDJSON), one a
+        line, each checked; a line with an "error" raises. Each line must come within
+        ``load_timeout``. Close the iterator when done with it."""
+        shape = Shape(path)
         try:
-            with self._http.stream(
-                "POST", path, json={"model": model, "stream": True}, timeout=self._long
-            ) as response:
+            with self._http.stream("POST", path, json=body, timeout=self._long) as response:
                 if response.status_code != 200:
-                    self._raise_for_status(_buffered(response, path), path, model, loading=False)
+                    self._raise_for_status(_buffered(response, path), path, model, loading=loading)
                 for i, line in enumerate(_lines(response, path)):
                     if not line.strip():
                         continue
                     item = shape.an_object(parse_json(line, path), f"line {i + 1}")
                     if item.get("error") is not None:
                         raise OllamaAPIError(500, error_text(item["error"]), model=model)
-                    if item.get("status") == "success":
-                        success = True
+                    yield item
         except httpx.TransportError as exc:
             self._raise_transport(exc, "POST", path, self.load_timeout)
-        if not success:
-            raise OllamaProtocolError(f"{path}: the download of {model} ended without success")
-
-    # -- plumbing ------------------------------------------------------------------------
 
     def _call(
         self,

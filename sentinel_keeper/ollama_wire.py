@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
@@ -187,23 +187,29 @@ def parse_version(answer: Any) -> str:
     return shape.a_string(body.get("version"), "version")
 
 
-def parse_ps(answer: Any) -> tuple[LoadedModel, ...]:
-    """GET /api/ps: the models loaded."""
-    shape = Shape("/api/ps")
+def _model_rows(shape: Shape, answer: Any) -> Iterator[tuple[str, Mapping[str, Any], str]]:
+    """The rows of a {"models": [...]} answer: where each is, the row, its normalised name."""
     body = shape.an_object(answer, "the answer")
     rows = body.get("models")
     if rows is None:
-        return ()
-    out = []
+        return
     for i, raw in enumerate(shape.a_list(rows, "models")):
         at = f"models[{i}]"
         row = shape.an_object(raw, at)
-        name = row.get("name") or row.get("model")
+        name = shape.a_string(row.get("name") or row.get("model"), f"{at}.name")
+        yield at, row, normalize_model_name(name)
+
+
+def parse_ps(answer: Any) -> tuple[LoadedModel, ...]:
+    """GET /api/ps: the models loaded."""
+    shape = Shape("/api/ps")
+    out = []
+    for at, row, name in _model_rows(shape, answer):
         expires = row.get("expires_at")
         context = row.get("context_length")
         out.append(
             LoadedModel(
-                name=normalize_model_name(shape.a_string(name, f"{at}.name")),
+                name=name,
                 size=shape.an_int(row.get("size"), f"{at}.size"),
                 size_vram=shape.an_int(row.get("size_vram"), f"{at}.size_vram"),
                 digest=shape.a_string(row.get("digest", ""), f"{at}.digest"),
@@ -221,19 +227,12 @@ def parse_ps(answer: Any) -> tuple[LoadedModel, ...]:
 def parse_tags(answer: Any) -> tuple[InstalledModel, ...]:
     """GET /api/tags: the models installed."""
     shape = Shape("/api/tags")
-    body = shape.an_object(answer, "the answer")
-    rows = body.get("models")
-    if rows is None:
-        return ()
     out = []
-    for i, raw in enumerate(shape.a_list(rows, "models")):
-        at = f"models[{i}]"
-        row = shape.an_object(raw, at)
-        name = row.get("name") or row.get("model")
+    for at, row, name in _model_rows(shape, answer):
         caps = row.get("capabilities")
         out.append(
             InstalledModel(
-                name=normalize_model_name(shape.a_string(name, f"{at}.name")),
+                name=name,
                 size=shape.an_int(row.get("size"), f"{at}.size"),
                 digest=shape.a_string(row.get("digest", ""), f"{at}.digest"),
                 capabilities=None if caps is None else shape.strings(caps, f"{at}.capabilities"),
@@ -297,7 +296,7 @@ def parse_load(
 
 
 def parse_timed(
-    shape: Shape,
+    path: str,
     final: Mapping[str, Any],
     *,
     started: float,
@@ -307,6 +306,7 @@ def parse_timed(
 ) -> TimedAnswer:
     """A timed answer from its last line (``final``) and the moments the request started,
     its first line came and it ended."""
+    shape = Shape(path)
 
     def seconds(key: str) -> float | None:
         raw = final.get(key)
