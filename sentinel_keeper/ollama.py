@@ -331,7 +331,7 @@ class OllamaClient:
         self, response: httpx.Response, path: str, model: str | None, *, loading: bool
     ) -> NoReturn:
         status = response.status_code
-        text, from_json = _error_text(response)
+        text, from_json = _status_error(response)
         if status == 404:
             if model is not None and from_json:
                 raise ModelNotFound(status, text, model=model)
@@ -386,8 +386,9 @@ def _lines(response: httpx.Response, path: str) -> Iterator[str]:
         yield pending.decode("utf-8", "replace")
 
 
-def _error_text(response: httpx.Response) -> tuple[str, bool]:
-    """Ollama's error text ({"error": "..."}), else the start of the body."""
+def _status_error(response: httpx.Response) -> tuple[str, bool]:
+    """The text of an answer that is not 200 (Ollama's {"error": "..."}, else the start of
+    the body), and whether it was Ollama's JSON error."""
     try:
         body = response.json()
     except ValueError:
