@@ -26,12 +26,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from sentinel_keeper.errors import ModelNotFound, OllamaError, OllamaUnreachable
 from sentinel_keeper.names import normalize_model_name
-from sentinel_keeper.observation import LoadedModel, ModelDetails
-from sentinel_keeper.ollama import Endpoint, TimedAnswer
+from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails
+from sentinel_keeper.ollama_wire import TimedAnswer
+from sentinel_keeper.plan import expected_context_length
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.units import format_duration
 
@@ -149,15 +150,6 @@ class BenchReport:
         return all(m.status == "ok" for m in self.models)
 
 
-def expected_context(model: ModelPolicy, details: ModelDetails | None) -> int | None:
-    """The context_length /api/ps shows for the policy's num_ctx (capped at the trained one)."""
-    wanted = model.options.num_ctx
-    if wanted is None:
-        return None
-    trained = details.context_length if details is not None else None
-    return trained if trained and trained < wanted else wanted
-
-
 def in_use(
     model: ModelPolicy | None,
     loaded: LoadedModel,
@@ -168,7 +160,7 @@ def in_use(
     ``force``), or None when it is in the state sentinel-keeper keeps it in."""
     if model is None:
         return "it is loaded and the policy does not name it: another client loaded it"
-    wanted = expected_context(model, details)
+    wanted = expected_context_length(model, details)
     if wanted is not None and loaded.context_length not in (None, wanted):
         return (
             f"it is loaded with num_ctx {loaded.context_length}, the policy says {wanted}: "
@@ -371,3 +363,67 @@ def run_bench(
             on_model(name)
         results.append(bencher.bench(name, policy_model))
     return BenchReport(policy.ollama.url, version, runs, tokens, tuple(results))
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.0f} ms"
+
+
+def bench_table(report: BenchReport) -> list[str]:
+    """The bench's table: one line per model, the cold and warm times side by side."""
+    kind = "1 token" if report.tokens == 1 else f"up to {report.tokens} tokens"
+    lines = [
+        f"ollama {report.version} at {report.url}; cold: unloaded, then 1 token; "
+        f"warm: {report.runs} run{'s' if report.runs != 1 else ''} of {kind}",
+        f"{'MODEL':<28} {'COLD TTFT':>11} {'LOAD':>10} {'WARM p50':>9} {'WARM p95':>9} "
+        f"{'COLD/WARM':>9} {'TOK/S':>7}  AFTER",
+    ]
+    for m in report.models:
+        if m.status == "refused" or (m.status == "failed" and m.cold is None and not m.warm):
+            lines.append(f"{m.name:<28} {m.status.upper()}: {m.message}")
+            continue
+        spread = "-" if m.spread is None else f"{m.spread:.1f}x"
+        rate = "-" if m.tokens_per_second is None else f"{m.tokens_per_second:.1f}"
+        lines.append(
+            f"{m.name:<28} {_ms(m.cold_ttft):>11} {_ms(m.load_duration):>10} "
+            f"{_ms(m.warm_p50):>9} {_ms(m.warm_p95):>9} {spread:>9} {rate:>7}  {m.restored or '-'}"
+        )
+        if m.status == "failed":
+            lines.append(f"{'':<28} FAILED: {m.message}")
+    return lines
+
+
+def _json_ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def bench_json(report: BenchReport) -> dict[str, Any]:
+    return {
+        "ollama": {"url": report.url, "version": report.version},
+        "runs": report.runs,
+        "tokens": report.tokens,
+        "ok": report.ok,
+        "models": [
+            {
+                "name": m.name,
+                "tier": None if m.tier == "-" else m.tier,
+                "status": m.status,
+                "message": m.message,
+                "endpoint": m.endpoint,
+                "cold_ttft_ms": _json_ms(m.cold_ttft),
+                "load_duration_ms": _json_ms(m.load_duration),
+                "warm_ttfb_ms": [_json_ms(s) for s in m.warm_ttfb],
+                "warm_p50_ms": _json_ms(m.warm_p50),
+                "warm_p95_ms": _json_ms(m.warm_p95),
+                "cold_over_warm": None if m.spread is None else round(m.spread, 2),
+                "tokens_per_second": None
+                if m.tokens_per_second is None
+                else round(m.tokens_per_second, 1),
+                "restored": m.restored,
+            }
+            for m in report.models
+        ],
+    }

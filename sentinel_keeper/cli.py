@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TextIO
 
 from sentinel_keeper import __version__
-from sentinel_keeper.bench import run_bench
-from sentinel_keeper.daemon import run_daemon
+from sentinel_keeper.bench import bench_json, bench_table, run_bench
+from sentinel_keeper.daemon.service import run_daemon
 from sentinel_keeper.dropin import OverrideReport, apply_override
 from sentinel_keeper.errors import (
     OllamaError,
@@ -37,8 +37,6 @@ from sentinel_keeper.policy import (
 )
 from sentinel_keeper.reconcile import MAX_SETTLE_PASSES
 from sentinel_keeper.report import (
-    bench_json,
-    bench_table,
     extras_without_reason,
     gpu_summary,
     outcome_line,

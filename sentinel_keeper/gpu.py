@@ -19,7 +19,6 @@ import json
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 # Importing pynvml does not load libnvidia-ml.so.1; nvmlInit does, so a machine without the
 # library still imports this module and gets unknown snapshots.
@@ -65,20 +64,6 @@ def out_of_range(index: int, count: int) -> str:
         return f"GPU index {index} out of range: NVML sees no GPUs"
     have = "GPU 0" if count == 1 else f"{count} GPUs (indices 0-{count - 1})"
     return f"GPU index {index} out of range: NVML sees {have}"
-
-
-def snapshot_to_dict(snapshot: GpuSnapshot) -> dict[str, Any]:
-    """A JSON-ready view of a snapshot, totals included."""
-    return {
-        "known": snapshot.known,
-        "error": snapshot.error,
-        "free": snapshot.free,
-        "total": snapshot.total,
-        "gpus": [
-            {"index": g.index, "name": g.name, "total": g.total, "used": g.used, "free": g.free}
-            for g in snapshot.gpus
-        ],
-    }
 
 
 class GpuProbe:
@@ -185,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     with probe:
         snapshot = probe.snapshot()
-    print(json.dumps(snapshot_to_dict(snapshot), indent=2))
+    print(json.dumps(snapshot.as_json(), indent=2))
     return 0 if snapshot.known else 1
 
 

@@ -15,7 +15,6 @@ that a steady state logs nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ from typing import IO, Any, Literal, TextIO, get_args
 
 import structlog
 
-from sentinel_keeper.units import escape_unprintable
+from sentinel_keeper.text import json_string
 
 LogFormat = Literal["auto", "journal", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -103,10 +102,8 @@ def format_value(value: object) -> str:
     text = str(value)
     if text and all(c in _BARE for c in text):
         return text
-    # JSON escapes C0 controls and quotes; escape_unprintable also DEL, C1 controls (U+0085),
-    # line and paragraph separators and bidi overrides, which JSON leaves raw: a value from
-    # Ollama can neither end the line nor disguise it.
-    return escape_unprintable(json.dumps(text, ensure_ascii=False))
+    # A value from Ollama can neither end the line nor disguise it.
+    return json_string(text)
 
 
 def console_safe(

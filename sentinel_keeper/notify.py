@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 
 import sdnotify
 
+from sentinel_keeper.text import shorten
+
 # STATUS is shown by `systemctl status` on one line; keep it short and single-line.
 MAX_STATUS_CHARS = 200
 # The longest one send may block the loop: a few per tick at most, so a receiver that never
@@ -54,10 +56,7 @@ def clean_status(text: str) -> str:
     """One line of printable ASCII, bounded: the protocol is newline separated, and sdnotify
     encodes as Latin-1, which would turn other characters into mojibake or drop the message."""
     flat = " ".join(text.split())
-    ascii_only = "".join(c if 32 <= ord(c) < 127 else "?" for c in flat)
-    if len(ascii_only) > MAX_STATUS_CHARS:
-        ascii_only = ascii_only[: MAX_STATUS_CHARS - 3] + "..."
-    return ascii_only
+    return shorten("".join(c if 32 <= ord(c) < 127 else "?" for c in flat), MAX_STATUS_CHARS)
 
 
 def monotonic_usec() -> int:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Literal
+
+# The API a model is loaded through: /api/generate, or /api/embed for embedding-only models.
+Endpoint = Literal["generate", "embed"]
 
 # Ollama's CLI prints "Forever" for an expiry more than this far ahead; a keep_alive of -1
 # shows as about now + 292 years in /api/ps.
@@ -96,6 +100,19 @@ class GpuSnapshot:
     @property
     def total(self) -> int | None:
         return sum(g.total for g in self.gpus) if self.known else None
+
+    def as_json(self, *, totals: bool = True) -> dict[str, Any]:
+        """The JSON shape of a snapshot (``python -m sentinel_keeper.gpu``, and without the
+        totals the "gpu" of ``status --json``)."""
+        head: dict[str, Any] = {"known": self.known, "error": self.error}
+        if totals:
+            head |= {"free": self.free, "total": self.total}
+        return head | {
+            "gpus": [
+                {"index": g.index, "name": g.name, "total": g.total, "used": g.used, "free": g.free}
+                for g in self.gpus
+            ]
+        }
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,17 @@
 """The Ollama HTTP client: the only module of sentinel-keeper that talks HTTP (httpx).
 
 Every failure becomes one of the errors in :mod:`sentinel_keeper.errors`, with a message that
-names the server and the endpoint. Everything Ollama sends back is untrusted data: checked for
-shape, never used as a path or a command.
+names the server and the endpoint. Everything Ollama sends back is untrusted data: read up to a
+bound here, then checked for shape and turned into typed data by
+:mod:`sentinel_keeper.ollama_wire`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, Literal, NoReturn
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import closing
+from typing import Any, NoReturn
 
 import httpx
 
@@ -29,56 +26,28 @@ from sentinel_keeper.errors import (
     OllamaUnreachable,
     UnsupportedByModel,
 )
-from sentinel_keeper.names import normalize_model_name
-from sentinel_keeper.observation import InstalledModel, LoadedModel, ModelDetails
-
-Endpoint = Literal["generate", "embed"]
+from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
+from sentinel_keeper.ollama_wire import (
+    LoadResult,
+    Shape,
+    TimedAnswer,
+    error_text,
+    keep_alive_json,
+    parse_json,
+    parse_load,
+    parse_ps,
+    parse_show,
+    parse_tags,
+    parse_timed,
+    parse_version,
+)
 
 DEFAULT_PORT = 11434
-_MAX_ERROR_TEXT = 500
 # The most of an answer the client holds: /api/tags with thousands of models is well below.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 MAX_LINE_BYTES = 1024 * 1024  # one line of a streamed answer (progress, a token)
 # Describe the body as it came off the wire; the buffered copy is decoded and whole.
 _BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-# Go's time.Time marshals as RFC 3339 with up to 9 fractional digits and Z or +hh:mm.
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
-)
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    """What a load took: wall seconds, Ollama's own load_duration when it said (current
-    servers do not, for a request without a prompt), and the endpoint that worked."""
-
-    seconds: float
-    load_duration: float | None
-    endpoint: Endpoint
-
-
-@dataclass(frozen=True)
-class TimedAnswer:
-    """One timed request that made Ollama answer (``sentinel-keeper bench``): seconds to the
-    first streamed line (the first token; the whole answer for /api/embed), seconds to the
-    end, and the counters Ollama's final line gave (durations in seconds, None when absent)."""
-
-    ttfb: float
-    seconds: float
-    eval_count: int
-    load_duration: float | None
-    eval_duration: float | None
-    prompt_eval_duration: float | None
-    endpoint: Endpoint
-
-    @property
-    def tokens_per_second(self) -> float | None:
-        """eval_count / eval_duration, as Ollama's own --verbose reports it."""
-        if not self.eval_duration or self.eval_count <= 0:
-            return None
-        return self.eval_count / self.eval_duration
 
 
 def normalize_base_url(base_url: str) -> str:
@@ -100,113 +69,6 @@ def normalize_base_url(base_url: str) -> str:
     return f"http://{host}" if has_port else f"http://{host}:{DEFAULT_PORT}"
 
 
-def parse_timestamp(text: str) -> datetime:
-    """A timezone-aware datetime from Go's RFC 3339 output (nanoseconds are cut to
-    microseconds). Raises ValueError when ``text`` is not such a time."""
-    m = _RFC3339.fullmatch(text.strip())
-    if m is None:
-        raise ValueError(f"not an RFC 3339 time: {_clean(text)[:60]!r}")
-    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
-    fraction = (m.group(7) or "").ljust(6, "0")[:6]
-    if m.group(8):
-        tz: timezone = UTC
-    else:
-        offset = timedelta(hours=int(m.group(10)), minutes=int(m.group(11)))
-        tz = timezone(-offset if m.group(9) == "-" else offset)
-    try:
-        return datetime(year, month, day, hour, minute, min(second, 59), int(fraction), tz)
-    except (ValueError, OverflowError) as exc:
-        raise ValueError(f"not a valid time: {_clean(text)[:60]!r}") from exc
-
-
-def keep_alive_json(keep_alive: float) -> int | float:
-    """The keep_alive value to send: a JSON number of seconds (an int when whole), never a
-    string (Ollama refuses the string "-1"). Negative means forever."""
-    if isinstance(keep_alive, bool) or not math.isfinite(keep_alive):
-        raise ValueError(f"keep_alive must be a finite number of seconds, not {keep_alive!r}")
-    if float(keep_alive).is_integer():
-        return int(keep_alive)
-    return float(keep_alive)
-
-
-def _clean(text: str) -> str:
-    """Untrusted text made safe to show in one log line."""
-    text = _CONTROL_CHARS.sub("?", text).replace("\n", " ").strip()
-    if len(text) > _MAX_ERROR_TEXT:
-        text = text[:_MAX_ERROR_TEXT] + "..."
-    return text
-
-
-class _Shape:
-    """Checks of untrusted JSON that say where a value was wrong."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def fail(self, path: str, problem: str) -> NoReturn:
-        raise OllamaProtocolError(f"{self.where}: {path} {problem}")
-
-    def an_object(self, value: Any, path: str) -> Mapping[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(path, f"is not a JSON object (got {_kind(value)})")
-        return value
-
-    def a_list(self, value: Any, path: str) -> list[Any]:
-        if not isinstance(value, list):
-            self.fail(path, f"is not a list (got {_kind(value)})")
-        return value
-
-    def a_string(self, value: Any, path: str) -> str:
-        if not isinstance(value, str):
-            self.fail(path, f"is not a string (got {_kind(value)})")
-        return value
-
-    def an_int(self, value: Any, path: str, *, minimum: int | None = 0) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(path, f"is not an integer (got {_kind(value)})")
-        if isinstance(value, float) and not value.is_integer():
-            self.fail(path, f"is not an integer (got {value!r})")
-        number = int(value)
-        if minimum is not None and number < minimum:
-            self.fail(path, f"is negative ({number})")
-        return number
-
-    def an_int_or_max(self, value: Any, path: str) -> int:
-        """An integer, or a per-layer list of integers (their largest)."""
-        if isinstance(value, list):
-            items = [self.an_int(v, f"{path}[{i}]") for i, v in enumerate(value)]
-            if not items:
-                self.fail(path, "is an empty list")
-            return max(items)
-        return self.an_int(value, path)
-
-    def strings(self, value: Any, path: str) -> tuple[str, ...]:
-        items = self.a_list(value, path)
-        return tuple(self.a_string(v, f"{path}[{i}]") for i, v in enumerate(items))
-
-    def a_time(self, value: Any, path: str) -> datetime | None:
-        text = self.a_string(value, path)
-        try:
-            moment = parse_timestamp(text)
-        except ValueError as exc:
-            self.fail(path, str(exc))
-        return None if moment.year <= 1 else moment  # Go's zero time: not known
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
-
-
 def _connection_reason(exc: httpx.TransportError) -> str:
     seen: set[int] = set()
     cause: BaseException | None = exc
@@ -217,7 +79,7 @@ def _connection_reason(exc: httpx.TransportError) -> str:
         if isinstance(cause, ConnectionResetError):
             return "connection reset"
         cause = cause.__cause__ or cause.__context__
-    text = _clean(str(exc))
+    text = error_text(exc)
     if "refused" in text.lower():
         return "connection refused"
     return text or type(exc).__name__
@@ -254,103 +116,19 @@ class OllamaClient:
 
     def version(self) -> str:
         """GET /api/version."""
-        shape = _Shape("/api/version")
-        body = shape.an_object(self._call("GET", "/api/version"), "the answer")
-        return shape.a_string(body.get("version"), "version")
+        return parse_version(self._call("GET", "/api/version"))
 
     def ps(self) -> tuple[LoadedModel, ...]:
         """GET /api/ps: the models loaded now."""
-        shape = _Shape("/api/ps")
-        body = shape.an_object(self._call("GET", "/api/ps"), "the answer")
-        rows = body.get("models")
-        if rows is None:
-            return ()
-        out = []
-        for i, raw in enumerate(shape.a_list(rows, "models")):
-            at = f"models[{i}]"
-            row = shape.an_object(raw, at)
-            name = row.get("name") or row.get("model")
-            expires = row.get("expires_at")
-            context = row.get("context_length")
-            out.append(
-                LoadedModel(
-                    name=normalize_model_name(shape.a_string(name, f"{at}.name")),
-                    size=shape.an_int(row.get("size"), f"{at}.size"),
-                    size_vram=shape.an_int(row.get("size_vram"), f"{at}.size_vram"),
-                    digest=shape.a_string(row.get("digest", ""), f"{at}.digest"),
-                    expires_at=None
-                    if expires is None
-                    else shape.a_time(expires, f"{at}.expires_at"),
-                    context_length=(
-                        None
-                        if context is None
-                        else shape.an_int(context, f"{at}.context_length") or None
-                    ),
-                )
-            )
-        return tuple(out)
+        return parse_ps(self._call("GET", "/api/ps"))
 
     def tags(self) -> tuple[InstalledModel, ...]:
         """GET /api/tags: the models installed."""
-        shape = _Shape("/api/tags")
-        body = shape.an_object(self._call("GET", "/api/tags"), "the answer")
-        rows = body.get("models")
-        if rows is None:
-            return ()
-        out = []
-        for i, raw in enumerate(shape.a_list(rows, "models")):
-            at = f"models[{i}]"
-            row = shape.an_object(raw, at)
-            name = row.get("name") or row.get("model")
-            caps = row.get("capabilities")
-            out.append(
-                InstalledModel(
-                    name=normalize_model_name(shape.a_string(name, f"{at}.name")),
-                    size=shape.an_int(row.get("size"), f"{at}.size"),
-                    digest=shape.a_string(row.get("digest", ""), f"{at}.digest"),
-                    capabilities=None
-                    if caps is None
-                    else shape.strings(caps, f"{at}.capabilities"),
-                )
-            )
-        return tuple(out)
+        return parse_tags(self._call("GET", "/api/tags"))
 
     def show(self, model: str) -> ModelDetails:
         """POST /api/show: capabilities and the architecture numbers of ``model``."""
-        shape = _Shape("/api/show")
-        body = shape.an_object(
-            self._call("POST", "/api/show", {"model": model}, model=model), "answer"
-        )
-        caps = body.get("capabilities")
-        info_raw = body.get("model_info")
-        info = {} if info_raw is None else shape.an_object(info_raw, "model_info")
-        details_raw = body.get("details")
-        details = {} if details_raw is None else shape.an_object(details_raw, "details")
-        arch: str | None = None
-        if info.get("general.architecture") is not None:
-            arch = shape.a_string(info["general.architecture"], "model_info.general.architecture")
-        elif details.get("family"):
-            arch = shape.a_string(details["family"], "details.family")
-
-        def number(key: str) -> int | None:
-            if arch is None:
-                return None
-            full = f"{arch}.{key}"
-            value = info.get(full)
-            return None if value is None else shape.an_int_or_max(value, f"model_info[{full!r}]")
-
-        return ModelDetails(
-            name=normalize_model_name(model),
-            capabilities=None if caps is None else shape.strings(caps, "capabilities"),
-            architecture=arch,
-            context_length=number("context_length"),
-            block_count=number("block_count"),
-            embedding_length=number("embedding_length"),
-            head_count=number("attention.head_count"),
-            head_count_kv=number("attention.head_count_kv"),
-            key_length=number("attention.key_length"),
-            value_length=number("attention.value_length"),
-        )
+        return parse_show(model, self._call("POST", "/api/show", {"model": model}, model=model))
 
     def load(
         self,
@@ -421,7 +199,6 @@ class OllamaClient:
         """POST /api/generate with a prompt, streaming, timed: generates up to
         ``num_predict`` tokens. Waits as long as a load may take (``load_timeout``)."""
         path = "/api/generate"
-        shape = _Shape(path)
         body: dict[str, Any] = {
             "model": model,
             "prompt": prompt,
@@ -432,28 +209,18 @@ class OllamaClient:
         started = time.monotonic()
         first: float | None = None
         final: Mapping[str, Any] | None = None
-        try:
-            with self._http.stream("POST", path, json=body, timeout=self._long) as response:
-                if response.status_code != 200:
-                    self._raise_for_status(_buffered(response, path), path, model, loading=True)
-                for i, line in enumerate(_lines(response, path)):
-                    if not line.strip():
-                        continue
-                    item = shape.an_object(_json_or_fail(line, path), f"line {i + 1}")
-                    if first is None:
-                        first = time.monotonic()
-                    if item.get("error") is not None:
-                        raise OllamaAPIError(500, _clean(str(item["error"])), model=model)
-                    if item.get("done") is True:
-                        final = item
-                        break
-        except httpx.TransportError as exc:
-            self._raise_transport(exc, "POST", path, self.load_timeout)
+        with closing(self._stream(path, body, model=model, loading=True)) as items:
+            for item in items:
+                if first is None:
+                    first = time.monotonic()
+                if item.get("done") is True:
+                    final = item
+                    break
         ended = time.monotonic()
         if final is None or first is None:
             raise OllamaProtocolError(f"{path}: the answer for {model} ended before its last line")
-        return self._timed(
-            shape, final, started=started, first=first, ended=ended, endpoint="generate"
+        return parse_timed(
+            path, final, started=started, first=first, ended=ended, endpoint="generate"
         )
 
     def embed_timed(
@@ -466,7 +233,7 @@ class OllamaClient:
     ) -> TimedAnswer:
         """POST /api/embed with one input, timed (the answer comes in one piece)."""
         path = "/api/embed"
-        shape = _Shape(path)
+        shape = Shape(path)
         body: dict[str, Any] = {
             "model": model,
             "input": text,
@@ -480,37 +247,45 @@ class OllamaClient:
         )
         ended = time.monotonic()
         if answer.get("error") is not None:
-            raise OllamaAPIError(500, _clean(str(answer["error"])), model=model)
-        return self._timed(
-            shape, answer, started=started, first=ended, ended=ended, endpoint="embed"
+            raise OllamaAPIError(500, error_text(answer["error"]), model=model)
+        return parse_timed(
+            path, answer, started=started, first=ended, ended=ended, endpoint="embed"
         )
 
     def pull(self, model: str) -> None:
         """POST /api/pull: download ``model``. Streams progress so that a long download never
         looks like a stall; each progress line must come within ``load_timeout``."""
         path = "/api/pull"
-        shape = _Shape(path)
         success = False
-        try:
-            with self._http.stream(
-                "POST", path, json={"model": model, "stream": True}, timeout=self._long
-            ) as response:
-                if response.status_code != 200:
-                    self._raise_for_status(_buffered(response, path), path, model, loading=False)
-                for i, line in enumerate(_lines(response, path)):
-                    if not line.strip():
-                        continue
-                    item = shape.an_object(_json_or_fail(line, path), f"line {i + 1}")
-                    if item.get("error") is not None:
-                        raise OllamaAPIError(500, _clean(str(item["error"])), model=model)
-                    if item.get("status") == "success":
-                        success = True
-        except httpx.TransportError as exc:
-            self._raise_transport(exc, "POST", path, self.load_timeout)
+        with closing(self._stream(path, {"model": model, "stream": True}, model=model)) as items:
+            for item in items:
+                if item.get("status") == "success":
+                    success = True
         if not success:
             raise OllamaProtocolError(f"{path}: the download of {model} ended without success")
 
     # -- plumbing ------------------------------------------------------------------------
+
+    def _stream(
+        self, path: str, body: Mapping[str, Any], *, model: str, loading: bool = False
+    ) -> Generator[Mapping[str, Any], None, None]:
+        """POST ``body`` and yield the JSON objects of the streamed answer (NDJSON), one a
+        line, each checked; a line with an "error" raises. Each line must come within
+        ``load_timeout``. Close the iterator when done with it."""
+        shape = Shape(path)
+        try:
+            with self._http.stream("POST", path, json=body, timeout=self._long) as response:
+                if response.status_code != 200:
+                    self._raise_for_status(_buffered(response, path), path, model, loading=loading)
+                for i, line in enumerate(_lines(response, path)):
+                    if not line.strip():
+                        continue
+                    item = shape.an_object(parse_json(line, path), f"line {i + 1}")
+                    if item.get("error") is not None:
+                        raise OllamaAPIError(500, error_text(item["error"]), model=model)
+                    yield item
+        except httpx.TransportError as exc:
+            self._raise_transport(exc, "POST", path, self.load_timeout)
 
     def _call(
         self,
@@ -529,48 +304,13 @@ class OllamaClient:
             self._raise_transport(exc, method, path, timeout.read)
         if response.status_code != 200:
             self._raise_for_status(response, path, model, loading=loading)
-        return _json_or_fail(response.content, path)
+        return parse_json(response.content, path)
 
     def _load_result(
         self, path: str, answer: Any, started: float, endpoint: Endpoint, model: str
     ) -> LoadResult:
         seconds = time.monotonic() - started
-        shape = _Shape(path)
-        body = shape.an_object(answer, "the answer")
-        if body.get("error") is not None:
-            raise LoadFailed(200, _clean(str(body["error"])), model=model)
-        if endpoint == "generate" and "done" in body and body["done"] is not True:
-            shape.fail("done", "is not true: the load did not finish")
-        if endpoint == "embed" and body.get("embeddings") is not None:
-            shape.a_list(body["embeddings"], "embeddings")
-        raw = body.get("load_duration")
-        load_duration = None if raw is None else shape.an_int(raw, "load_duration") / 1e9
-        return LoadResult(seconds=seconds, load_duration=load_duration, endpoint=endpoint)
-
-    @staticmethod
-    def _timed(
-        shape: _Shape,
-        final: Mapping[str, Any],
-        *,
-        started: float,
-        first: float,
-        ended: float,
-        endpoint: Endpoint,
-    ) -> TimedAnswer:
-        def seconds(key: str) -> float | None:
-            raw = final.get(key)
-            return None if raw is None else shape.an_int(raw, key) / 1e9
-
-        count = final.get("eval_count")
-        return TimedAnswer(
-            ttfb=first - started,
-            seconds=ended - started,
-            eval_count=0 if count is None else shape.an_int(count, "eval_count"),
-            load_duration=seconds("load_duration"),
-            eval_duration=seconds("eval_duration"),
-            prompt_eval_duration=seconds("prompt_eval_duration"),
-            endpoint=endpoint,
-        )
+        return parse_load(path, answer, seconds=seconds, endpoint=endpoint, model=model)
 
     def _raise_transport(
         self, exc: httpx.TransportError, method: str, path: str, limit: float | None
@@ -591,7 +331,7 @@ class OllamaClient:
         self, response: httpx.Response, path: str, model: str | None, *, loading: bool
     ) -> NoReturn:
         status = response.status_code
-        text, from_json = _error_text(response)
+        text, from_json = _status_error(response)
         if status == 404:
             if model is not None and from_json:
                 raise ModelNotFound(status, text, model=model)
@@ -646,25 +386,14 @@ def _lines(response: httpx.Response, path: str) -> Iterator[str]:
         yield pending.decode("utf-8", "replace")
 
 
-def _error_text(response: httpx.Response) -> tuple[str, bool]:
-    """Ollama's error text ({"error": "..."}), else the start of the body."""
+def _status_error(response: httpx.Response) -> tuple[str, bool]:
+    """The text of an answer that is not 200 (Ollama's {"error": "..."}, else the start of
+    the body), and whether it was Ollama's JSON error."""
     try:
         body = response.json()
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return _clean(body["error"]), True
-    text = _clean(response.text) if response.content else ""
+        return error_text(body["error"]), True
+    text = error_text(response.text) if response.content else ""
     return (text or response.reason_phrase or f"HTTP {response.status_code}"), False
-
-
-def _json_or_fail(content: bytes | str, path: str) -> Any:
-    try:
-        return json.loads(content)
-    except (ValueError, UnicodeDecodeError) as exc:
-        sample = (
-            content[:80] if isinstance(content, str) else content[:80].decode("utf-8", "replace")
-        )
-        raise OllamaProtocolError(
-            f"{path}: the answer is not JSON ({exc.__class__.__name__}): {_clean(sample)!r}"
-        ) from None

@@ -1,7 +1,8 @@
 """The planner: a pure function of (policy, observation, now) to actions, each with a reason.
 
 No I/O, no clock, no logging: everything it knows comes in as arguments, so every case is a
-table-driven test. The executor (:mod:`sentinel_keeper.act`) carries the actions out.
+table-driven test. The executor (:class:`sentinel_keeper.reconcile.Reconciler`) carries the
+actions out.
 """
 
 from __future__ import annotations
@@ -10,13 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
 
-from sentinel_keeper.observation import LoadedModel, Observation
+from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails, Observation
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.units import format_duration, format_size
-
-Endpoint = Literal["generate", "embed"]
 
 # Ollama lets a new model join loaded ones only if its predicted size is at most this share
 # of the free VRAM; otherwise it evicts (see shared ollama-facts, server/sched.go).
@@ -178,13 +176,13 @@ def default_num_ctx(observation: Observation) -> int:
     return OLLAMA_DEFAULT_NUM_CTX
 
 
-def expected_context_length(model: ModelPolicy, observation: Observation) -> int | None:
-    """The context_length /api/ps shows for the policy's num_ctx: Ollama caps num_ctx at the
-    model's trained context length, so a larger num_ctx shows (and matches) as that."""
+def expected_context_length(model: ModelPolicy, details: ModelDetails | None) -> int | None:
+    """The context_length /api/ps shows for the policy's num_ctx (None: the policy sets none):
+    Ollama caps num_ctx at the model's trained context length (from /api/show's ``details``),
+    so a larger num_ctx shows (and matches) as that."""
     wanted = model.options.num_ctx
     if wanted is None:
         return None
-    details = observation.details.get(model.name)
     trained = details.context_length if details is not None else None
     return trained if trained and trained < wanted else wanted
 
@@ -224,7 +222,7 @@ def _resident_actions(
     model: ModelPolicy, loaded: LoadedModel, policy: Policy, observation: Observation, now: datetime
 ) -> list[Action]:
     """Actions for a policy model that /api/ps shows: reload, reassert or refresh."""
-    wanted_ctx = expected_context_length(model, observation)
+    wanted_ctx = expected_context_length(model, observation.details.get(model.name))
     if (
         wanted_ctx is not None
         and loaded.context_length is not None

@@ -21,6 +21,7 @@ from sentinel_keeper.errors import (
     StateError,
 )
 from sentinel_keeper.observation import (
+    Endpoint,
     Footprint,
     GpuSnapshot,
     InstalledModel,
@@ -28,10 +29,10 @@ from sentinel_keeper.observation import (
     ModelDetails,
     Observation,
 )
-from sentinel_keeper.plan import Action, ActionKind, Endpoint, Plan, plan
+from sentinel_keeper.plan import Action, ActionKind, Plan, plan
 from sentinel_keeper.policy import Policy
+from sentinel_keeper.text import escape_unprintable
 from sentinel_keeper.timings import Timings
-from sentinel_keeper.units import escape_unprintable
 
 MAX_VERSION_CHARS = 100
 # `once` runs passes until one has nothing left to do (the pinned models load first, the

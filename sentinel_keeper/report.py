@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sentinel_keeper.bench import BenchReport
 from sentinel_keeper.observation import GpuSnapshot, Observation
 from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import Policy
@@ -142,17 +141,9 @@ def status_table(policy: Policy, observation: Observation) -> list[str]:
 
 
 def status_json(policy: Policy, observation: Observation) -> dict[str, Any]:
-    gpu = observation.gpu
     return {
         "ollama": {"url": policy.ollama.url, "version": observation.ollama_version},
-        "gpu": {
-            "known": gpu.known,
-            "error": gpu.error,
-            "gpus": [
-                {"index": g.index, "name": g.name, "total": g.total, "used": g.used, "free": g.free}
-                for g in gpu.gpus
-            ],
-        },
+        "gpu": observation.gpu.as_json(totals=False),
         "models": [
             {
                 "name": row.name,
@@ -168,68 +159,4 @@ def status_json(policy: Policy, observation: Observation) -> dict[str, Any]:
             for row in model_statuses(policy, observation)
         ],
         "foreign_models": [m.name for m in observation.loaded if policy.model(m.name) is None],
-    }
-
-
-# --- sentinel-keeper bench ----------------------------------------------------------------
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:,.0f} ms"
-
-
-def bench_table(report: BenchReport) -> list[str]:
-    """The bench's table: one line per model, the cold and warm times side by side."""
-    kind = "1 token" if report.tokens == 1 else f"up to {report.tokens} tokens"
-    lines = [
-        f"ollama {report.version} at {report.url}; cold: unloaded, then 1 token; "
-        f"warm: {report.runs} run{'s' if report.runs != 1 else ''} of {kind}",
-        f"{'MODEL':<28} {'COLD TTFT':>11} {'LOAD':>10} {'WARM p50':>9} {'WARM p95':>9} "
-        f"{'COLD/WARM':>9} {'TOK/S':>7}  AFTER",
-    ]
-    for m in report.models:
-        if m.status == "refused" or (m.status == "failed" and m.cold is None and not m.warm):
-            lines.append(f"{m.name:<28} {m.status.upper()}: {m.message}")
-            continue
-        spread = "-" if m.spread is None else f"{m.spread:.1f}x"
-        rate = "-" if m.tokens_per_second is None else f"{m.tokens_per_second:.1f}"
-        lines.append(
-            f"{m.name:<28} {_ms(m.cold_ttft):>11} {_ms(m.load_duration):>10} "
-            f"{_ms(m.warm_p50):>9} {_ms(m.warm_p95):>9} {spread:>9} {rate:>7}  {m.restored or '-'}"
-        )
-        if m.status == "failed":
-            lines.append(f"{'':<28} FAILED: {m.message}")
-    return lines
-
-
-def _json_ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
-
-
-def bench_json(report: BenchReport) -> dict[str, Any]:
-    return {
-        "ollama": {"url": report.url, "version": report.version},
-        "runs": report.runs,
-        "tokens": report.tokens,
-        "ok": report.ok,
-        "models": [
-            {
-                "name": m.name,
-                "tier": None if m.tier == "-" else m.tier,
-                "status": m.status,
-                "message": m.message,
-                "endpoint": m.endpoint,
-                "cold_ttft_ms": _json_ms(m.cold_ttft),
-                "load_duration_ms": _json_ms(m.load_duration),
-                "warm_ttfb_ms": [_json_ms(s) for s in m.warm_ttfb],
-                "warm_p50_ms": _json_ms(m.warm_p50),
-                "warm_p95_ms": _json_ms(m.warm_p95),
-                "cold_over_warm": None if m.spread is None else round(m.spread, 2),
-                "tokens_per_second": None
-                if m.tokens_per_second is None
-                else round(m.tokens_per_second, 1),
-                "restored": m.restored,
-            }
-            for m in report.models
-        ],
     }

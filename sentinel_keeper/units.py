@@ -3,12 +3,22 @@ message fit for the user (the policy loader adds file, line and field)."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import unicodedata
 
 from sentinel_keeper.ollama_env import parse_go_duration
+from sentinel_keeper.text import show
+
+__all__ = [
+    "FOREVER",
+    "MAX_DURATION_SECONDS",
+    "MAX_SIZE_BYTES",
+    "format_duration",
+    "format_size",
+    "parse_duration",
+    "parse_size",
+    "show",  # re-exported while the policy modules import it from here (home: text)
+]
 
 FOREVER = -1.0
 
@@ -29,42 +39,6 @@ _SIZE_UNITS = {
 # Durations beyond Go's time.Duration range (about 292 years) are not representable in Ollama.
 MAX_DURATION_SECONDS = 9_223_372_036.0
 MAX_SIZE_BYTES = 2**60
-
-
-# Control characters, line and paragraph separators, format characters (bidi overrides...),
-# surrogates, private use and unassigned code points: what could break or disguise a line.
-_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
-
-
-def escape_unprintable(text: str) -> str:
-    """``text`` with every character that could end, rewrite or disguise a line of output
-    written as a ``\\uXXXX`` escape (JSON style; ``\\UXXXXXXXX`` past the BMP)."""
-    if text.isprintable() and text.isascii():
-        return text
-    out = []
-    for char in text:
-        if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES:
-            code = ord(char)
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-def show(value: object, limit: int = 60) -> str:
-    """Quote a user-supplied value for an error message: escaped, bounded in length."""
-    if isinstance(value, str):
-        text = escape_unprintable(json.dumps(value, ensure_ascii=False))
-    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
-        # repr() of a few thousand digits is slow, and refused past 4,300 digits
-        digits = int(value.bit_length() * math.log10(2)) + 1
-        text = f"{'a negative' if value < 0 else 'an'} integer of about {digits} digits"
-    else:
-        text = repr(value)
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    # json.dumps already escapes control characters in strings; repr does for the rest.
-    return text
 
 
 def _parse_go_duration(text: str) -> float | None:

@@ -21,14 +21,16 @@ from sentinel_keeper import cli
 from sentinel_keeper.bench import (
     BenchReport,
     ModelBench,
+    bench_json,
+    bench_table,
     in_use,
     percentile,
     run_bench,
 )
 from sentinel_keeper.observation import LoadedModel, ModelDetails
-from sentinel_keeper.ollama import OllamaClient, TimedAnswer
+from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.ollama_wire import TimedAnswer
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.report import bench_json, bench_table
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD_SECONDS = 0.2

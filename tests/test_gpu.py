@@ -29,15 +29,16 @@ from fake_nvml import (
     library_dir,
     nvml_env,
 )
+from planning import observation, policy
 
 from sentinel_keeper.gpu import (
     GpuProbe,
     describe_error,
     main,
     out_of_range,
-    snapshot_to_dict,
 )
 from sentinel_keeper.observation import GpuInfo, GpuSnapshot
+from sentinel_keeper.report import status_json
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 20.0  # bound on every wait for a subprocess
@@ -50,11 +51,11 @@ L4 = FakeGpu(name="NVIDIA L4", total=24 * GIB, reserved=0, used=4 * GIB, free=20
 # Runs in the subprocess: one GpuProbe, driven by lines on stdin, one JSON line per command.
 DRIVER = """
 import json, sys
-from sentinel_keeper.gpu import GpuProbe, snapshot_to_dict
+from sentinel_keeper.gpu import GpuProbe
 probe = GpuProbe(json.loads(sys.argv[1]))
 for line in sys.stdin:
     if line.strip() == "snap":
-        print(json.dumps(snapshot_to_dict(probe.snapshot())), flush=True)
+        print(json.dumps(probe.snapshot().as_json()), flush=True)
     elif line.strip() == "close":
         probe.close()
         print("{}", flush=True)
@@ -367,17 +368,32 @@ def test_out_of_range() -> None:
     assert out_of_range(4, 3) == "GPU index 4 out of range: NVML sees 3 GPUs (indices 0-2)"
 
 
-def test_snapshot_to_dict() -> None:
+def test_snapshot_json() -> None:
     gpu = GpuInfo(index=1, name="X", total=10, used=4, free=6)
-    assert snapshot_to_dict(GpuSnapshot(gpus=(gpu,))) == {
+    shown = GpuSnapshot(gpus=(gpu,)).as_json()
+    assert shown == {
         "known": True,
         "error": None,
         "free": 6,
         "total": 10,
         "gpus": [{"index": 1, "name": "X", "total": 10, "used": 4, "free": 6}],
     }
-    unknown = snapshot_to_dict(GpuSnapshot(error="no"))
+    assert list(shown) == ["known", "error", "free", "total", "gpus"]  # the printed order
+    unknown = GpuSnapshot(error="no").as_json()
     assert (unknown["known"], unknown["free"], unknown["total"]) == (False, None, None)
+
+
+def test_snapshot_json_without_totals_is_the_status_json_shape() -> None:
+    gpu = GpuInfo(index=1, name="X", total=10, used=4, free=6)
+    shown = GpuSnapshot(gpus=(gpu,)).as_json(totals=False)
+    assert shown == {
+        "known": True,
+        "error": None,
+        "gpus": [{"index": 1, "name": "X", "total": 10, "used": 4, "free": 6}],
+    }
+    assert list(shown) == ["known", "error", "gpus"]
+    status = status_json(policy(), observation(gpu=GpuSnapshot(gpus=(gpu,))))
+    assert json.dumps(status["gpu"]) == json.dumps(shown)
 
 
 @pytest.mark.parametrize("indices", [[-1], [True], [], ["0"]])

@@ -31,13 +31,8 @@ from sentinel_keeper.errors import (
     OllamaUnreachable,
     UnsupportedByModel,
 )
-from sentinel_keeper.ollama import (
-    LoadResult,
-    OllamaClient,
-    keep_alive_json,
-    normalize_base_url,
-    parse_timestamp,
-)
+from sentinel_keeper.ollama import OllamaClient, normalize_base_url
+from sentinel_keeper.ollama_wire import LoadResult, keep_alive_json, parse_timestamp
 
 
 @pytest.fixture
@@ -448,6 +443,17 @@ def test_hostile_error_text_is_kept_as_one_line_of_data(
     assert len(text) < 700
 
 
+def test_error_text_cannot_break_or_disguise_a_line(
+    double: OllamaDouble, client: OllamaClient
+) -> None:
+    # Line and paragraph separators, NEL and bidi overrides are not ASCII controls: they are
+    # escaped like the rest, and whitespace becomes a space.
+    double.error_paths["/api/generate"] = (500, "a\u2028b\u2029c\x85d\u202ee\tf\x7f")
+    with pytest.raises(LoadFailed) as info:
+        client.load("llama3.2:1b", options={}, keep_alive=-1)
+    assert info.value.message == "a b c d\\u202ee f\\u007f"
+
+
 def test_every_failure_is_an_ollama_error(double: OllamaDouble) -> None:
     double.raw_paths["*"] = b"{"
     with OllamaClient(double.url) as c:
@@ -488,6 +494,61 @@ def test_parse_timestamp() -> None:
     for bad in ("", "2026-01-01", "2026-13-01T00:00:00Z", "2026-01-01T00:00:00", "x" * 100):
         with pytest.raises(ValueError):
             parse_timestamp(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Go's time.Time.MarshalJSON: RFC 3339 with up to 9 fractional digits (cut to 6)
+        (
+            "2026-08-21T18:48:22.999999999Z",
+            datetime(2026, 8, 21, 18, 48, 22, 999999, UTC),
+        ),
+        ("2026-08-21T18:48:22.1234567+02:00", datetime(2026, 8, 21, 16, 48, 22, 123456, UTC)),
+        ("2026-08-21T18:48:22z", datetime(2026, 8, 21, 18, 48, 22, tzinfo=UTC)),
+        ("2026-08-21t18:48:22.5z", datetime(2026, 8, 21, 18, 48, 22, 500000, UTC)),
+        ("2026-08-21 18:48:22-00:00", datetime(2026, 8, 21, 18, 48, 22, tzinfo=UTC)),
+        ("2026-08-21T18:48:22-09:30", datetime(2026, 8, 22, 4, 18, 22, tzinfo=UTC)),
+        ("2026-08-21T18:48:22+14:00", datetime(2026, 8, 21, 4, 48, 22, tzinfo=UTC)),
+        # keep_alive -1: about now + 292 years, as /api/ps shows a pinned model
+        (
+            " 2318-11-30T12:00:00.123456789+01:00\n",
+            datetime(2318, 11, 30, 11, 0, 0, 123456, UTC),
+        ),
+    ],
+)
+def test_parse_timestamp_reads_what_go_writes(text: str, expected: datetime) -> None:
+    parsed = parse_timestamp(text)
+    assert parsed == expected
+    assert parsed.utcoffset() is not None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "2026-08-21T18:48:22.123456789",  # no zone: a naive time is refused
+        "2026-08-21T18:48:22",
+        "2026-08-21T25:00:00Z",
+        "2026-08-21T18:48:22+24:00",
+        "2026-08-21T18:48:22Zjunk",
+        "2026-08-21T18:48:22.12x4Z",
+        "\u0662\u0660\u0662\u0666-01-01T00:00:00Z",  # digits, but not ASCII ones
+        "z",
+        "Z",
+        "null",
+    ],
+)
+def test_parse_timestamp_refuses_what_is_not_rfc3339(bad: str) -> None:
+    with pytest.raises(ValueError, match="not an RFC 3339 time"):
+        parse_timestamp(bad)
+
+
+def test_parse_timestamp_error_stays_on_one_line() -> None:
+    with pytest.raises(ValueError) as info:
+        parse_timestamp("2026\n<2>forged\u2028" + "x" * 200)
+    message = str(info.value)
+    assert "\n" not in message and "\u2028" not in message
+    assert len(message) < 120
 
 
 def test_go_zero_time_means_unknown(double: OllamaDouble, client: OllamaClient) -> None:

@@ -25,6 +25,7 @@ from sentinel_keeper.plan import (
     FindingKind,
     Plan,
     default_num_ctx,
+    expected_context_length,
     expected_footprint,
     plan,
 )
@@ -108,6 +109,27 @@ def test_num_ctx_above_the_trained_context_matches_the_capped_instance() -> None
     (action,) = plan(policy(PINNED), other, NOW).actions
     assert action.kind is ActionKind.RELOAD
     assert "policy says 1024" in action.reason
+
+
+@pytest.mark.parametrize(
+    ("num_ctx", "trained", "expected"),
+    [
+        (None, 8192, None),  # the policy sets no num_ctx: nothing to compare
+        (2048, None, 2048),  # /api/show did not answer: the policy's own
+        (2048, 0, 2048),  # no trained length known
+        (2048, 8192, 2048),
+        (8192, 8192, 8192),
+        (32768, 8192, 8192),  # capped at the trained length, as /api/ps shows it
+    ],
+)
+def test_expected_context_length(
+    num_ctx: int | None, trained: int | None, expected: int | None
+) -> None:
+    entry = {"name": "m:1b", "options": {"num_ctx": num_ctx} if num_ctx else {}}
+    details = None if trained is None else ModelDetails(name="m:1b", context_length=trained)
+    model = policy(entry).model("m:1b")
+    assert model is not None
+    assert expected_context_length(model, details) == expected
 
 
 def test_model_without_expiry_information_is_left_alone() -> None:

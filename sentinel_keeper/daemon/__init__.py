@@ -4,9 +4,8 @@
 - lifecycle.py: its decisions (READY, STATUS, the watchdog, reloads, probes), pure;
 - worker.py: the one thread that runs passes and the watch between them;
 - engine.py: the policy in force with its Ollama client, GPU probe and reconciler;
-- progress.py: whether a pass is within its time limits.
+- progress.py: whether a pass is within its time limits;
+- schedule.py: when passes are due (APScheduler); signals.py: signal handlers as flags.
+
+Importing the package loads nothing else: lifecycle.py stays pure (tests/test_layers.py).
 """
-
-from sentinel_keeper.daemon.service import Daemon, run_daemon
-
-__all__ = ["Daemon", "run_daemon"]

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from sentinel_keeper.daemon.progress import Progress
 from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.gpu import GpuProbe
-from sentinel_keeper.observation import InstalledModel, LoadedModel, ModelDetails
+from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
 from sentinel_keeper.ollama import OllamaClient
-from sentinel_keeper.plan import Endpoint
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import LoadOutcome, OllamaApi, PassReport, Reconciler
 from sentinel_keeper.state import StateStore
