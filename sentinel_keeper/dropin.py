@@ -44,7 +44,9 @@ from typing import Literal, Protocol
 
 from sentinel_keeper import ollama_env
 from sentinel_keeper.errors import OverrideError, SystemdError
-from sentinel_keeper.systemd import Systemctl, unit_name_problem, unit_search_path
+from sentinel_keeper.systemd import Systemctl, unit_search_path
+from sentinel_keeper.text import show
+from sentinel_keeper.unitname import unit_name_problem
 
 DROPIN_NAME = "zz-sentinel-keeper.conf"
 ETC_UNIT_DIR = Path("/etc/systemd/system")
@@ -140,7 +142,7 @@ def default_dropin_dir(unit: str) -> Path:
 def _check_unit(unit: str) -> None:
     problem = unit_name_problem(unit)
     if problem is not None:
-        raise OverrideError(f"ollama.unit: {problem}")
+        raise OverrideError(f"ollama.unit: {problem}, got {show(unit)}")
 
 
 def desired_environment(keep_alive: float | None, environment: Mapping[str, str]) -> dict[str, str]:

@@ -31,6 +31,7 @@ from pydantic import (
 from sentinel_keeper.errors import Diagnostic, PolicyError
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.ollama_env import name_problem, value_problem
+from sentinel_keeper.unitname import UNIT_NAME_PATTERN, unit_name_problem
 from sentinel_keeper.units import parse_duration, parse_size, show
 from sentinel_keeper.yamlsource import (
     MAX_FILE_BYTES,
@@ -109,21 +110,17 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}")
 def _model_name(value: object) -> str:
     if not isinstance(value, str) or not _MODEL_NAME.fullmatch(value.strip()):
         raise ValueError(
-            'must be an Ollama model name such as "llama3.2:1b" (letters, digits and . _ : / - '
-            f"only), got {show(value)}"
+            'must be an Ollama model name such as "llama3.2:1b" (a letter or digit first, then '
+            f"letters, digits and . _ : / @ + - only), got {show(value)}"
         )
     return normalize_model_name(value)
 
 
-_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.service")
-
-
 def _unit_name(value: object) -> str:
-    if not isinstance(value, str) or not _UNIT_NAME.fullmatch(value) or len(value) > 255:
-        raise ValueError(
-            f'must be a systemd service name such as "ollama.service", got {show(value)}'
-        )
-    return value
+    problem = unit_name_problem(value)
+    if problem is not None:
+        raise ValueError(f"{problem}, got {show(value)}")
+    return str(value)
 
 
 def normalize_ollama_url(value: object) -> str:
@@ -211,7 +208,7 @@ ModelName = Annotated[
 UnitName = Annotated[
     str,
     BeforeValidator(_unit_name),
-    WithJsonSchema({"type": "string", "pattern": _UNIT_NAME.pattern}),
+    WithJsonSchema({"type": "string", "pattern": UNIT_NAME_PATTERN}),
 ]
 OllamaUrl = Annotated[
     str, BeforeValidator(normalize_ollama_url), WithJsonSchema({"type": "string"})

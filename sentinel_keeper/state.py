@@ -33,7 +33,8 @@ class StateStore:
         self._footprints: dict[str, Footprint] | None = None
 
     def footprints(self) -> Mapping[str, Footprint]:
-        """The remembered footprints; an unreadable or corrupt file counts as empty."""
+        """The remembered footprints. StateError when the file cannot be read or is corrupt;
+        from then on it counts as empty (the error is raised once, the next call is quiet)."""
         if self._footprints is None:
             try:
                 self._footprints = self._read()

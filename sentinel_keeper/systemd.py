@@ -20,12 +20,12 @@ Two environment variables exist for tests and unusual layouts only:
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 from sentinel_keeper.errors import SystemdError
+from sentinel_keeper.unitname import unit_name_problem
 
 RUNNING_ENV = "SENTINEL_SYSTEMD_RUNNING"
 UNIT_PATH_ENV = "SENTINEL_SYSTEMD_UNIT_PATH"
@@ -57,17 +57,6 @@ SYSTEM_UNIT_PATH: tuple[Path, ...] = tuple(
 #: How long one systemctl call may take. daemon-reload on a large system takes seconds.
 SYSTEMCTL_TIMEOUT_S = 90.0
 
-_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]+\.service\Z")
-
-
-def unit_name_problem(unit: str) -> str | None:
-    """None if ``unit`` is a valid systemd service name (``ollama.service``); else why not.
-
-    Pure. Refuses paths, leading dashes (would read as a systemctl option) and other types.
-    """
-    if not _UNIT_NAME.match(unit) or unit.startswith(("-", ".")) or len(unit) > 255:
-        return f"{unit!r} is not a systemd service name such as ollama.service"
-    return None
 
 
 def systemd_running() -> bool:
@@ -128,7 +117,7 @@ def try_restart_no_block(unit: str) -> tuple[str, ...]:
     """
     problem = unit_name_problem(unit)
     if problem is not None:
-        raise SystemdError(problem)
+        raise SystemdError(f"{problem}, got {unit!r}")
     return _systemctl("try-restart", "--no-block", unit)
 
 

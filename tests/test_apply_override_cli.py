@@ -285,3 +285,22 @@ def test_check_and_apply_override_refuse_every_injection_at_once(setup: Setup) -
     assert done.returncode == 78
     assert not setup.dropin_dir.exists()
     assert setup.calls() == []
+
+
+@slow
+@pytest.mark.parametrize(
+    "unit", ["-x.service", ".x.service", "a@b@c.service", "x" * 250 + ".service"]
+)
+@pytest.mark.parametrize("command", ["check", "apply-override"])
+def test_check_and_apply_override_refuse_the_same_unit_names(
+    setup: Setup, unit: str, command: str
+) -> None:
+    """One rule for both: a name `check` passed once made apply-override exit 73 with no
+    file:line, which the unit's ExecStartPre=- then swallowed."""
+    setup.policy.write_text(f"ollama:\n  unit: '{unit}'\n")
+    args = ["--dry-run"] if command == "apply-override" else []
+    result = setup.run(*args, command=command)
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert f"{setup.policy}:2:9: ollama.unit: must be a systemd service name" in result.stderr
+    assert not setup.dropin.exists()
+    assert setup.calls() == []
