@@ -13,7 +13,7 @@ from typing import TextIO
 from sentinel_keeper import __version__
 from sentinel_keeper.bench import bench_json, bench_table, run_bench
 from sentinel_keeper.daemon.service import run_daemon
-from sentinel_keeper.dropin import OverrideReport, apply_override
+from sentinel_keeper.dropin import NoReload, OverrideReport, apply_override
 from sentinel_keeper.errors import (
     OllamaError,
     OllamaUnreachable,
@@ -237,7 +237,7 @@ def _print_override(report: OverrideReport) -> None:
         _out(f"ran: {' '.join(call)}")
     if report.restart == "requested":
         _out(f"{unit} restarts in the background if it runs; the models are warmed again after")
-    elif report.no_reload_reason is not None and report.no_reload_reason.startswith("--no-reload"):
+    elif report.no_reload is NoReload.ASKED:
         _out(f"--no-reload: run `systemctl daemon-reload` and restart {unit} for this to apply")
     elif report.no_reload_reason is not None:
         _out(f"{report.no_reload_reason}; the change applies when {unit} next starts")

@@ -39,6 +39,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -106,6 +107,14 @@ class Conflict:
         return f"{self.path}:{self.line}: {what}; {verdict} ({self.why})"
 
 
+class NoReload(StrEnum):
+    """Why no daemon-reload was made although the file changed."""
+
+    DRY_RUN = "dry run: nothing was written"
+    ASKED = "--no-reload"  # the caller said so
+    NO_SYSTEMD = "systemd is not running here: no reload was possible"
+
+
 @dataclass(frozen=True)
 class OverrideReport:
     """What ``apply-override`` did, or would do with ``dry_run``."""
@@ -118,7 +127,7 @@ class OverrideReport:
     conflicts: tuple[Conflict, ...]
     notes: tuple[str, ...]  # other warnings: masked files, unreadable files...
     systemctl_calls: tuple[tuple[str, ...], ...]  # argv of each systemctl call made
-    no_reload_reason: str | None  # why no daemon-reload was made although the file changed
+    no_reload: NoReload | None  # why no daemon-reload was made although the file changed
     restart: Literal["requested", "next-restart", "none"]
     systemd_error: str | None  # systemctl failed after the file was written or removed
     resumed: bool = False  # the file was already right: an interrupted run's systemctl calls
@@ -126,6 +135,10 @@ class OverrideReport:
     @property
     def changed(self) -> bool:
         return self.status in ("changed", "removed")
+
+    @property
+    def no_reload_reason(self) -> str | None:
+        return None if self.no_reload is None else self.no_reload.value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,7 +672,7 @@ def apply_override(
     def report(
         status: Status,
         calls: tuple[tuple[str, ...], ...] = (),
-        reason: str | None = None,
+        reason: NoReload | None = None,
         restarted: Literal["requested", "next-restart", "none"] = "none",
         error: str | None = None,
     ) -> OverrideReport:
@@ -682,7 +695,7 @@ def apply_override(
         return report("absent" if remove else "unchanged")
     status: Status = "removed" if remove else "changed"
     if dry_run:
-        return report(status, reason="dry run: nothing was written")
+        return report(status, reason=NoReload.DRY_RUN)
     control: SystemdControl = systemctl if systemctl is not None else Systemctl()
     running = reload and control.running()
     if not resumed:
@@ -695,14 +708,10 @@ def apply_override(
             atomic_write(path, new, step=step)
 
     if not reload:
-        return report(status, reason="--no-reload", restarted="next-restart")
+        return report(status, reason=NoReload.ASKED, restarted="next-restart")
     if not running:
         _clear_pending(marker)  # systemd reads every file afresh when it starts
-        return report(
-            status,
-            reason="systemd is not running here: no reload was possible",
-            restarted="next-restart",
-        )
+        return report(status, reason=NoReload.NO_SYSTEMD, restarted="next-restart")
     calls: list[tuple[str, ...]] = []
     try:
         _step(step, "reload")

@@ -16,6 +16,7 @@ from sentinel_keeper.dropin import (
     DROPIN_NAME,
     REMOVE_STEPS,
     WRITE_STEPS,
+    NoReload,
     OverrideReport,
     apply_override,
     atomic_remove,
@@ -242,7 +243,7 @@ def test_no_reload_calls_nothing(tree: Tree) -> None:
     report = tree.apply(reload=False)
     assert tree.ours.exists()
     assert tree.systemd.calls == []
-    assert report.no_reload_reason == "--no-reload"
+    assert report.no_reload is NoReload.ASKED and report.no_reload_reason == "--no-reload"
 
 
 def test_without_systemd_it_writes_and_says_no_reload_was_possible(tree: Tree) -> None:
