@@ -28,13 +28,9 @@ from sentinel_keeper.logs import (
     daemon_logger,
     under_journal,
 )
-from sentinel_keeper.policy import (
-    DEFAULT_POLICY_PATH,
-    Policy,
-    file_risks,
-    json_schema,
-    load_policy,
-)
+from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema
+from sentinel_keeper.policy.loading import load_policy
+from sentinel_keeper.policy.risks import file_risks
 from sentinel_keeper.reconcile import MAX_SETTLE_PASSES
 from sentinel_keeper.report import (
     extras_without_reason,

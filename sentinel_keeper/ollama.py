@@ -41,32 +41,13 @@ from sentinel_keeper.ollama_wire import (
     parse_timed,
     parse_version,
 )
+from sentinel_keeper.urls import normalize_ollama_url
 
-DEFAULT_PORT = 11434
 # The most of an answer the client holds: /api/tags with thousands of models is well below.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 MAX_LINE_BYTES = 1024 * 1024  # one line of a streamed answer (progress, a token)
 # Describe the body as it came off the wire; the buffered copy is decoded and whole.
 _BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
-
-
-def normalize_base_url(base_url: str) -> str:
-    """``http://host:port`` without a trailing slash. A bare ``host`` or ``host:port`` gets
-    ``http://`` and, without a port, Ollama's 11434 (as OLLAMA_HOST reads it); a URL with a
-    scheme keeps its own default port."""
-    url = base_url.strip().rstrip("/")
-    if not url:
-        raise ValueError("the Ollama URL is empty")
-    if "://" in url:
-        return url
-    host = url
-    if host.startswith("["):
-        has_port = "]:" in host
-    elif host.count(":") > 1:  # a bare IPv6 address
-        host, has_port = f"[{host}]", False
-    else:
-        has_port = ":" in host
-    return f"http://{host}" if has_port else f"http://{host}:{DEFAULT_PORT}"
 
 
 def _connection_reason(exc: httpx.TransportError) -> str:
@@ -89,7 +70,7 @@ class OllamaClient:
     """A synchronous client for the parts of Ollama's API that a keeper needs."""
 
     def __init__(self, base_url: str, *, timeout: float = 5.0, load_timeout: float = 600.0) -> None:
-        self.base_url = normalize_base_url(base_url)
+        self.base_url = normalize_ollama_url(base_url)  # ValueError for a bad address
         self.timeout = timeout
         self.load_timeout = load_timeout
         self._short = httpx.Timeout(timeout)

@@ -58,7 +58,6 @@ SYSTEM_UNIT_PATH: tuple[Path, ...] = tuple(
 SYSTEMCTL_TIMEOUT_S = 90.0
 
 
-
 def systemd_running() -> bool:
     """True when systemd is the init system, as sd_booted(3) decides it.
 

@@ -17,7 +17,7 @@ import pytest
 
 from sentinel_keeper.dropin import DROPIN_NAME
 from sentinel_keeper.errors import PolicyError
-from sentinel_keeper.policy import load_policy
+from sentinel_keeper.policy.loading import load_policy
 
 # These start the CLI as a process (a fraction of a second each).
 slow = pytest.mark.slow

@@ -39,7 +39,7 @@ from test_daemon import NotifySocket, wait_until
 from sentinel_keeper.daemon import lifecycle
 from sentinel_keeper.events import History, advance, pass_events
 from sentinel_keeper.ollama import OllamaClient
-from sentinel_keeper.policy import parse_policy
+from sentinel_keeper.policy.loading import parse_policy
 from sentinel_keeper.reconcile import PassReport, Reconciler
 from sentinel_keeper.timings import Timings
 

@@ -29,7 +29,7 @@ from sentinel_keeper.dropin import (
     pending_path,
     render_dropin,
 )
-from sentinel_keeper.policy import load_policy
+from sentinel_keeper.policy.loading import load_policy
 
 pytestmark = pytest.mark.slow  # two or three CLI processes per case
 

@@ -31,7 +31,7 @@ from sentinel_keeper.errors import (
     OllamaUnreachable,
     UnsupportedByModel,
 )
-from sentinel_keeper.ollama import OllamaClient, normalize_base_url
+from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.ollama_wire import LoadResult, keep_alive_json, parse_timestamp
 
 
@@ -587,8 +587,9 @@ def test_go_times_round_trip(seconds: float, minutes: int) -> None:
         ("::1", "http://[::1]:11434"),
     ],
 )
-def test_normalize_base_url(given_url: str, expected: str) -> None:
-    assert normalize_base_url(given_url) == expected
+def test_the_client_reads_its_address_as_the_policy_does(given_url: str, expected: str) -> None:
+    with OllamaClient(given_url) as client:
+        assert client.base_url == expected
 
 
 def test_the_plus_two_fixture_really_has_an_offset() -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from sentinel_keeper.errors import PolicyError
-from sentinel_keeper.policy import json_schema, load_policy, normalize_ollama_url, parse_policy
+from sentinel_keeper.policy import json_schema
+from sentinel_keeper.policy.loading import load_policy, parse_policy
 from sentinel_keeper.units import format_duration, format_size, parse_duration, parse_size
+from sentinel_keeper.urls import normalize_ollama_url
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "etc" / "sentinel" / "policy.yaml"
@@ -227,7 +229,9 @@ def test_environment_values_are_checked_where_they_are_written() -> None:
         ("http://127.0.0.1", "http://127.0.0.1"),
         ("https://ollama.example/", "https://ollama.example"),
         ("http://[::1]:11434", "http://[::1]:11434"),
-        ("::1", None),
+        ("::1", "http://[::1]:11434"),  # a bare IPv6 address, as Go's OLLAMA_HOST reads it
+        ("[::1]", "http://[::1]:11434"),
+        ("::zz", None),
         ("http://gpu-box:11434/ollama/", "http://gpu-box:11434/ollama"),
     ],
 )

@@ -37,7 +37,8 @@ from test_daemon import DaemonProcess, NotifySocket, wait_until
 
 from sentinel_keeper import cli
 from sentinel_keeper.dropin import DROPIN_NAME
-from sentinel_keeper.policy import SETTLE_SECONDS, file_risks, load_policy
+from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
+from sentinel_keeper.policy.risks import file_risks
 
 MiB = 1024**2
 # Giving a file to another user or group takes root; the tests run as root in CI here.

@@ -44,7 +44,7 @@ from ollama_double import FakeModel, ManualClock, OllamaDouble
 from sentinel_keeper.events import History, advance, pass_events
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.ollama import OllamaClient
-from sentinel_keeper.policy import parse_policy
+from sentinel_keeper.policy.loading import parse_policy
 from sentinel_keeper.reconcile import Reconciler
 from sentinel_keeper.state import StateStore
 

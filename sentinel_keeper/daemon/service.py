@@ -48,7 +48,9 @@ from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.logs import LEVEL_NUMBERS
 from sentinel_keeper.notify import Notifier
 from sentinel_keeper.ollama import OllamaClient
-from sentinel_keeper.policy import SETTLE_SECONDS, Policy, file_risks, load_policy
+from sentinel_keeper.policy import Policy
+from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
+from sentinel_keeper.policy.risks import file_risks
 from sentinel_keeper.reconcile import PassReport
 from sentinel_keeper.runtime import make_client
 from sentinel_keeper.timings import Timings

@@ -1,0 +1,258 @@
+"""Reading the policy file: settled reads, YAML with positions (:mod:`.yamlsource`), and
+every problem reported at once, compiler style, with file, line, column and field."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from sentinel_keeper.errors import Diagnostic, PolicyError
+from sentinel_keeper.ollama_env import name_problem, value_problem
+from sentinel_keeper.policy.schema import LoadOptions, Policy, model_name
+from sentinel_keeper.policy.yamlsource import (
+    MAX_FILE_BYTES,
+    Path,
+    Positions,
+    YamlSyntaxError,
+    format_path,
+    load_yaml,
+)
+from sentinel_keeper.text import show
+
+
+def _model_at(path: Path) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``path`` (for 'known keys' hints)."""
+    current: type[BaseModel] = Policy
+    for part in path:
+        if isinstance(part, int):
+            continue
+        info = current.model_fields.get(part)
+        if info is None:
+            return None
+        annotation = info.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        for c in candidates:
+            for inner in getattr(c, "__args__", ()):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    nested.append(inner)
+        if not nested:
+            return None
+        current = nested[0]
+    return current
+
+
+def _describe(error: Mapping[str, Any], path: Path) -> tuple[str, bool]:
+    """A user's message for one pydantic error, and whether it points at the key."""
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        model = _model_at(path[:-1])
+        known = ", ".join(model.model_fields) if model else ""
+        if model is LoadOptions:
+            return (
+                f"not a load-time option (sampling options never reload a model and do not "
+                f"belong here; load-time options: {known})"
+            ), True
+        return (f"unknown key (known keys: {known})" if known else "unknown key"), True
+    if kind == "missing":
+        return "is required", True
+    if kind == "value_error":
+        ctx = error.get("ctx") or {}
+        return str(ctx.get("error", error["msg"])), False
+    if kind == "literal_error":
+        expected = (error.get("ctx") or {}).get("expected", "")
+        return f"must be one of {expected}, got {show(value)}", False
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping of keys to values, got {show(value)}", False
+    if kind == "list_type":
+        return f"must be a list, got {show(value)}", False
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {show(value)}", False
+
+
+def _check_models(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, list):
+        return
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(models):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        try:
+            name = model_name(entry["name"])
+        except ValueError:
+            continue  # reported by the schema
+        if name in seen:
+            problems.append(
+                ((("models", index, "name")), f"duplicate of models[{seen[name]}] ({name})", False)
+            )
+        else:
+            seen[name] = index
+
+
+def _check_environment(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
+    section = data.get("ollama") if isinstance(data, dict) else None
+    environment = section.get("environment") if isinstance(section, dict) else None
+    if not isinstance(environment, dict):
+        return
+    for key, value in environment.items():
+        path: Path = ("ollama", "environment", str(key))
+        if not isinstance(key, str):
+            problems.append((path, f"variable names must be strings, got {show(key)}", True))
+            continue
+        if key == "OLLAMA_KEEP_ALIVE":
+            problems.append((path, "set it with ollama.keep_alive, not here", True))
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int | float | str):
+            text = str(value)
+        else:
+            problems.append((path, f"must be a string or a number, got {show(value)}", False))
+            continue
+        problem = name_problem(key)
+        if problem is not None:
+            problems.append((path, problem, True))
+            continue
+        problem = value_problem(key, text)
+        if problem is not None:
+            problems.append((path, problem, False))
+
+
+def parse_policy(text: str, source: str) -> Policy:
+    """Validate policy text; raise PolicyError listing every problem found."""
+    try:
+        document = load_yaml(text, source)
+    except YamlSyntaxError as exc:
+        raise PolicyError(source, exc.diagnostics) from None
+    diagnostics = list(document.problems)
+    data = document.data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(
+            source,
+            [
+                Diagnostic(
+                    source, 1, 1, "", f"the policy must be a mapping of keys, got {show(data)}"
+                )
+            ],
+        )
+    problems: list[tuple[Path, str, bool]] = []
+    _check_models(data, problems)
+    _check_environment(data, problems)
+    policy: Policy | None = None
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            path = tuple(error["loc"])
+            message, at_key = _describe(error, path)
+            problems.append((path, message, at_key))
+    diagnostics.extend(_locate(source, document.positions, problems))
+    if diagnostics or policy is None:
+        unique = sorted(set(diagnostics), key=lambda d: (d.line, d.column, d.field))
+        raise PolicyError(source, unique)
+    policy._source = source
+    return policy
+
+
+def _locate(
+    source: str, positions: Positions, problems: list[tuple[Path, str, bool]]
+) -> list[Diagnostic]:
+    out = []
+    for path, message, at_key in problems:
+        line, column = positions.locate(path, prefer_key=at_key)
+        out.append(Diagnostic(source, line, column, format_path(path), message))
+    return out
+
+
+# A file modified this recently may be in the middle of an in-place rewrite (an editor that
+# truncates and writes): reading waits until it has been still this long, within a bound.
+SETTLE_SECONDS = 0.25
+SETTLE_LIMIT_SECONDS = 3.0
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _read_settled(path: str, settle: float, fail: Callable[[str], PolicyError]) -> bytes:
+    """The file's bytes, read once it has not changed for ``settle`` seconds and found the
+    same before and after the read, so that a file being rewritten in place is not taken
+    half-written. PolicyError if it keeps changing for SETTLE_LIMIT_SECONDS."""
+    deadline = time.monotonic() + SETTLE_LIMIT_SECONDS
+    while True:
+        before = os.stat(path)
+        age = time.time() - max(before.st_mtime, before.st_ctime)
+        if 0 <= age < settle:
+            if time.monotonic() + settle - age > deadline:
+                raise fail("keeps changing (being written?); not read")
+            time.sleep(settle - age)
+            continue
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+        after = os.stat(path)
+        if _identity(before) == _identity(after) and len(raw) in (
+            after.st_size,
+            MAX_FILE_BYTES + 1,
+        ):
+            return raw
+        if time.monotonic() > deadline:
+            raise fail("keeps changing (being written?); not read")
+        time.sleep(min(settle, 0.05) or 0.01)
+
+
+def load_policy(path: str, *, settle: float = 0.0, empty_ok: bool = True) -> Policy:
+    """Read and validate the policy file at ``path``.
+
+    ``settle`` (the daemon: :data:`SETTLE_SECONDS`): wait until the file has been still that
+    long and read it again if it changed during the read, so that an in-place rewrite is not
+    read half-way. ``empty_ok=False`` (the daemon's reload) refuses an empty file, which is
+    what an in-place rewrite looks like between its truncation and its write.
+    """
+
+    def fail(message: str) -> PolicyError:
+        return PolicyError(path, [Diagnostic(path, 1, 1, "", message)])
+
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise fail("no such file (set --policy or SENTINEL_POLICY to use another)") from None
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise fail("is a directory, not a policy file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise fail(f"is {info.st_size} bytes; a policy larger than {MAX_FILE_BYTES} is refused")
+    try:
+        if settle > 0 and stat.S_ISREG(info.st_mode):
+            raw = _read_settled(path, settle, fail)
+        else:
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise fail("no such file (removed while being read)") from None
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise fail(f"is larger than {MAX_FILE_BYTES} bytes; refused")
+    if not raw and not empty_ok:
+        raise fail("is empty (being rewritten?); write `models: []` to keep no model")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise PolicyError(
+            path, [Diagnostic(path, line, 1, "", "is not UTF-8 text (binary file?)")]
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise PolicyError(path, [Diagnostic(path, line, 1, "", "contains a NUL byte")])
+    return parse_policy(text, path)

@@ -1,0 +1,301 @@
+"""The policy's schema: which models to keep warm, how, and when.
+
+Frozen pydantic models (which also give the JSON Schema that `sentinel-keeper schema` prints)
+and the value types they use. Pure: reading a file and YAML live in :mod:`.loading`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
+
+from sentinel_keeper.names import normalize_model_name
+from sentinel_keeper.ollama_env import KEEP_ALIVE, KNOWN_VARIABLES
+from sentinel_keeper.text import show
+from sentinel_keeper.unitname import UNIT_NAME_PATTERN, unit_name_problem
+from sentinel_keeper.units import parse_duration, parse_size
+from sentinel_keeper.urls import DEFAULT_OLLAMA_URL, normalize_ollama_url
+
+DEFAULT_POLICY_PATH = "/etc/sentinel/policy.yaml"
+PINNED_KEEP_ALIVE = -1.0
+EXTRA_KEEP_ALIVE = 3600.0
+
+# --- value types -------------------------------------------------------------------------
+
+_DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^[+-]?((\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h))+$|^[+-]?\d+$"},
+        {"type": "integer"},
+    ],
+}
+_SIZE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^(\d+\.?\d*|\.\d+)\s*([KMGT]i?B|kB|B)?$"},
+        {"type": "integer", "minimum": 0},
+    ],
+}
+
+
+def _duration(value: object) -> float:
+    return parse_duration(value)
+
+
+def _keep_alive(value: object) -> float:
+    return parse_duration(value, allow_forever=True, allow_zero=True)
+
+
+def _model_keep_alive(value: object) -> float:
+    return parse_duration(value, allow_forever=True)
+
+
+# Ollama reads load options as Go ints from JSON; a larger number is refused there at every
+# load, so it is refused here. No option or priority needs more than 32 bits.
+MAX_INTEGER = 2**31 - 1
+
+
+def _integer(minimum: int, description: str) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"must be {description}, got {show(value)}")
+        if value > MAX_INTEGER:
+            raise ValueError(f"must be at most {MAX_INTEGER}, got {show(value)}")
+        return value
+
+    return check
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {show(value)}")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {show(value)}")
+    return value
+
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}")
+
+
+def model_name(value: object) -> str:
+    if not isinstance(value, str) or not _MODEL_NAME.fullmatch(value.strip()):
+        raise ValueError(
+            'must be an Ollama model name such as "llama3.2:1b" (a letter or digit first, then '
+            f"letters, digits and . _ : / @ + - only), got {show(value)}"
+        )
+    return normalize_model_name(value)
+
+
+def _unit_name(value: object) -> str:
+    problem = unit_name_problem(value)
+    if problem is not None:
+        raise ValueError(f"{problem}, got {show(value)}")
+    return str(value)
+
+
+def _environment(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping of OLLAMA_* variables to values, got {show(value)}")
+    result: dict[str, str] = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            text = "true" if item else "false"
+        elif isinstance(item, int | float | str):
+            text = str(item)
+        else:
+            text = ""  # reported by _check_environment with its own position
+        result[str(key)] = text
+    return result
+
+
+Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA)]
+KeepAlive = Annotated[
+    float,
+    BeforeValidator(_keep_alive),
+    WithJsonSchema({**_DURATION_SCHEMA, "description": "-1 (or any negative) = forever"}),
+]
+ModelKeepAlive = Annotated[
+    float,
+    BeforeValidator(_model_keep_alive),
+    WithJsonSchema({**_DURATION_SCHEMA, "description": "-1 (or any negative) = forever"}),
+]
+Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA)]
+PositiveInt = Annotated[
+    int,
+    BeforeValidator(_integer(1, "a positive integer")),
+    WithJsonSchema({"type": "integer", "minimum": 1}),
+]
+NonNegativeInt = Annotated[
+    int,
+    BeforeValidator(_integer(0, "an integer >= 0")),
+    WithJsonSchema({"type": "integer", "minimum": 0}),
+]
+GpuLayers = Annotated[
+    int,
+    BeforeValidator(_integer(-1, "an integer >= -1 (-1 = let Ollama decide)")),
+    WithJsonSchema({"type": "integer", "minimum": -1}),
+]
+AnyInt = Annotated[
+    int,
+    BeforeValidator(_integer(-(2**31), "an integer")),
+    WithJsonSchema({"type": "integer"}),
+]
+Bool = Annotated[bool, BeforeValidator(_boolean), WithJsonSchema({"type": "boolean"})]
+ModelName = Annotated[
+    str,
+    BeforeValidator(model_name),
+    WithJsonSchema({"type": "string", "pattern": _MODEL_NAME.pattern}),
+]
+UnitName = Annotated[
+    str,
+    BeforeValidator(_unit_name),
+    WithJsonSchema({"type": "string", "pattern": UNIT_NAME_PATTERN}),
+]
+OllamaUrl = Annotated[
+    str, BeforeValidator(normalize_ollama_url), WithJsonSchema({"type": "string"})
+]
+Environment = Annotated[
+    dict[str, str],
+    BeforeValidator(_environment),
+    WithJsonSchema(
+        {
+            "type": "object",
+            # the variables Ollama reads, from the one registry that validates them
+            "propertyNames": {"enum": sorted(set(KNOWN_VARIABLES) - {KEEP_ALIVE})},
+            "additionalProperties": {"type": ["string", "integer", "number", "boolean"]},
+        }
+    ),
+]
+
+# --- the schema --------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=False)
+
+
+class OllamaSection(_Section):
+    """How to reach Ollama, and what the OLLAMA_KEEP_ALIVE drop-in says."""
+
+    url: OllamaUrl = Field(DEFAULT_OLLAMA_URL, description="Ollama's address (OLLAMA_HOST rules)")
+    unit: UnitName = Field(
+        "ollama.service", description="systemd unit whose environment is managed"
+    )
+    keep_alive: KeepAlive = Field(
+        PINNED_KEEP_ALIVE, description="OLLAMA_KEEP_ALIVE for the drop-in"
+    )
+    environment: Environment = Field(
+        default_factory=dict, description="extra OLLAMA_* variables for the same drop-in"
+    )
+    restart: Literal["if-changed", "never"] = Field(
+        "if-changed", description="restart ollama after the drop-in changes?"
+    )
+    load_timeout: Duration = Field(600.0, description="one model load may take this long")
+    request_timeout: Duration = Field(
+        5.0, description="timeout for the small observation requests (/api/ps, /api/tags...)"
+    )
+
+
+class VramSection(_Section):
+    """GPU memory rules for extra models."""
+
+    gpus: Literal["all"] | list[NonNegativeInt] = Field(
+        "all", description='"all" or a list of NVML GPU indices'
+    )
+    headroom: Size = Field(512 * 1024**2, description="free memory to keep after loading an extra")
+    budget: Size | None = Field(
+        None, description="without NVML: memory the models may use in total"
+    )
+
+    @property
+    def gpu_indices(self) -> tuple[int, ...] | None:
+        return None if self.gpus == "all" else tuple(self.gpus)
+
+
+class LoadOptions(_Section):
+    """Ollama's load-time options. Any difference from the loaded instance reloads the model,
+    so these must be the ones the clients send."""
+
+    num_ctx: PositiveInt | None = None
+    num_batch: PositiveInt | None = None
+    num_gpu: GpuLayers | None = None
+    main_gpu: NonNegativeInt | None = None
+    use_mmap: Bool | None = None
+    num_thread: NonNegativeInt | None = None
+
+    def as_request(self) -> dict[str, int | bool]:
+        """The options as Ollama's request `options` object: only those set."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class ModelPolicy(_Section):
+    """One model to keep warm."""
+
+    name: ModelName
+    tier: Literal["pinned", "extra"] = Field(
+        "pinned", description="pinned: always resident; extra: only when it fits"
+    )
+    options: LoadOptions = Field(default_factory=LoadOptions)
+    keep_alive: ModelKeepAlive | None = Field(
+        None, description="sent with the load request (default: -1 pinned, 1h extras)"
+    )
+    priority: AnyInt = Field(0, description="extras load highest first and are shed lowest first")
+    pull: Bool = Field(False, description="pull the model when it is not installed")
+
+    @property
+    def pinned(self) -> bool:
+        return self.tier == "pinned"
+
+    @property
+    def effective_keep_alive(self) -> float:
+        if self.keep_alive is not None:
+            return self.keep_alive
+        return PINNED_KEEP_ALIVE if self.pinned else EXTRA_KEEP_ALIVE
+
+
+class Policy(_Section):
+    """The whole policy file."""
+
+    ollama: OllamaSection = Field(default_factory=OllamaSection)
+    interval: Duration = Field(15.0, description="how often a reconcile pass runs")
+    ready: Literal["pinned", "started"] = Field(
+        "pinned", description="when the daemon tells systemd it is ready"
+    )
+    startup_timeout: Duration = Field(
+        600.0, description="stop waiting for pinned models before READY after this"
+    )
+    vram: VramSection = Field(default_factory=VramSection)
+    models: list[ModelPolicy] = Field(default_factory=list)
+
+    _source: str = PrivateAttr(default="<policy>")
+
+    @property
+    def source(self) -> str:
+        """The file this policy was read from."""
+        return self._source
+
+    @property
+    def pinned(self) -> tuple[ModelPolicy, ...]:
+        return tuple(m for m in self.models if m.pinned)
+
+    @property
+    def extras(self) -> tuple[ModelPolicy, ...]:
+        return tuple(m for m in self.models if not m.pinned)
+
+    def model(self, name: str) -> ModelPolicy | None:
+        for entry in self.models:
+            if entry.name == name:
+                return entry
+        return None
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Policy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "sentinel-keeper policy"
+    return schema
