@@ -9,17 +9,6 @@ import re
 from sentinel_keeper.ollama_env import parse_go_duration
 from sentinel_keeper.text import show
 
-__all__ = [
-    "FOREVER",
-    "MAX_DURATION_SECONDS",
-    "MAX_SIZE_BYTES",
-    "format_duration",
-    "format_size",
-    "parse_duration",
-    "parse_size",
-    "show",  # re-exported while the policy modules import it from here (home: text)
-]
-
 FOREVER = -1.0
 
 _SIZE = re.compile(r"(-?\d+\.?\d*|-?\.\d+)\s*([KMGT]i?B|kB|B)?")
