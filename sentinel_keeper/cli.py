@@ -13,7 +13,6 @@ from typing import TextIO
 from sentinel_keeper import __version__
 from sentinel_keeper.bench import bench_json, bench_table, run_bench
 from sentinel_keeper.daemon.service import run_daemon
-from sentinel_keeper.dropin import NoReload, OverrideReport, apply_override
 from sentinel_keeper.errors import (
     OllamaError,
     OllamaUnreachable,
@@ -28,6 +27,7 @@ from sentinel_keeper.logs import (
     daemon_logger,
     under_journal,
 )
+from sentinel_keeper.override.apply import NoReload, OverrideReport, apply_override
 from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema
 from sentinel_keeper.policy.loading import load_policy
 from sentinel_keeper.policy.risks import file_risks

@@ -91,6 +91,15 @@ class GpuError(SentinelError):
     """NVML failed. The GPU module turns this into an 'unknown' snapshot, never into zero."""
 
 
+class AtomicFileError(SentinelError):
+    """A file could not be replaced or removed whole (atomicfile.py). Keeps the OSError; the
+    caller turns it into its own error, saying what the file was for."""
+
+    def __init__(self, what: str, cause: OSError) -> None:
+        self.cause = cause
+        super().__init__(f"{what}: {cause.strerror or cause}")
+
+
 class StateError(SentinelError):
     """The state directory could not be read or written."""
 

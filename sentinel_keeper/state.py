@@ -3,13 +3,13 @@ loaded. A small JSON file in the state directory (systemd's StateDirectory=)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
-from sentinel_keeper.errors import StateError
+from sentinel_keeper.atomicfile import StepHook, atomic_write
+from sentinel_keeper.errors import AtomicFileError, StateError
 from sentinel_keeper.observation import Footprint
 
 STATE_FILE = "state.json"
@@ -27,8 +27,9 @@ def default_state_dir() -> str:
 class StateStore:
     """Footprints by model name, read once and written atomically only when they change."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *, step_hook: StepHook | None = None) -> None:
         self.directory = directory
+        self._step_hook = step_hook  # tests: called at each step of the atomic write
         self.path = os.path.join(directory, STATE_FILE)
         self._footprints: dict[str, Footprint] | None = None
 
@@ -100,17 +101,6 @@ class StateStore:
         }
         text = json.dumps(data, indent=1, sort_keys=True) + "\n"
         try:
-            os.makedirs(self.directory, mode=0o755, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.directory)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    handle.write(text)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except OSError as exc:
-            raise StateError(f"cannot write {self.path}: {exc.strerror}") from None
+            atomic_write(Path(self.path), text, mode=0o600, step_hook=self._step_hook)
+        except AtomicFileError as exc:
+            raise StateError(str(exc)) from None

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_keeper.dropin import DROPIN_NAME
 from sentinel_keeper.errors import PolicyError
+from sentinel_keeper.override.render import DROPIN_NAME
 from sentinel_keeper.policy.loading import load_policy
 
 # These start the CLI as a process (a fraction of a second each).

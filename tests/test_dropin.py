@@ -12,20 +12,11 @@ from typing import Any
 
 import pytest
 
-from sentinel_keeper.dropin import (
-    DROPIN_NAME,
-    REMOVE_STEPS,
-    WRITE_STEPS,
-    NoReload,
-    OverrideReport,
-    apply_override,
-    atomic_remove,
-    atomic_write,
-    default_dropin_dir,
-    find_conflicts,
-    render_dropin,
-)
+from sentinel_keeper.atomicfile import REMOVE_STEPS, WRITE_STEPS, atomic_remove, atomic_write
 from sentinel_keeper.errors import OverrideError, SystemdError
+from sentinel_keeper.override.apply import NoReload, OverrideReport, apply_override
+from sentinel_keeper.override.render import DROPIN_NAME, default_dropin_dir, render_dropin
+from sentinel_keeper.override.unitfile import find_conflicts
 
 POLICY = "/etc/sentinel/policy.yaml"
 UNIT = "ollama.service"
@@ -331,7 +322,7 @@ def _others(directory: Path, keep: Path) -> list[Path]:
 
 def test_write_steps_are_all_reached_in_order(tmp_path: Path) -> None:
     seen: list[str] = []
-    atomic_write(tmp_path / DROPIN_NAME, NEW, step=seen.append)
+    atomic_write(tmp_path / DROPIN_NAME, NEW, step_hook=seen.append)
     assert tuple(seen) == WRITE_STEPS
 
 
@@ -347,7 +338,7 @@ def test_exception_at_each_step_leaves_old_or_new_and_no_temporary(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        atomic_write(path, NEW, step=interrupt)
+        atomic_write(path, NEW, step_hook=interrupt)
     assert path.read_text() == (NEW if step == "fsync-dir" else OLD)
     assert _others(tmp_path, path) == []
 
@@ -365,7 +356,7 @@ def test_kill_at_each_step_leaves_old_or_new_never_partial(tmp_path: Path, step:
                 if name == step:
                     os.kill(os.getpid(), signal.SIGKILL)
 
-            atomic_write(path, NEW, step=die)
+            atomic_write(path, NEW, step_hook=die)
         finally:
             os._exit(3)
     _, status = os.waitpid(pid, 0)
@@ -387,7 +378,7 @@ def test_remove_steps_and_interruption(tmp_path: Path) -> None:
     path = tmp_path / DROPIN_NAME
     path.write_text(OLD)
     seen: list[str] = []
-    assert atomic_remove(path, step=seen.append) is True
+    assert atomic_remove(path, step_hook=seen.append) is True
     assert tuple(seen) == REMOVE_STEPS
     assert atomic_remove(path) is False
     path.write_text(OLD)
@@ -397,7 +388,7 @@ def test_remove_steps_and_interruption(tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        atomic_remove(path, step=interrupt)
+        atomic_remove(path, step_hook=interrupt)
     assert path.read_text() == OLD
 
 

@@ -22,13 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_keeper.dropin import (
-    APPLY_STEPS,
-    DROPIN_NAME,
-    WRITE_STEPS,
-    pending_path,
-    render_dropin,
-)
+from sentinel_keeper.atomicfile import WRITE_STEPS
+from sentinel_keeper.override.apply import APPLY_STEPS, pending_path
+from sentinel_keeper.override.render import DROPIN_NAME, render_dropin
 from sentinel_keeper.policy.loading import load_policy
 
 pytestmark = pytest.mark.slow  # two or three CLI processes per case
@@ -51,7 +47,8 @@ exit 0
 
 HOOKED = """
 import os, signal, sys
-from sentinel_keeper import cli, dropin
+from sentinel_keeper import cli
+from sentinel_keeper.override import apply as dropin
 
 target = sys.argv[1]
 

@@ -36,7 +36,7 @@ from ollama_double import FakeModel, OllamaDouble
 from test_daemon import DaemonProcess, NotifySocket, wait_until
 
 from sentinel_keeper import cli
-from sentinel_keeper.dropin import DROPIN_NAME
+from sentinel_keeper.override.render import DROPIN_NAME
 from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
 from sentinel_keeper.policy.risks import file_risks
 

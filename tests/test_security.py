@@ -32,9 +32,10 @@ from ollama_double import FakeModel, OllamaDouble
 from test_daemon import NotifySocket
 
 from sentinel_keeper import ollama_env
-from sentinel_keeper.dropin import _service_settings, render_dropin
 from sentinel_keeper.logs import configure_logging, format_value, journal_renderer
 from sentinel_keeper.names import normalize_model_name
+from sentinel_keeper.override.render import render_dropin
+from sentinel_keeper.override.unitfile import _service_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = "llama3.2:1b"
