@@ -15,9 +15,8 @@ github.com/ollama/ollama at v0.33.0-rc2 (commit fb30760996871fa9460115c753afd2c6
   start) an origin that is neither ``*`` nor ``scheme://...``.
 - OLLAMA_KV_CACHE_TYPE: lower-cased; Ollama knows f16, q8_0 and q4_0.
 
-The second half is systemd's side: how a value is written as an ``Environment=`` assignment
-(systemd.syntax(7), systemd.exec(5)), and how such assignments are read back (for conflict
-detection in other drop-ins).
+How a value is written into a unit (and read back) is :mod:`.unitsyntax`; Go's parsers are
+:mod:`.goparse`.
 """
 
 from __future__ import annotations
@@ -25,10 +24,19 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+
+from sentinel_keeper.ollama_env.goparse import (
+    GO_BOOLS,
+    INT64_MAX,
+    NS_PER_S,
+    ollama_duration_ns,
+    parse_go_int64,
+    parse_go_uint64,
+)
+from sentinel_keeper.ollama_env.unitsyntax import ENV_NAME, MAX_VALUE_LENGTH, unsafe_text_problem
 
 OLLAMA_SOURCE = (
     "github.com/ollama/ollama envconfig/config.go, v0.33.0-rc2 "
@@ -36,171 +44,8 @@ OLLAMA_SOURCE = (
 )
 
 KEEP_ALIVE = "OLLAMA_KEEP_ALIVE"
-MAX_VALUE_LENGTH = 4096
 
-_INT64_MAX = (1 << 63) - 1
-_INT64_MIN = -(1 << 63)
-_UINT64_MAX = (1 << 64) - 1
-_NS_PER_S = 1_000_000_000
-
-# ---------------------------------------------------------------------------------------------
-# Go parsers (behaviour re-implemented from the Go documentation and Ollama's use of them)
-# ---------------------------------------------------------------------------------------------
-
-_GO_DURATION_UNITS: Mapping[str, int] = MappingProxyType(
-    {
-        "ns": 1,
-        "us": 1_000,
-        "\u00b5s": 1_000,  # micro sign
-        "\u03bcs": 1_000,  # Greek small letter mu
-        "ms": 1_000_000,
-        "s": _NS_PER_S,
-        "m": 60 * _NS_PER_S,
-        "h": 3600 * _NS_PER_S,
-    }
-)
-
-
-def _is_ascii_digit(c: str) -> bool:
-    return "0" <= c <= "9"
-
-
-def parse_go_duration(text: str) -> int:
-    """Nanoseconds of ``text`` as Go's ``time.ParseDuration`` reads it; ValueError otherwise.
-
-    Grammar: ``[-+]`` then one or more ``<decimal><unit>`` (``1h30m``, ``1.5s``, ``-1m``);
-    the lone ``0`` needs no unit. Units: ns, us (µs, μs), ms, s, m, h; no days. Overflow of a
-    signed 64-bit nanosecond count is an error, as in Go.
-    """
-    s = text
-    neg = False
-    if s and s[0] in "+-":
-        neg = s[0] == "-"
-        s = s[1:]
-    if s == "0":
-        return 0
-    if not s:
-        raise ValueError(f"invalid duration {text!r}")
-    total = 0
-    while s:
-        if not (s[0] == "." or _is_ascii_digit(s[0])):
-            raise ValueError(f"invalid duration {text!r}")
-        i = 0
-        whole = 0
-        while i < len(s) and _is_ascii_digit(s[i]):
-            whole = whole * 10 + int(s[i])
-            if whole > 1 << 63:
-                raise ValueError(f"invalid duration {text!r} (overflow)")
-            i += 1
-        has_whole = i > 0
-        s = s[i:]
-        frac, scale, has_frac = 0, 1.0, False
-        if s.startswith("."):
-            s = s[1:]
-            i = 0
-            overflowed = False
-            while i < len(s) and _is_ascii_digit(s[i]):
-                if not overflowed:
-                    if frac > (_INT64_MAX) // 10:
-                        overflowed = True  # Go drops the digits it cannot hold
-                    else:
-                        frac = frac * 10 + int(s[i])
-                        scale *= 10
-                i += 1
-            has_frac = i > 0
-            s = s[i:]
-        if not has_whole and not has_frac:
-            raise ValueError(f"invalid duration {text!r}")
-        i = 0
-        while i < len(s) and not (s[i] == "." or _is_ascii_digit(s[i])):
-            i += 1
-        if i == 0:
-            raise ValueError(f"missing unit in duration {text!r}")
-        unit = _GO_DURATION_UNITS.get(s[:i])
-        if unit is None:
-            raise ValueError(f"unknown unit {s[:i]!r} in duration {text!r}")
-        s = s[i:]
-        if whole > (1 << 63) // unit:
-            raise ValueError(f"invalid duration {text!r} (overflow)")
-        value = whole * unit
-        if frac > 0:
-            value += int(float(frac) * (float(unit) / scale))
-            if value > 1 << 63:
-                raise ValueError(f"invalid duration {text!r} (overflow)")
-        total += value
-        if total > 1 << 63:
-            raise ValueError(f"invalid duration {text!r} (overflow)")
-    if neg:
-        return -total
-    if total > _INT64_MAX:
-        raise ValueError(f"invalid duration {text!r} (overflow)")
-    return total
-
-
-_GO_INT = re.compile(r"[+-]?[0-9]+\Z")
-_GO_UINT = re.compile(r"[0-9]+\Z")
-
-
-def parse_go_int64(text: str) -> int:
-    """``strconv.ParseInt(text, 10, 64)``: optional sign, ASCII digits, in int64 range."""
-    if not _GO_INT.match(text):
-        raise ValueError(f"invalid integer {text!r}")
-    n = int(text)
-    if not _INT64_MIN <= n <= _INT64_MAX:
-        raise ValueError(f"integer {text!r} out of range")
-    return n
-
-
-def parse_go_uint64(text: str) -> int:
-    """``strconv.ParseUint(text, 10, 64)``: ASCII digits only (no sign), at most 2**64-1."""
-    if not _GO_UINT.match(text):
-        raise ValueError(f"invalid unsigned integer {text!r}")
-    n = int(text)
-    if n > _UINT64_MAX:
-        raise ValueError(f"unsigned integer {text!r} out of range")
-    return n
-
-
-_GO_BOOLS: Mapping[str, bool] = MappingProxyType(
-    {
-        **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
-        **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
-    }
-)
-
-
-def parse_go_bool(text: str) -> bool:
-    """``strconv.ParseBool``: exactly 1 t T TRUE true True / 0 f F FALSE false False."""
-    try:
-        return _GO_BOOLS[text]
-    except KeyError:
-        raise ValueError(f"invalid boolean {text!r}") from None
-
-
-def ollama_duration_ns(text: str) -> int | None:
-    """Nanoseconds Ollama reads from a duration variable, or None if it would use its default.
-
-    Ollama tries ``time.ParseDuration``, then whole seconds via ``ParseInt``. Whole seconds
-    are multiplied by ``time.Second`` without an overflow check in Go, so a count that does
-    not fit is treated here as unparsable (in Ollama it would wrap around).
-    """
-    try:
-        return parse_go_duration(text)
-    except ValueError:
-        pass
-    try:
-        seconds = parse_go_int64(text)
-    except ValueError:
-        return None
-    ns = seconds * _NS_PER_S
-    if not _INT64_MIN <= ns <= _INT64_MAX:
-        return None
-    return ns
-
-
-# ---------------------------------------------------------------------------------------------
-# OLLAMA_KEEP_ALIVE from the policy's keep_alive seconds
-# ---------------------------------------------------------------------------------------------
+# --- OLLAMA_KEEP_ALIVE from the policy's keep_alive seconds ---------------------------------
 
 
 def keep_alive_problem(seconds: float) -> str | None:
@@ -209,7 +54,7 @@ def keep_alive_problem(seconds: float) -> str | None:
         return "must be a number of seconds (-1 for forever)"
     if not math.isfinite(seconds):
         return "must be a finite number of seconds (-1 for forever)"
-    if seconds >= 0 and round(seconds * _NS_PER_S) > _INT64_MAX:
+    if seconds >= 0 and round(seconds * NS_PER_S) > INT64_MAX:
         return "is longer than Ollama can hold (about 292 years); use -1 for forever"
     return None
 
@@ -225,18 +70,18 @@ def format_keep_alive(seconds: float) -> str:
         raise ValueError(f"keep_alive {seconds!r} {problem}")
     if seconds < 0:
         return "-1"
-    ns = round(seconds * _NS_PER_S)
+    ns = round(seconds * NS_PER_S)
     if ns == 0:
         return "0"
-    hours, rest = divmod(ns, 3600 * _NS_PER_S)
-    minutes, rest = divmod(rest, 60 * _NS_PER_S)
+    hours, rest = divmod(ns, 3600 * NS_PER_S)
+    minutes, rest = divmod(rest, 60 * NS_PER_S)
     parts = []
     if hours:
         parts.append(f"{hours}h")
     if minutes:
         parts.append(f"{minutes}m")
     if rest:
-        whole, frac = divmod(rest, _NS_PER_S)
+        whole, frac = divmod(rest, NS_PER_S)
         if frac:
             parts.append(f"{whole}.{frac:09d}".rstrip("0") + "s")
         else:
@@ -247,9 +92,8 @@ def format_keep_alive(seconds: float) -> str:
     return text
 
 
-# ---------------------------------------------------------------------------------------------
-# The known variables and their validators
-# ---------------------------------------------------------------------------------------------
+# --- the known variables and their validators ------------------------------------------------
+
 
 Validator = Callable[[str], str | None]
 
@@ -264,7 +108,7 @@ def _check_duration(value: str) -> str | None:
 
 
 def _check_bool(value: str) -> str | None:
-    if value not in _GO_BOOLS:
+    if value not in GO_BOOLS:
         return (
             f"Ollama cannot parse {value!r} as a boolean (it would silently read it as true); "
             "use true/false or 1/0"
@@ -284,7 +128,7 @@ def _check_uint(value: str) -> str | None:
 
 
 def _check_debug(value: str) -> str | None:
-    if value in _GO_BOOLS:
+    if value in GO_BOOLS:
         return None
     try:
         parse_go_int64(value)
@@ -444,8 +288,6 @@ KNOWN_VARIABLES: Mapping[str, OllamaVariable] = MappingProxyType(
     }
 )
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
 
 def name_problem(name: str) -> str | None:
     """None if ``name`` is a variable Ollama reads and that ``ollama.environment`` may set."""
@@ -453,7 +295,7 @@ def name_problem(name: str) -> str | None:
         return "set OLLAMA_KEEP_ALIVE with ollama.keep_alive, not in ollama.environment"
     if name in KNOWN_VARIABLES:
         return None
-    shown = name if _NAME.match(name) else repr(name)
+    shown = name if ENV_NAME.match(name) else repr(name)
     if not name.startswith("OLLAMA_"):
         return (
             f"{shown} is not an Ollama variable: only the OLLAMA_* variables Ollama reads may be "
@@ -465,32 +307,6 @@ def name_problem(name: str) -> str | None:
         f"{shown} is not a variable Ollama reads (known: {', '.join(sorted(KNOWN_VARIABLES))})"
         f"{hint}"
     )
-
-
-def unsafe_text_problem(value: str) -> str | None:
-    """None if ``value`` has nothing that could break out of a quoted systemd assignment.
-
-    Refused: line breaks (could start a new directive), other control characters, quotes and
-    backslashes (could end the quoting or escape), ``%`` (a systemd specifier such as ``%h``
-    is not expanded here; the value must be literal), text that is not valid UTF-8.
-    """
-    if "\n" in value or "\r" in value:
-        return "contains a newline, which could add a systemd directive"
-    for c in value:
-        if unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs"):
-            if unicodedata.category(c) == "Cs":
-                return "is not valid UTF-8"
-            return (
-                f"contains the control character U+{ord(c):04X}, "
-                "which systemd would not keep as written"
-            )
-    if '"' in value or "'" in value:
-        return "contains a quote, which could end systemd's quoting (and Ollama strips quotes)"
-    if "\\" in value:
-        return "contains a backslash, which systemd reads as an escape or a line continuation"
-    if "%" in value:
-        return "contains '%', which systemd reads as a specifier (such as %h); write it literally"
-    return None
 
 
 def value_problem(name: str, value: str) -> str | None:
@@ -520,129 +336,3 @@ def environment_problem(name: str, value: str) -> str | None:
     could break out of systemd's quoting, or Ollama would not parse it the way it is written.
     """
     return name_problem(name) or value_problem(name, value)
-
-
-# ---------------------------------------------------------------------------------------------
-# systemd: writing and reading Environment= assignments
-# ---------------------------------------------------------------------------------------------
-
-
-def quote_assignment(name: str, value: str) -> str:
-    """The right-hand side of ``Environment=`` setting ``name`` to ``value``, quoted.
-
-    Per systemd.syntax(7): the whole ``NAME=VALUE`` word in double quotes, ``\\`` and ``"``
-    backslash-escaped, ``%`` doubled (specifiers are expanded even inside quotes). Values with
-    line breaks or control characters are refused (ValueError): a C escape would be
-    faithful, but such a value has no business in an Ollama setting.
-    """
-    if not _NAME.match(name):
-        raise ValueError(f"{name!r} is not a valid environment variable name")
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs") for c in value):
-        raise ValueError(f"value of {name} contains a line break or control character")
-    word = f"{name}={value}"
-    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    return f'"{escaped}"'
-
-
-def environment_line(name: str, value: str) -> str:
-    """``Environment="NAME=VALUE"`` as one line of a unit file (no newline at the end)."""
-    return f"Environment={quote_assignment(name, value)}"
-
-
-_SIMPLE_ESCAPES: Mapping[str, str] = MappingProxyType(
-    {
-        "a": "\a",
-        "b": "\b",
-        "f": "\f",
-        "n": "\n",
-        "r": "\r",
-        "t": "\t",
-        "v": "\v",
-        "\\": "\\",
-        '"': '"',
-        "'": "'",
-        "s": " ",
-    }
-)
-_WHITESPACE = " \t\n\r"
-
-
-def _unescape_one(s: str, i: int) -> tuple[str, int]:
-    """Decode the C escape whose backslash is at ``s[i]``; return (text, next index)."""
-    if i + 1 >= len(s):
-        raise ValueError("backslash at the end")
-    c = s[i + 1]
-    if c in _SIMPLE_ESCAPES:
-        return _SIMPLE_ESCAPES[c], i + 2
-    width = {"x": 2, "u": 4, "U": 8}.get(c)
-    if width is not None:
-        digits = s[i + 2 : i + 2 + width]
-        if len(digits) != width or not re.fullmatch(r"[0-9A-Fa-f]+", digits):
-            raise ValueError(f"bad \\{c} escape")
-        code = int(digits, 16)
-        if code == 0 or code > 0x10FFFF:
-            raise ValueError(f"bad \\{c} escape")
-        return chr(code), i + 2 + width
-    digits = s[i + 1 : i + 4]
-    if re.fullmatch(r"[0-7]{3}", digits):
-        code = int(digits, 8)
-        if code == 0 or code > 0xFF:
-            raise ValueError("bad octal escape")
-        return chr(code), i + 4
-    raise ValueError(f"unknown escape \\{c}")
-
-
-def split_words(rvalue: str) -> list[str] | None:
-    """Words of a unit-file value as systemd unquotes and C-unescapes them, or None if invalid.
-
-    Whitespace separates words; ``"..."`` and ``'...'`` quote parts of a word; backslash
-    escapes (``\\n``, ``\\"``, ``\\xHH``...) apply inside and outside quotes.
-    """
-    words: list[str] = []
-    i, n = 0, len(rvalue)
-    while True:
-        while i < n and rvalue[i] in _WHITESPACE:
-            i += 1
-        if i >= n:
-            return words
-        word: list[str] = []
-        quote: str | None = None
-        while i < n:
-            c = rvalue[i]
-            if quote is None and c in _WHITESPACE:
-                break
-            if c == "\\":
-                try:
-                    text, i = _unescape_one(rvalue, i)
-                except ValueError:
-                    return None
-                word.append(text)
-                continue
-            if quote is not None and c == quote:
-                quote = None
-            elif quote is None and c in "\"'":
-                quote = c
-            else:
-                word.append(c)
-            i += 1
-        if quote is not None:
-            return None
-        words.append("".join(word))
-
-
-def parse_environment_value(rvalue: str) -> list[tuple[str, str]] | None:
-    """The (name, value) pairs one ``Environment=`` line sets, or None if systemd rejects it.
-
-    ``%%`` becomes ``%``; other specifiers are left as written (they cannot be resolved
-    without systemd). Words without ``=`` or with an invalid name are skipped, as systemd
-    skips them. An empty list means an empty assignment, which resets earlier ones.
-    """
-    words = split_words(rvalue)
-    if words is None:
-        return None
-    pairs: list[tuple[str, str]] = []
-    for word in words:
-        name, sep, value = word.partition("=")
-        if sep and _NAME.match(name):
-            pairs.append((name, value.replace("%%", "%")))
-    return pairs
