@@ -34,6 +34,7 @@ from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails
 from sentinel_keeper.ollama_wire import TimedAnswer
 from sentinel_keeper.plan import expected_context_length
 from sentinel_keeper.policy import ModelPolicy, Policy
+from sentinel_keeper.reconcile import OllamaApi
 from sentinel_keeper.units import format_duration
 
 BENCH_PROMPT = "Why is the sky blue? Answer in one short paragraph."
@@ -46,21 +47,10 @@ UNLOAD_POLL_SECONDS = 0.05
 Status = Literal["ok", "refused", "failed"]
 
 
-class BenchApi(Protocol):
-    """What bench needs from Ollama (implemented by sentinel_keeper.ollama.OllamaClient)."""
+class BenchApi(OllamaApi, Protocol):
+    """What bench needs from Ollama besides a pass's calls (implemented by
+    sentinel_keeper.ollama.OllamaClient): timed requests that generate."""
 
-    def version(self) -> str: ...
-    def ps(self) -> tuple[LoadedModel, ...]: ...
-    def show(self, model: str) -> ModelDetails: ...
-    def load(
-        self,
-        model: str,
-        *,
-        options: Mapping[str, int | bool],
-        keep_alive: float,
-        endpoint: Endpoint = "generate",
-    ) -> object: ...
-    def unload(self, model: str, *, endpoint: Endpoint = "generate") -> None: ...
     def generate_timed(
         self,
         model: str,
