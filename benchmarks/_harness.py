@@ -1,32 +1,27 @@
 """What the benchmarks share: the Ollama double's model set and timings, the daemon as a
 subprocess with a real NOTIFY_SOCKET, and /proc readings of its memory and CPU.
 
-The benchmarks run from a checkout (``python benchmarks/NAME.py``): the Ollama double is
-imported from tests/, sentinel-keeper from the checkout (or the installed package).
+The benchmarks run from the root of a checkout (``python -m benchmarks.NAME``): the Ollama
+double and the daemon's harness come from the tests' support package (tests/support), the
+same that the tests use; sentinel-keeper from the checkout (or the installed package).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (str(ROOT), str(ROOT / "tests")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+from tests.support import ollama_double
+from tests.support.daemon import DaemonProcess, NotifySocket
+from tests.support.ollama_double import FakeModel, GiB, MiB
 
-import ollama_double  # noqa: E402
-from ollama_double import FakeModel, GiB, MiB  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["DaemonProcess", "NotifySocket"]  # the benchmarks' daemon is the tests' one
 
 # The double's timings, after the measurements quoted in the README (a warm first token in
 # about 500 ms, cold loads of 1.2 to 15 s growing with the model's size). A load takes
@@ -157,144 +152,6 @@ def write_policy(
         lines.append(f"    options: {{num_ctx: {pinned.num_ctx}}}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-# --- systemd's side of sd_notify ------------------------------------------------------------
-
-
-class NotifySocket:
-    """A unix datagram socket, bound as systemd binds NOTIFY_SOCKET; records each message
-    with the time.monotonic() of its arrival."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.settimeout(0.05)
-        self._lock = threading.Lock()
-        self._messages: list[tuple[float, dict[str, str]]] = []
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._closed.is_set():
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            at = time.monotonic()
-            fields = dict(
-                line.split("=", 1) for line in data.decode("latin-1").split("\n") if "=" in line
-            )
-            with self._lock:
-                self._messages.append((at, fields))
-
-    def first(self, key: str, value: str) -> float | None:
-        """When the first message with ``key=value`` arrived, if one has."""
-        with self._lock:
-            for at, fields in self._messages:
-                if fields.get(key) == value:
-                    return at
-        return None
-
-    def wait_for(self, key: str, value: str, timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            at = self.first(key, value)
-            if at is not None:
-                return at
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {key}={value} from the daemon within {timeout:g} s")
-            time.sleep(0.005)
-
-    def close(self) -> None:
-        self._closed.set()
-        self._sock.close()
-        self._thread.join(timeout=2)
-
-
-# --- the daemon -----------------------------------------------------------------------------
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class DaemonProcess:
-    """``python -m sentinel_keeper --policy P run`` with NOTIFY_SOCKET bound here, a temporary
-    STATE_DIRECTORY, no watchdog, and its log (JSON lines) in ``log_path``. With a
-    ``time_scale`` other than 1, the daemon's own clock constants are divided by it
-    (_scaled_daemon.py)."""
-
-    def __init__(
-        self, policy: Path, workdir: Path, notify: NotifySocket, *, time_scale: float = 1.0
-    ) -> None:
-        self.log_path = workdir / "daemon.log"
-        environ = {
-            k: v for k, v in os.environ.items() if not k.startswith(("WATCHDOG_", "NOTIFY_"))
-        }
-        environ.update(
-            NOTIFY_SOCKET=str(notify.path),
-            STATE_DIRECTORY=str(workdir / "state"),
-            PYTHONUNBUFFERED="1",
-            PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), environ.get("PYTHONPATH", "")) if p),
-        )
-        environ.pop("JOURNAL_STREAM", None)
-        if time_scale != 1.0:
-            # the daemon's own clock constants scaled too (see _scaled_daemon.py)
-            environ["SENTINEL_BENCH_TIME_SCALE"] = repr(time_scale)
-            program = [str(Path(__file__).with_name("_scaled_daemon.py"))]
-        else:
-            program = ["-m", "sentinel_keeper"]
-        self._log = self.log_path.open("wb")
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                *program,
-                "--policy",
-                str(policy),
-                "run",
-                "--log-format",
-                "json",
-            ],
-            cwd=workdir,
-            env=environ,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time so far (/proc/PID/stat)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS in /proc/PID/status")
-
-    def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
-        return self.proc.returncode
-
-    def log_lines(self) -> list[str]:
-        return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
 def temp_workdir(prefix: str) -> tempfile.TemporaryDirectory[str]:

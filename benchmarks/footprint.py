@@ -6,7 +6,7 @@ datagram socket bound here), against the Ollama double in real time (time scale 
 three pinned models. There is no GPU here: NVML is absent, so the daemon's NVML reads are
 not part of the figures.
 
-    python benchmarks/footprint.py --duration 600 --interval 10
+    python -m benchmarks.footprint --duration 600 --interval 10
 
 Phases (``--phases``, default all):
 
@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import _harness
-from _harness import PINNED, DaemonProcess, NotifySocket, make_double, write_policy
-from ollama_double import OllamaDouble
+from benchmarks import _harness
+from benchmarks._harness import PINNED, DaemonProcess, NotifySocket, make_double, write_policy
+from tests.support.ollama_double import OllamaDouble
 
 MiB = 1024 * 1024
 PHASES = ("ready", "idle", "rewarm")
@@ -86,8 +86,8 @@ def ready_times(runs: int, interval: float, workdir: Path) -> list[float]:
             policy = write_policy(workdir / "policy.yaml", double.url, interval=interval)
             notify = NotifySocket(workdir / f"notify-{len(times)}.sock")
             try:
-                daemon = DaemonProcess(policy, workdir, notify)
-                ready = notify.wait_for("READY", "1", timeout=60)
+                daemon = DaemonProcess(policy, workdir, notify, log_format="json")
+                ready = notify.wait_for("READY", "1", timeout=60).at
                 times.append(ready - daemon.started)
                 daemon.stop()
             finally:
@@ -106,7 +106,7 @@ def idle_and_rewarm(
     double = make_double(keep_alive="-1", time_scale=1.0).start()
     notify = NotifySocket(workdir / "notify.sock")
     policy = write_policy(workdir / "policy.yaml", double.url, interval=interval)
-    daemon = DaemonProcess(policy, workdir, notify)
+    daemon = DaemonProcess(policy, workdir, notify, log_format="json")
     names = {p.model.name for p in PINNED}
     idle: Idle | None = None
     rewarms: list[Rewarm] = []
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--out" in given:  # where the table goes is not part of how it was measured
         at = given.index("--out")
         del given[at : at + 2]
-    command = "python benchmarks/footprint.py " + " ".join(shlex.quote(a) for a in given)
+    command = "python -m benchmarks.footprint " + " ".join(shlex.quote(a) for a in given)
     _harness.quiet_double_errors()
     version = _harness.code_version()
     ready: list[float] = []

@@ -1,7 +1,7 @@
 """One planning pass (sentinel_keeper.plan.plan) over a synthetic observation of 100 policy
 models and 8 GPUs, timed with timeit.
 
-    python benchmarks/plan_pass.py --seed 1
+    python -m benchmarks.plan_pass --seed 1
 
 Two worlds, each with 60 pinned models and 40 extras, all installed with architecture
 details, a third of the extras loaded, and 8 GPUs of 24 GiB with random use:
@@ -24,12 +24,11 @@ import sys
 import timeit
 from collections.abc import Sequence
 
-import _harness  # puts the checkout and tests/ on sys.path
-from planning import NOW, GiB, gpus, installed, loaded, policy
-
+from benchmarks import _harness
 from sentinel_keeper.observation import LoadedModel, ModelDetails, Observation
 from sentinel_keeper.plan import plan
 from sentinel_keeper.policy import Policy
+from tests.support.planning import NOW, GiB, gpus, installed, loaded, policy
 
 
 def world(

@@ -23,14 +23,14 @@ the harness's own HTTP round trip is left out because, multiplied by the time sc
 would drown the figures (about 0.3 ms real, 40 ms simulated, at the default scale).
 
 The daemon sleeps in real time, so its policy ``interval`` is set to 15 s of simulated time
-(15 s is the default): 125 ms real at the default scale; and it runs through
-_scaled_daemon.py, which divides its own clock constants (probes while Ollama does not
-answer, the look at /api/ps between passes, jitter, the back-off after a failed load) by the
-time scale (``--stock-daemon`` leaves them in real seconds). A second phase measures the
+(15 s is the default): 125 ms real at the default scale; and its own clock (Timings:
+probes while Ollama does not answer, the look at /api/ps between passes, jitter, the back-off
+after a failed load) runs faster by the time scale, through tests.support.scaled_daemon
+(``--stock-daemon`` leaves it in real seconds). A second phase measures the
 re-warm after a restart in real time (``--rewarm-time-scale 1``) with the stock daemon at
 the production interval of 15 s.
 
-    python benchmarks/residency.py --seed 1 --hours 4 --time-scale 120 --out docs
+    python -m benchmarks.residency --seed 1 --hours 4 --time-scale 120 --out docs
 
 writes docs/residency.md and docs/residency.png (matplotlib: ``pip install '.[bench]'``).
 """
@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import _harness
-from _harness import (
+from benchmarks import _harness
+from benchmarks._harness import (
     FIRST_TOKEN_SECONDS,
     FOREIGN,
     FOREIGN_NUM_CTX,
@@ -65,7 +65,7 @@ from _harness import (
     percentile,
     write_policy,
 )
-from ollama_double import CompletionRecord, LoadRecord, OllamaDouble, UnloadRecord
+from tests.support.ollama_double import CompletionRecord, LoadRecord, OllamaDouble, UnloadRecord
 
 STRATEGIES = ("none", "keep-alive-forever", "cron", "sentinel-keeper")
 LABELS = {
@@ -425,8 +425,10 @@ class Keeper(Strategy):
         policy = write_policy(workdir / "policy.yaml", double.url, interval=real_interval)
         self.notify = NotifySocket(workdir / "notify.sock")
         constants_scale = scale if self.scaled and not self.stock else 1.0
-        self.daemon = DaemonProcess(policy, workdir, self.notify, time_scale=constants_scale)
-        ready = self.notify.wait_for("READY", "1", timeout=120)
+        self.daemon = DaemonProcess(
+            policy, workdir, self.notify, time_scale=constants_scale, log_format="json"
+        )
+        ready = self.notify.wait_for("READY", "1", timeout=120).at
         self.ready_after = ready - self.daemon.started
 
     def start(self, double: OllamaDouble, t0: float, scale: float, end: float) -> None:
@@ -451,7 +453,7 @@ class Keeper(Strategy):
     def outages_seen(self) -> int:
         if self.daemon is None:
             return 0
-        return sum(1 for line in self.daemon.log_lines() if '"ollama_unreachable"' in line)
+        return sum(1 for line in self.daemon.lines() if '"ollama_unreachable"' in line)
 
 
 def make_strategy(name: str, *, stock_daemon: bool = False) -> Strategy:
@@ -983,7 +985,7 @@ def markdown(
                 "slower than in production. "
                 if stock_daemon
                 else "and with the daemon's own clock constants divided by the time scale "
-                "(benchmarks/_scaled_daemon.py: its probes while Ollama does not answer, its "
+                "(`Timings().scaled(k)`: its probes while Ollama does not answer, its "
                 "look at /api/ps between passes, the jitter of its passes, its back-off after "
                 "a failed load), so that in simulated time it keeps the pace it keeps in real "
                 "time. "
@@ -1163,7 +1165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _harness.quiet_double_errors()
     sys.setswitchinterval(0.0005)  # threads get the GIL sooner: less noise in the timings
-    command = "python benchmarks/residency.py " + " ".join(
+    command = "python -m benchmarks.residency " + " ".join(
         shlex.quote(a) for a in reproducible_args(sys.argv[1:] if argv is None else argv)
     )
     machine = f"{_harness.machine_note()}; sentinel-keeper at commit {_harness.code_version()}"

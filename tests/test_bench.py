@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from ollama_double import FakeModel, GiB, InstanceInfo, MiB, OllamaDouble
 
 from sentinel_keeper import cli
 from sentinel_keeper.bench import (
@@ -31,6 +30,7 @@ from sentinel_keeper.observation import LoadedModel, ModelDetails
 from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.ollama_wire import TimedAnswer
 from sentinel_keeper.policy import Policy
+from tests.support.ollama_double import FakeModel, GiB, InstanceInfo, MiB, OllamaDouble
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD_SECONDS = 0.2

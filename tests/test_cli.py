@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_nvml import FakeGpu, FakeNvml, library_dir, nvml_env
-from ollama_double import FakeModel, OllamaDouble
+
+from tests.support.fake_nvml import FakeGpu, FakeNvml, library_dir, nvml_env
+from tests.support.ollama_double import FakeModel, OllamaDouble
 
 pytestmark = pytest.mark.slow
 

@@ -8,184 +8,29 @@ Every wait is bounded; intervals are short so the whole file runs in seconds.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ollama_double import FakeModel, OllamaDouble
 
 from sentinel_keeper.daemon.engine import TrackedClient
 from sentinel_keeper.daemon.progress import Progress
 from sentinel_keeper.errors import OllamaUnreachable
 from sentinel_keeper.ollama import OllamaClient
+from tests.support.daemon import DaemonProcess, Message, NotifySocket, wait_until
+from tests.support.ollama_double import FakeModel, OllamaDouble
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024**2
 PINNED = "llama3.2:1b"
 SECOND = "qwen2.5:0.5b"
-WAIT = 15.0  # the longest any single wait may take
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-# --- systemd's side: the notification socket ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Message:
-    at: float  # time.monotonic() at receipt
-    fields: dict[str, str]
-
-
-class NotifySocket:
-    """A unix datagram socket, as systemd binds for NOTIFY_SOCKET, recording every message."""
-
-    def __init__(self, path: Path, on_message: Callable[[Message], None] | None = None) -> None:
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.settimeout(0.1)
-        self.on_message = on_message
-        self._lock = threading.Lock()
-        self._messages: list[Message] = []
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._closed.is_set():
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fields = dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line)
-            message = Message(time.monotonic(), fields)
-            if self.on_message is not None:
-                self.on_message(message)
-            with self._lock:
-                self._messages.append(message)
-
-    @property
-    def messages(self) -> list[Message]:
-        with self._lock:
-            return list(self._messages)
-
-    def with_field(self, key: str, value: str | None = None) -> list[Message]:
-        return [
-            m
-            for m in self.messages
-            if key in m.fields and (value is None or m.fields[key] == value)
-        ]
-
-    def wait_for(self, key: str, value: str | None = None, timeout: float = WAIT) -> Message:
-        found: list[Message] = wait_until(
-            f"{key}={value or '*'}", lambda: self.with_field(key, value), timeout
-        )
-        return found[0]
-
-    def statuses(self) -> list[str]:
-        return [m.fields["STATUS"] for m in self.messages if "STATUS" in m.fields]
-
-    def close(self) -> None:
-        self._closed.set()
-        self._sock.close()
-        self._thread.join(timeout=2)
-
-
-# --- the daemon as a subprocess -------------------------------------------------------------
-
-
-class DaemonProcess:
-    """sentinel-keeper run with its stderr on a pipe that JOURNAL_STREAM names (so it writes
-    journald's format), lines recorded with their arrival time."""
-
-    def __init__(self, policy: Path, tmp_path: Path, notify: NotifySocket, **env: str) -> None:
-        read_fd, write_fd = os.pipe()
-        st = os.fstat(write_fd)
-        environ = {k: v for k, v in os.environ.items() if not k.startswith(("WATCHDOG_", "NOTIFY"))}
-        environ.update(
-            NOTIFY_SOCKET=str(notify.path),
-            JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}",
-            STATE_DIRECTORY=str(tmp_path / "state"),
-            PYTHONUNBUFFERED="1",
-        )
-        environ.update(env)
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sentinel_keeper", "--policy", str(policy), "run"],
-            cwd=ROOT,
-            env=environ,
-            stdin=subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-        )
-        os.close(write_fd)
-        self._lock = threading.Lock()
-        self._lines: list[tuple[float, str]] = []
-        self._reader = threading.Thread(target=self._read, args=(read_fd,), daemon=True)
-        self._reader.start()
-
-    def _read(self, fd: int) -> None:
-        with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as stream:
-            for line in stream:
-                with self._lock:
-                    self._lines.append((time.monotonic(), line.rstrip("\n")))
-
-    def lines(self, since: float = 0.0) -> list[str]:
-        with self._lock:
-            return [line for at, line in self._lines if at >= since]
-
-    def wait_line(self, pattern: str, timeout: float = WAIT, since: float = 0.0) -> str:
-        regex = re.compile(pattern)
-        found: list[str] = wait_until(
-            f"a log line matching {pattern!r}",
-            lambda: [line for line in self.lines(since) if regex.search(line)],
-            timeout,
-        )
-        return found[0]
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = WAIT) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        self._reader.join(timeout=2)
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path / "notify.sock")
-    try:
-        yield sock
-    finally:
-        sock.close()
 
 
 @pytest.fixture
@@ -198,22 +43,6 @@ def double() -> Iterator[OllamaDouble]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def spawn(tmp_path: Path, notify: NotifySocket) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(policy: Path, **env: str) -> DaemonProcess:
-        daemon = DaemonProcess(policy, tmp_path, notify, **env)
-        started.append(daemon)
-        return daemon
-
-    try:
-        yield start
-    finally:
-        for daemon in started:
-            daemon.kill()
 
 
 def write_policy(path: Path, url: str, *models: str, **top: str) -> Path:
@@ -619,8 +448,7 @@ def test_sigterm_stops_the_daemon_while_systemd_does_not_read_its_notifications(
     else:
         raise AssertionError("the receiver's queue never filled")
     policy = write_policy(tmp_path / "policy.yaml", double.url, PINNED, interval="1s")
-    jammed = type("Jammed", (), {"path": path})()
-    daemon = DaemonProcess(policy, tmp_path, jammed, WATCHDOG_USEC="2000000")
+    daemon = DaemonProcess(policy, tmp_path, path, env={"WATCHDOG_USEC": "2000000"})
     try:
         # the daemon works while its notifications are dropped
         daemon.wait_line(r"^<6>ready why=\"pinned resident\"")

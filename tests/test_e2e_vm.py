@@ -10,13 +10,11 @@ It takes minutes: run the quick loop with ``-m "not slow"`` or ``-m "not e2e"``.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
-import e2e_vm
+from tests.e2e import e2e_vm
 
 
 def _mode() -> str:

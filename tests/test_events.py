@@ -7,7 +7,6 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from planning import NOW, GiB, gpus, loaded, observation
 
 from sentinel_keeper.events import (
     History,
@@ -19,6 +18,7 @@ from sentinel_keeper.events import (
 from sentinel_keeper.observation import Observation
 from sentinel_keeper.plan import Action, ActionKind, Finding, FindingKind, Plan
 from sentinel_keeper.reconcile import Outcome, PassReport
+from tests.support.planning import NOW, GiB, gpus, loaded, observation
 
 GPU = gpus((8 * GiB, 16 * GiB))
 ERROR = "ollama at http://127.0.0.1:11434 is unreachable: GET /api/version: connection refused"

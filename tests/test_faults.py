@@ -17,11 +17,6 @@ with an in-process Reconciler and an injected clock.
 from __future__ import annotations
 
 import itertools
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,9 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml, library_dir, nvml_env
-from ollama_double import OOM_TEXT, FakeModel, ManualClock, OllamaDouble
-from test_daemon import NotifySocket, wait_until
 
 from sentinel_keeper.daemon import lifecycle
 from sentinel_keeper.events import History, advance, pass_events
@@ -42,8 +34,10 @@ from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.policy.loading import parse_policy
 from sentinel_keeper.reconcile import PassReport, Reconciler
 from sentinel_keeper.timings import Timings
+from tests.support.daemon import DaemonProcess, NotifySocket, wait_until
+from tests.support.fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml, library_dir, nvml_env
+from tests.support.ollama_double import OOM_TEXT, FakeModel, ManualClock, OllamaDouble
 
-ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024**2
 GiB = 1024**3
 PINNED = "llama3.2:1b"
@@ -51,7 +45,6 @@ EXTRA = "qwen2.5:0.5b"
 INTERVAL = 2.0  # seconds; "recovers within one interval" is measured against this
 LOAD_SECONDS = 0.2
 SLACK = 1.0  # a busy two-core machine
-EVENT = re.compile(r"^<(\d)>([a-z_]+)")
 
 
 def _print(*lines: str) -> None:
@@ -105,113 +98,6 @@ def double() -> Iterator[TimedDouble]:
         server.stop()
 
 
-# --- the daemon ------------------------------------------------------------------------------
-
-
-class Keeper:
-    """`sentinel-keeper run` with journald's line format on a pipe, lines timestamped."""
-
-    def __init__(
-        self, policy: Path, tmp: Path, notify: NotifySocket, *args: str, **env: str
-    ) -> None:
-        read_fd, write_fd = os.pipe()
-        st = os.fstat(write_fd)
-        environ = {k: v for k, v in os.environ.items() if not k.startswith(("WATCHDOG_", "NOTIFY"))}
-        environ.update(
-            NOTIFY_SOCKET=str(notify.path),
-            JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}",
-            STATE_DIRECTORY=str(tmp / "state"),
-            PYTHONUNBUFFERED="1",
-            **env,
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sentinel_keeper", "--policy", str(policy), "run", *args],
-            cwd=ROOT,
-            env=environ,
-            stdin=subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-        )
-        os.close(write_fd)
-        self._lock = threading.Lock()
-        self._lines: list[tuple[float, str]] = []
-        self._reader = threading.Thread(target=self._read, args=(read_fd,), daemon=True)
-        self._reader.start()
-
-    def _read(self, fd: int) -> None:
-        with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as stream:
-            for line in stream:
-                with self._lock:
-                    self._lines.append((time.monotonic(), line.rstrip("\n")))
-
-    def timed(self, since: float = 0.0) -> list[tuple[float, str]]:
-        with self._lock:
-            return [(at, line) for at, line in self._lines if at >= since]
-
-    def lines(self, since: float = 0.0) -> list[str]:
-        return [line for _, line in self.timed(since)]
-
-    def events(self, since: float = 0.0, *, min_level: int = 6) -> Counter[str]:
-        """How many lines of each event at priority ``min_level`` (6 = info) or more urgent."""
-        counts: Counter[str] = Counter()
-        for line in self.lines(since):
-            match = EVENT.match(line)
-            assert match is not None, f"not a journal line: {line!r}"
-            if int(match.group(1)) <= min_level:
-                counts[match.group(2)] += 1
-        return counts
-
-    def wait_event(self, pattern: str, since: float = 0.0, timeout: float = 15.0) -> float:
-        """The arrival time of the first line matching ``pattern`` at or after ``since``."""
-        regex = re.compile(pattern)
-        found: list[float] = wait_until(
-            f"a line matching {pattern!r}",
-            lambda: [at for at, line in self.timed(since) if regex.search(line)],
-            timeout,
-        )
-        return found[0]
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=10)
-        self._reader.join(timeout=2)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        self._reader.join(timeout=2)
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path / "notify.sock")
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-@pytest.fixture
-def keeper(tmp_path: Path, notify: NotifySocket) -> Iterator[Callable[..., Keeper]]:
-    started: list[Keeper] = []
-
-    def start(policy: Path, *args: str, **env: str) -> Keeper:
-        k = Keeper(policy, tmp_path, notify, *args, **env)
-        started.append(k)
-        return k
-
-    try:
-        yield start
-    finally:
-        for k in started:
-            k.kill()
-
-
 def write_policy(
     path: Path, url: str, *, interval: str = f"{INTERVAL:g}s", extra: bool = False, **more: str
 ) -> Path:
@@ -229,7 +115,7 @@ def resident(double: OllamaDouble, name: str = PINNED) -> bool:
     return double.instance(name) is not None
 
 
-def steady(k: Keeper, double: TimedDouble, notify: NotifySocket) -> float:
+def steady(k: DaemonProcess, double: TimedDouble, notify: NotifySocket) -> float:
     """Wait for READY with the pinned model resident; return the time."""
     notify.wait_for("READY", "1")
     wait_until("the pinned model", lambda: resident(double))
@@ -241,10 +127,10 @@ def steady(k: Keeper, double: TimedDouble, notify: NotifySocket) -> float:
 
 @pytest.mark.slow
 def test_ollama_down_at_start(
-    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, spawn: Callable[..., DaemonProcess]
 ) -> None:
     double.stop()  # the port refuses connections
-    k = keeper(write_policy(tmp_path / "policy.yaml", double.url))
+    k = spawn(write_policy(tmp_path / "policy.yaml", double.url))
     k.wait_event(r"^<4>ollama_unreachable ")
     time.sleep(3.0)
     assert not notify.with_field("READY", "1")  # ready: pinned, and nothing is resident
@@ -266,13 +152,13 @@ def test_ollama_down_at_start(
 
 @pytest.mark.slow
 def test_a_long_outage_keeps_probing_every_second_and_logs_twice(
-    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, spawn: Callable[..., DaemonProcess]
 ) -> None:
     """12 s down under a 3 s interval: the pass that meets the outage starts probing, and the
     capped back-off probes about once a second all along (debug lines only), so the model is
     back about a second after Ollama is, not an interval after."""
     policy = write_policy(tmp_path / "policy.yaml", double.url, interval="3s")
-    k = keeper(policy, "--log-level", "debug")
+    k = spawn(policy, "--log-level", "debug")
     steady(k, double, notify)
     down = time.monotonic()
     double.stop()
@@ -333,14 +219,14 @@ def test_a_simulated_hour_of_outage_probes_every_second_and_logs_once() -> None:
 
 @pytest.mark.slow
 def test_ollama_restarted_in_the_middle_of_a_load(
-    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, spawn: Callable[..., DaemonProcess]
 ) -> None:
     """The load dies with the connection. That says nothing about the model: it is loaded
     again about a probe period after Ollama answers (it used to wait a 15 s load back-off,
     then a whole interval)."""
     double.load_seconds = 2.0
     policy = write_policy(tmp_path / "policy.yaml", double.url, interval="1m")
-    k = keeper(policy)
+    k = spawn(policy)
     wait_until("the load", lambda: double.loads_since(0))
     time.sleep(0.5)
     double.restart(down_seconds=0.5)
@@ -363,12 +249,12 @@ def test_ollama_restarted_in_the_middle_of_a_load(
 
 @pytest.mark.slow
 def test_a_quick_restart_between_passes_is_seen_by_the_watch(
-    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, spawn: Callable[..., DaemonProcess]
 ) -> None:
     """`systemctl restart ollama` between two passes of a long interval: no pass sees the
     outage, but the watch between passes sees the pinned model gone and runs one at once."""
     policy = write_policy(tmp_path / "policy.yaml", double.url, interval="1m")
-    k = keeper(policy)
+    k = spawn(policy)
     steady(k, double, notify)
     k.wait_event(r"^<6>pass ")
     time.sleep(0.5)
@@ -388,10 +274,10 @@ def test_a_quick_restart_between_passes_is_seen_by_the_watch(
 
 @pytest.mark.slow
 def test_a_client_unloading_a_pinned_model_is_seen_by_the_watch(
-    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, spawn: Callable[..., DaemonProcess]
 ) -> None:
     policy = write_policy(tmp_path / "policy.yaml", double.url, interval="1m")
-    k = keeper(policy)
+    k = spawn(policy)
     steady(k, double, notify)
     k.wait_event(r"^<6>pass ")
     quiet = time.monotonic()
@@ -410,12 +296,12 @@ def test_a_client_unloading_a_pinned_model_is_seen_by_the_watch(
 
 @pytest.mark.slow
 def test_ollama_hanging_times_out_and_the_watchdog_stays_honest(
-    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, spawn: Callable[..., DaemonProcess]
 ) -> None:
     """/api/ps accepts and never answers: each call times out after request_timeout, the loop
     goes on, so WATCHDOG=1 keeps coming (a stuck call would stop it: test_daemon covers that);
     when Ollama answers again the keeper is back within a probe period."""
-    k = keeper(write_policy(tmp_path / "policy.yaml", double.url), WATCHDOG_USEC="2000000")
+    k = spawn(write_policy(tmp_path / "policy.yaml", double.url), WATCHDOG_USEC="2000000")
     steady(k, double, notify)
     double.hang_limit = 30.0
     fault = time.monotonic()
@@ -454,12 +340,12 @@ NONSENSE = [
 
 @pytest.mark.slow
 def test_errors_and_nonsense_from_ollama(
-    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, spawn: Callable[..., DaemonProcess]
 ) -> None:
     """/api/ps answers an error status or a body that is not what the API promises, one
     after the other: each pass is refused like an outage (probed every second), and the
     keeper is back within a probe period of Ollama making sense again."""
-    k = keeper(write_policy(tmp_path / "policy.yaml", double.url))
+    k = spawn(write_policy(tmp_path / "policy.yaml", double.url))
     steady(k, double, notify)
     figures = []
     for name, answer, words in NONSENSE:
@@ -488,11 +374,11 @@ def test_errors_and_nonsense_from_ollama(
 
 @pytest.mark.slow
 def test_a_model_removed_from_ollama(
-    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, spawn: Callable[..., DaemonProcess]
 ) -> None:
     """`ollama rm` of a pinned model: reported once (not pulled: the policy says pull:
     false), nothing attempted while it is gone, loaded within an interval of its return."""
-    k = keeper(write_policy(tmp_path / "policy.yaml", double.url))
+    k = spawn(write_policy(tmp_path / "policy.yaml", double.url))
     steady(k, double, notify)
     fault = time.monotonic()
     double.remove_model(PINNED)
@@ -515,12 +401,12 @@ def test_a_model_removed_from_ollama(
 
 @pytest.mark.slow
 def test_out_of_memory_loads_back_off(
-    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, spawn: Callable[..., DaemonProcess]
 ) -> None:
     """Ollama answers every load with its OOM error: the keeper tries once, then waits 15 s
     (not an interval of 1 s); once memory is there again, the next retry loads it."""
     double.load_failures = {PINNED: OOM_TEXT}
-    k = keeper(write_policy(tmp_path / "policy.yaml", double.url, interval="1s"))
+    k = spawn(write_policy(tmp_path / "policy.yaml", double.url, interval="1s"))
     first = wait_until("a load", lambda: double.loads_since(0))[0]
     time.sleep(6.0)
     attempts = len(double.loads_since(0))
@@ -568,7 +454,7 @@ def test_out_of_memory_back_off_over_a_simulated_hour() -> None:
 
 @pytest.mark.slow
 def test_the_gpu_lost_and_back(
-    tmp_path: Path, notify: NotifySocket, double: TimedDouble, keeper: Callable[..., Keeper]
+    tmp_path: Path, notify: NotifySocket, double: TimedDouble, spawn: Callable[..., DaemonProcess]
 ) -> None:
     """NVML answers GPU_IS_LOST mid-run: free memory becomes unknown (never zero), which is
     logged once; the pinned model is untouched; the extra is not loaded blind; when the GPU
@@ -579,7 +465,7 @@ def test_the_gpu_lost_and_back(
     lost.write(config)  # lost from the start: the extra waits
     policy = write_policy(tmp_path / "policy.yaml", double.url, extra=True)
     env = nvml_env(library_dir(), config, base={})
-    k = keeper(policy, LD_LIBRARY_PATH=env["LD_LIBRARY_PATH"], FAKE_NVML_CONFIG=str(config))
+    k = spawn(policy, LD_LIBRARY_PATH=env["LD_LIBRARY_PATH"], FAKE_NVML_CONFIG=str(config))
     steady(k, double, notify)
     k.wait_event(r"^<4>nvml_unavailable reason=.*GPU is lost")
     time.sleep(INTERVAL + 0.5)

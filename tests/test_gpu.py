@@ -18,7 +18,16 @@ from typing import Any
 
 import pynvml
 import pytest
-from fake_nvml import (
+
+from sentinel_keeper.gpu import (
+    GpuProbe,
+    describe_error,
+    main,
+    out_of_range,
+)
+from sentinel_keeper.observation import GpuInfo, GpuSnapshot
+from sentinel_keeper.report import status_json
+from tests.support.fake_nvml import (
     GIB,
     NVML_ERROR_DRIVER_NOT_LOADED,
     NVML_ERROR_GPU_IS_LOST,
@@ -29,16 +38,7 @@ from fake_nvml import (
     library_dir,
     nvml_env,
 )
-from planning import observation, policy
-
-from sentinel_keeper.gpu import (
-    GpuProbe,
-    describe_error,
-    main,
-    out_of_range,
-)
-from sentinel_keeper.observation import GpuInfo, GpuSnapshot
-from sentinel_keeper.report import status_json
+from tests.support.planning import observation, policy
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 20.0  # bound on every wait for a subprocess

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
-import e2e_vm
+from tests.e2e import e2e_vm
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "install.sh"

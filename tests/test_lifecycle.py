@@ -4,7 +4,6 @@ socket, no clock: each case is what the loop knows and what it must do."""
 from __future__ import annotations
 
 import pytest
-from planning import NOW, GiB, gpus, installed, loaded, observation, policy
 
 from sentinel_keeper.daemon import lifecycle
 from sentinel_keeper.daemon.lifecycle import Duties, Ready, StatusView
@@ -14,6 +13,7 @@ from sentinel_keeper.plan import Action, ActionKind, Finding, FindingKind, Plan
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import Outcome, PassReport
 from sentinel_keeper.timings import Timings
+from tests.support.planning import NOW, GiB, gpus, installed, loaded, observation, policy
 
 URL = "http://127.0.0.1:11434"
 GPU = gpus((6 * GiB, 8 * GiB))

@@ -23,12 +23,12 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_check() -> None:
-    result = run("ruff", "check", "sentinel_keeper", "tests")
+    result = run("ruff", "check", "sentinel_keeper", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format() -> None:
-    result = run("ruff", "format", "--check", "sentinel_keeper", "tests")
+    result = run("ruff", "format", "--check", "sentinel_keeper", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

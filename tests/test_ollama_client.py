@@ -10,15 +10,6 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ollama_double import (
-    FOREVER_NS,
-    NS_PER_SECOND,
-    OOM_TEXT,
-    FakeModel,
-    OllamaDouble,
-    format_go_time,
-)
-from ollama_fixtures import EMBED, LLAMA, PLUS_TWO, make_double, wait_until
 
 from sentinel_keeper.errors import (
     LoadFailed,
@@ -33,6 +24,16 @@ from sentinel_keeper.errors import (
 )
 from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.ollama_wire import LoadResult, keep_alive_json, parse_timestamp
+from tests.support.daemon import wait_until
+from tests.support.ollama_double import (
+    FOREVER_NS,
+    NS_PER_SECOND,
+    OOM_TEXT,
+    FakeModel,
+    OllamaDouble,
+    format_go_time,
+)
+from tests.support.ollama_fixtures import EMBED, LLAMA, PLUS_TWO, make_double
 
 
 @pytest.fixture
@@ -290,7 +291,7 @@ def test_load_timeout_is_separate_and_a_timeout_aborts_the_load() -> None:
         ):
             c.load("llama3.2:1b", options={}, keep_alive=-1)
         # why load_timeout must be long: the disconnect aborted Ollama's load
-        assert wait_until(lambda: d.aborted_loads == 1, timeout=2.0)
+        wait_until("the load aborted", lambda: d.aborted_loads == 1, timeout=2.0)
         assert d.loaded() == []
 
 

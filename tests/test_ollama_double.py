@@ -16,7 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ollama_double import (
+
+from tests.support.daemon import wait_until
+from tests.support.ollama_double import (
     DEFAULT_KEEP_ALIVE_NS,
     FOREVER_NS,
     NS_PER_SECOND,
@@ -31,7 +33,7 @@ from ollama_double import (
     parse_keep_alive,
     server_keep_alive,
 )
-from ollama_fixtures import (
+from tests.support.ollama_fixtures import (
     EMBED,
     LLAMA,
     PLUS_TWO,
@@ -40,7 +42,6 @@ from ollama_fixtures import (
     post,
     ps_names,
     tiny,
-    wait_until,
 )
 
 MINUTE = 60 * NS_PER_SECOND
@@ -460,7 +461,7 @@ def test_queue_full_is_a_503() -> None:
     with make_double(max_queue=0, load_seconds=0.3) as d:
         t = threading.Thread(target=load, args=(d, "llama3.2:1b"), daemon=True)
         t.start()
-        assert wait_until(d._load_lock.locked)
+        wait_until("a load under way", d._load_lock.locked, timeout=5.0)
         r = post(d, "/api/embed", {"model": "nomic-embed-text"})
         assert r.status_code == 503
         assert r.json() == {"error": QUEUE_FULL_TEXT}
@@ -471,7 +472,7 @@ def test_disconnect_mid_load_aborts_the_load() -> None:
     with make_double(load_seconds=3.0) as d:
         with pytest.raises(httpx.ReadTimeout):
             post(d, "/api/generate", {"model": "llama3.2:1b"}, timeout=0.2)
-        assert wait_until(lambda: d.aborted_loads == 1, timeout=2.0)
+        wait_until("the load aborted", lambda: d.aborted_loads == 1, timeout=2.0)
         assert d.loaded() == []
         assert not d._load_lock.locked()
 
@@ -577,7 +578,7 @@ def test_restart_unloads_everything_and_keeps_the_port(double: OllamaDouble) -> 
         assert http.get("/api/ps").json()["models"]  # a pooled keep-alive connection
         t = threading.Thread(target=double.restart, kwargs={"down_seconds": 0.2}, daemon=True)
         t.start()
-        assert wait_until(lambda: _refused(port), timeout=2.0)
+        wait_until("the port refusing", lambda: _refused(port), timeout=2.0)
         t.join(5)
         assert double.port == port
         assert http.get("/api/ps").json() == {"models": []}
@@ -616,7 +617,7 @@ def test_runs_as_ollama_serve_under_bare_python(tmp_path: Path) -> None:
     python = shutil.which("python3") or "python3"
     models = tmp_path / "models.json"
     models.write_text(json.dumps([LLAMA.to_json(), EMBED.to_json()]))
-    script = Path(__file__).with_name("ollama_double.py")
+    script = Path(__file__).parent / "support" / "ollama_double.py"
     env = {"PATH": os.environ.get("PATH", ""), "OLLAMA_KEEP_ALIVE": "-1"}
     cmd = [python, "-I", "-S", str(script), "--port", "0", "--models", str(models)]
     cmd += ["--vram", str(4 * GiB), "--load-seconds", "0", "--load-seconds-per-gib", "0"]

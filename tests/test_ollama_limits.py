@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from ollama_double import OllamaDouble
 
 from sentinel_keeper.errors import OllamaProtocolError
 from sentinel_keeper.ollama import MAX_ANSWER_BYTES, MAX_LINE_BYTES, OllamaClient
+from tests.support.ollama_double import OllamaDouble
 
 
 @pytest.fixture

@@ -7,17 +7,6 @@ from datetime import timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from planning import (
-    NOW,
-    UNKNOWN_GPU,
-    GiB,
-    MiB,
-    gpus,
-    installed,
-    loaded,
-    observation,
-    policy,
-)
 
 from sentinel_keeper.observation import Footprint, ModelDetails
 from sentinel_keeper.plan import (
@@ -28,6 +17,17 @@ from sentinel_keeper.plan import (
     expected_context_length,
     expected_footprint,
     plan,
+)
+from tests.support.planning import (
+    NOW,
+    UNKNOWN_GPU,
+    GiB,
+    MiB,
+    gpus,
+    installed,
+    loaded,
+    observation,
+    policy,
 )
 
 PINNED: dict[str, object] = {"name": "llama3.2:1b", "options": {"num_ctx": 2048}}

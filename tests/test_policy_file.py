@@ -32,13 +32,13 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
-from ollama_double import FakeModel, OllamaDouble
-from test_daemon import DaemonProcess, NotifySocket, wait_until
 
 from sentinel_keeper import cli
 from sentinel_keeper.override.render import DROPIN_NAME
 from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
 from sentinel_keeper.policy.risks import file_risks
+from tests.support.daemon import DaemonProcess, NotifySocket, wait_until
+from tests.support.ollama_double import FakeModel, OllamaDouble
 
 MiB = 1024**2
 # Giving a file to another user or group takes root; the tests run as root in CI here.
@@ -229,37 +229,12 @@ def test_a_file_that_never_settles_is_refused_in_bounded_time(tmp_path: Path) ->
 
 
 @pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifySocket]:
-    sock = NotifySocket(tmp_path / "notify.sock")
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-@pytest.fixture
 def double() -> Iterator[OllamaDouble]:
     server = OllamaDouble([FakeModel(name, size=300 * MiB) for name in MODELS]).start()
     try:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def spawn(tmp_path: Path, notify: NotifySocket) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(policy: Path, **env: str) -> DaemonProcess:
-        daemon = DaemonProcess(policy, tmp_path, notify, **env)
-        started.append(daemon)
-        return daemon
-
-    try:
-        yield start
-    finally:
-        for daemon in started:
-            daemon.kill()
 
 
 def policy_text(url: str, interval: str, models: tuple[str, ...] = MODELS) -> str:

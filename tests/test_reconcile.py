@@ -9,8 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from ollama_double import FakeModel, OllamaDouble
-from planning import installed, loaded, observation
 
 from sentinel_keeper.observation import GpuInfo, GpuSnapshot, LoadedModel
 from sentinel_keeper.ollama import OllamaClient
@@ -20,6 +18,8 @@ from sentinel_keeper.reconcile import MAX_SETTLE_PASSES, Outcome, PassReport, Re
 from sentinel_keeper.report import extras_without_reason, status_line
 from sentinel_keeper.state import StateStore
 from sentinel_keeper.timings import Timings
+from tests.support.ollama_double import FakeModel, OllamaDouble
+from tests.support.planning import installed, loaded, observation
 
 BACKOFF_BASE_SECONDS = Timings().backoff_base
 GiB = 1024**3

@@ -11,29 +11,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
-from ollama_double import FakeModel, GiB, OllamaDouble
+
+from benchmarks import residency
+from tests.support.ollama_double import FakeModel, GiB, OllamaDouble
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ROOT / "benchmarks"
-
-
-def load_residency() -> ModuleType:
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("residency", BENCHMARKS / "residency.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["residency"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-residency = load_residency()
 
 
 # --- the workload ---------------------------------------------------------------------------
@@ -148,7 +134,8 @@ def test_residency_harness_runs_end_to_end(tmp_path: Path) -> None:
     plot = importlib.util.find_spec("matplotlib") is not None
     argv = [
         sys.executable,
-        str(BENCHMARKS / "residency.py"),
+        "-m",
+        "benchmarks.residency",
         "--seed",
         "3",
         "--hours",
@@ -173,7 +160,7 @@ def test_residency_harness_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     text = (tmp_path / "smoke.md").read_text()
-    assert "python benchmarks/residency.py --seed 3 --hours 0.3" in text
+    assert "python -m benchmarks.residency --seed 3 --hours 0.3" in text
     rows = table_rows(text, "| strategy | pinned requests")
     assert list(rows) == [
         "none (5m default)",
@@ -203,7 +190,8 @@ def test_plan_pass_benchmark_runs() -> None:
     result = subprocess.run(
         [
             sys.executable,
-            str(BENCHMARKS / "plan_pass.py"),
+            "-m",
+            "benchmarks.plan_pass",
             "--models",
             "10",
             "--gpus",

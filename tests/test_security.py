@@ -17,7 +17,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -28,14 +27,14 @@ import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ollama_double import FakeModel, OllamaDouble
-from test_daemon import NotifySocket
 
 from sentinel_keeper import ollama_env
 from sentinel_keeper.logs import configure_logging, format_value, journal_renderer
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.override.render import render_dropin
 from sentinel_keeper.override.unitfile import _service_settings
+from tests.support.daemon import DaemonProcess, NotifySocket
+from tests.support.ollama_double import FakeModel, OllamaDouble
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = "llama3.2:1b"
@@ -238,48 +237,30 @@ def test_a_hostile_ollama_forges_no_log_line_and_names_no_file(
     )
     state = tmp_path / "state"
     notify = NotifySocket(tmp_path / "notify.sock")  # made before the "before" listing
-    read_fd, write_fd = os.pipe()
-    st = os.fstat(write_fd)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WATCHDOG_", "NOTIFY"))}
-    env.update(
-        NOTIFY_SOCKET=str(notify.path),
-        JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}",
-        STATE_DIRECTORY=str(state),
-    )
     before = set(tmp_path.rglob("*"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sentinel_keeper", "--policy", str(policy), "run"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=write_fd,
-        stderr=write_fd,
-    )
-    os.close(write_fd)
+    daemon = DaemonProcess(policy, tmp_path, notify)  # STATE_DIRECTORY: tmp_path / "state"
     try:
         notify.wait_for("READY", "1")
         time.sleep(1.5)  # a few passes
-        listening, peers = _listening_and_peers(proc.pid)
+        listening, peers = _listening_and_peers(daemon.pid)
         cli = [
             subprocess.run(
                 [sys.executable, "-m", "sentinel_keeper", "--policy", str(policy), *args],
                 capture_output=True,
                 cwd=ROOT,
-                env={**env, "NOTIFY_SOCKET": ""},
+                env=env,
                 timeout=60,
                 check=False,
             )
             for args in (["status"], ["status", "--json"], ["--state-dir", str(state), "once"])
         ]
-        assert proc.poll() is None
+        assert daemon.alive()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
+        daemon.stop()
         notify.close()
-    with os.fdopen(read_fd, "rb") as pipe:
-        journal = pipe.read().decode("utf-8", "replace")
 
-    lines = journal.splitlines()
+    lines = daemon.lines()
     assert lines
     for line in lines:
         assert re.match(r"^<[0-7]>[a-z_]+( [a-z_]+=\S.*)?$", line), line

@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_nvml import FakeGpu, FakeNvml, library_dir, nvml_env
-from ollama_double import FakeModel, OllamaDouble
+
+from tests.support.fake_nvml import FakeGpu, FakeNvml, library_dir, nvml_env
+from tests.support.ollama_double import FakeModel, OllamaDouble
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ DAY = r"""
 import gc, json, os, sys, threading, time, urllib.request
 from datetime import UTC, datetime
 sys.path.insert(0, sys.argv[1])
-from ollama_double import FakeModel, ManualClock, OllamaDouble
+from tests.support.ollama_double import FakeModel, ManualClock, OllamaDouble
 from sentinel_keeper.events import History, advance, pass_events
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.ollama import OllamaClient

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from planning import NOW, loaded, observation
-
 from sentinel_keeper.reconcile import PassReport
 from sentinel_keeper.watch import gone_pinned
+from tests.support.planning import NOW, loaded, observation
 
 PINNED = ("a:1b", "b:7b")
 EXTRAS = ("x:1b",)

@@ -310,7 +310,7 @@ class Scenario:
         DOUBLE_DIR.mkdir(parents=True, exist_ok=True)
         DOUBLE_CONFIG.mkdir(parents=True, exist_ok=True)
         OLLAMA_DROPINS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.share / "src" / "tests" / "ollama_double.py", DOUBLE_DIR)
+        shutil.copy(self.share / "src" / "tests" / "support" / "ollama_double.py", DOUBLE_DIR)
         shutil.copy(self.guest / "models.json", DOUBLE_CONFIG / "models.json")
         shutil.copy(self.guest / "ollama.service", UNIT_DIR / OLLAMA)
         shutil.copy(self.guest / "ollama-override.conf", OVERRIDE)

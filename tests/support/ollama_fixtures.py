@@ -5,13 +5,13 @@ Fixtures themselves live in each test module; this module only builds things.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import timedelta, timezone
 from typing import Any
 
 import httpx
-from ollama_double import FakeModel, GiB, ManualClock, OllamaDouble
+
+from tests.support.ollama_double import FakeModel, GiB, ManualClock, OllamaDouble
 
 # A fixed offset so that every expires_at crosses the wire with "+02:00", not "Z".
 PLUS_TWO = timezone(timedelta(hours=2))
@@ -62,16 +62,6 @@ def make_double(models: Iterable[FakeModel] = (LLAMA, EMBED), **kw: Any) -> Olla
     kw.setdefault("clock", ManualClock(1_800_000_000.0))
     kw.setdefault("tz", PLUS_TWO)
     return OllamaDouble(models, **kw)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 # One plain HTTP client for raw requests (building one per call costs an SSL context).

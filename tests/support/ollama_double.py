@@ -9,7 +9,7 @@ takes the server default keep_alive, eviction picks the shortest keep_alive dura
 Importable by tests (``OllamaDouble``), and runnable under a bare ``python3`` as a fake
 ``ollama serve``::
 
-    python3 tests/ollama_double.py --host 127.0.0.1 --port 11434 --models models.json \
+    python3 tests/support/ollama_double.py --host 127.0.0.1 --port 11434 --models models.json \
         --vram 8589934592 --time-scale 1
 
 Environment variables OLLAMA_KEEP_ALIVE, OLLAMA_NUM_PARALLEL, OLLAMA_MAX_LOADED_MODELS,
