@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from sentinel_keeper.errors import PolicyError
+from sentinel_keeper.ollama_env import KNOWN_VARIABLES
 from sentinel_keeper.policy import json_schema
 from sentinel_keeper.policy.loading import load_policy, parse_policy
 from sentinel_keeper.units import format_duration, format_size, parse_duration, parse_size
@@ -46,14 +48,29 @@ def test_the_shipped_example_is_valid_and_says_what_the_issue_promises() -> None
     assert (extra.name, extra.priority, extra.effective_keep_alive) == ("qwen2.5:0.5b", 10, 3600)
 
 
+def documented_keys(text: str) -> set[str]:
+    """The keys that begin a line as ``key:`` (after indentation, a ``#``, or a list dash)."""
+    return set(re.findall(r"^[ \t]*(?:#[ \t]*)?(?:-[ \t]+)?([A-Za-z_][A-Za-z0-9_]*):", text, re.M))
+
+
 def test_every_key_of_the_schema_is_explained_in_the_example() -> None:
     text = EXAMPLE.read_text()
     schema = json_schema()
     keys: set[str] = set(schema["properties"])
     for definition in schema["$defs"].values():
         keys |= set(definition.get("properties", {}))
-    missing = sorted(k for k in keys if f"{k}:" not in text and f"{k}" not in text)
+    missing = sorted(keys - documented_keys(text))
     assert missing == []
+
+
+def test_a_key_named_only_in_prose_is_not_documented() -> None:
+    prose = "# The interval says how often a pass runs; see num_ctx: below.\n"
+    assert documented_keys(prose) == set()
+    assert documented_keys("  # interval: 15s\n- name: x\n  #  - num_ctx: 2\n") == {
+        "interval",
+        "name",
+        "num_ctx",
+    }
 
 
 def test_an_empty_policy_means_defaults_and_no_models() -> None:
@@ -284,6 +301,24 @@ def test_schema_is_json_schema_with_every_section() -> None:
         "models",
     }
     assert schema["additionalProperties"] is False
+
+
+def test_the_schema_refuses_what_check_refuses() -> None:
+    """Editors validate with the JSON Schema; it must refuse what `check` refuses."""
+    ollama = json_schema()["$defs"]["OllamaSection"]["properties"]
+    unit = ollama["unit"]
+    for name in ("ollama.service", "ollama@gpu0.service", "x" * 247 + ".service"):
+        assert re.search(unit["pattern"], name) and len(name) <= unit["maxLength"], name
+        parse_policy(f"ollama: {{unit: '{name}'}}", "p.yaml")
+    for name in ("-x.service", ".x.service", "a/b.service", "ollama", "x" * 248 + ".service"):
+        assert not (re.search(unit["pattern"], name) and len(name) <= unit["maxLength"]), name
+        assert errors(f"ollama: {{unit: '{name}'}}"), name
+    names = set(ollama["environment"]["propertyNames"]["enum"])
+    assert names == set(KNOWN_VARIABLES) - {"OLLAMA_KEEP_ALIVE"}
+    for name in names:
+        parse_policy(f"ollama: {{environment: {{{name}: ''}}}}", "p.yaml")
+    assert errors("ollama: {environment: {PATH: /x}}")
+    assert errors("ollama: {environment: {OLLAMA_KEEP_ALIVE: 5m}}")
 
 
 # --- units --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.ollama_env import KEEP_ALIVE, KNOWN_VARIABLES
 from sentinel_keeper.text import show
-from sentinel_keeper.unitname import UNIT_NAME_PATTERN, unit_name_problem
+from sentinel_keeper.unitname import MAX_UNIT_NAME, UNIT_NAME_PATTERN, unit_name_problem
 from sentinel_keeper.units import parse_duration, parse_size
 from sentinel_keeper.urls import DEFAULT_OLLAMA_URL, normalize_ollama_url
 
@@ -154,7 +154,7 @@ ModelName = Annotated[
 UnitName = Annotated[
     str,
     BeforeValidator(_unit_name),
-    WithJsonSchema({"type": "string", "pattern": UNIT_NAME_PATTERN}),
+    WithJsonSchema({"type": "string", "pattern": UNIT_NAME_PATTERN, "maxLength": MAX_UNIT_NAME}),
 ]
 OllamaUrl = Annotated[
     str, BeforeValidator(normalize_ollama_url), WithJsonSchema({"type": "string"})
