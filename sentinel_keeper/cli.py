@@ -136,8 +136,8 @@ def cmd_once(args: argparse.Namespace) -> int:
         _out(f"{'warning' if finding.warning else 'note':<9} {finding.message}")
     for name in extras_without_reason(report):
         _out(
-            f"{'note':<9} {name} not loaded: still waiting for the pinned models after "
-            f"{len(reports)} passes; the daemon places it in a later pass"
+            f"{'note':<9} {name} not loaded: after {len(reports)} passes a pinned model was "
+            "still loading or an extra being shed; the daemon places it in a later pass"
         )
     if not outcomes:
         _out("nothing to do")
