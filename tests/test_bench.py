@@ -31,6 +31,7 @@ from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.ollama_wire import TimedAnswer
 from sentinel_keeper.policy import Policy
 from tests.support.ollama_double import FakeModel, GiB, InstanceInfo, MiB, OllamaDouble
+from tests.support.ollama_fixtures import NOMIC
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD_SECONDS = 0.2
@@ -45,17 +46,7 @@ SMALL = FakeModel(
     head_count=32,
 )
 EXTRA = FakeModel("qwen2.5:0.5b", size=400 * MiB, block_count=24, head_count_kv=2)
-EMBED = FakeModel(
-    "nomic-embed-text:latest",
-    size=270 * MiB,
-    family="nomic-bert",
-    capabilities=("embedding",),
-    block_count=12,
-    head_count_kv=12,
-    embedding_length=768,
-    head_count=12,
-    context_length=2048,
-)
+EMBED = NOMIC
 OTHER = FakeModel("mistral:7b", size=4 * GiB)
 
 POLICY = {

@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.fake_nvml import FakeGpu, FakeNvml, library_dir, nvml_env
 from tests.support.ollama_double import FakeModel, OllamaDouble
+from tests.support.ollama_fixtures import NOMIC
 
 pytestmark = pytest.mark.slow
 
@@ -25,17 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = [
     FakeModel("llama3.2:1b", size=1300 * MiB),
-    FakeModel(
-        "nomic-embed-text:latest",
-        size=270 * MiB,
-        family="nomic-bert",
-        capabilities=("embedding",),
-        block_count=12,
-        head_count_kv=12,
-        embedding_length=768,
-        head_count=12,
-        context_length=2048,
-    ),
+    NOMIC,
     FakeModel(
         "qwen2.5:0.5b",
         size=400 * MiB,

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.ollama_double import FakeModel, GiB, ManualClock, OllamaDouble
+from tests.support.ollama_double import FakeModel, GiB, ManualClock, MiB, OllamaDouble
 
 # A fixed offset so that every expires_at crosses the wire with "+02:00", not "Z".
 PLUS_TWO = timezone(timedelta(hours=2))
@@ -40,6 +40,19 @@ EMBED = FakeModel(
     context_length=2048,
     parameter_size="137M",
     quantization_level="F16",
+)
+
+# An embedding-only model with round figures, for the CLI and bench tests.
+NOMIC = FakeModel(
+    "nomic-embed-text:latest",
+    size=270 * MiB,
+    family="nomic-bert",
+    capabilities=("embedding",),
+    block_count=12,
+    head_count_kv=12,
+    embedding_length=768,
+    head_count=12,
+    context_length=2048,
 )
 
 
