@@ -201,7 +201,9 @@ trap 'rm -rf "$src"' EXIT
 tar -C "$here" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
     --exclude=__pycache__ --exclude=./.mypy_cache --exclude=./.ruff_cache --exclude=./.pytest_cache \
     --exclude=./.hypothesis -cf - . | tar -C "$src" -xf -
-pip_args=(--quiet --disable-pip-version-check --upgrade)
+# The tested versions of every dependency (constraints.txt): root installs nothing unpinned.
+[[ -f $src/constraints.txt ]] || die "constraints.txt is missing from $here: not a whole checkout"
+pip_args=(--quiet --disable-pip-version-check --upgrade --constraint "$src/constraints.txt")
 [[ -n $wheels ]] && pip_args+=(--no-index --find-links "$wheels")
 "$venv/bin/python" -m pip install "${pip_args[@]}" "$src" ||
     die "pip could not install sentinel-keeper$([[ -n $wheels ]] && echo " from the wheels in $wheels")"
@@ -225,6 +227,8 @@ fi
 install -d "$DESTDIR$(dirname "$BIN_LINK")" "$DESTDIR$UNIT_DIR" "$DESTDIR$POLICY_DIR"
 ln -sfn "$PREFIX/bin/sentinel-keeper" "$DESTDIR$BIN_LINK"
 install -m 0644 "$here/systemd/$UNIT" "$DESTDIR$UNIT_DIR/$UNIT"
+# the unit's Documentation= names it
+install -D -m 0644 "$here/README.md" "$venv/share/doc/sentinel-keeper/README.md"
 
 example=$here/etc/sentinel/policy.yaml
 if [[ ! -e $policy ]]; then

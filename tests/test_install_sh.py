@@ -10,10 +10,13 @@ wheelhouse built once (``pip wheel``) and kept in pytest's cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,13 +98,15 @@ def wheelhouse(request: pytest.FixtureRequest) -> Path:
     binary, source = e2e_vm.dependency_lists()
     key = hashlib.sha256(
         "\n".join([sys.version.split()[0], *binary, *source]).encode()
+        + e2e_vm.CONSTRAINTS.read_bytes()
     ).hexdigest()[:16]
     cache = Path(request.config.cache.mkdir("install-sh-wheels"))
     target = cache / key
     if not (target / "complete").exists():
         shutil.rmtree(target, ignore_errors=True)
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(target), *binary, *source],
+            [sys.executable, "-m", "pip", "wheel", "-q", "-c", str(e2e_vm.CONSTRAINTS)]
+            + ["-w", str(target), *binary, *source],
             capture_output=True,
             text=True,
             timeout=300,
@@ -150,6 +155,31 @@ def test_staged_install_puts_everything_under_destdir(staged: tuple[Path, Run]) 
     assert "edit /etc/sentinel/policy.yaml" in run.stdout
 
 
+def unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_the_unit_has_resource_ceilings_and_documentation() -> None:
+    settings = unit_settings()
+    assert settings["MemoryMax"] == ["256M"]
+    assert settings["TasksMax"] == ["32"]
+    [doc] = settings["Documentation"]
+    assert doc == f"file:///{PREFIX}/share/doc/sentinel-keeper/README.md"
+
+
+@pytest.mark.slow
+def test_the_documentation_the_unit_names_is_installed(staged: tuple[Path, Run]) -> None:
+    stage, _ = staged
+    [doc] = unit_settings()["Documentation"]
+    installed = stage / doc.removeprefix("file:///")
+    assert installed.read_bytes() == (REPO / "README.md").read_bytes()
+
+
 @pytest.mark.slow
 def test_staged_venv_names_its_final_place_not_the_stage(staged: tuple[Path, Run]) -> None:
     stage, _ = staged
@@ -175,6 +205,66 @@ def test_staged_venv_holds_a_working_sentinel_keeper(staged: tuple[Path, Run]) -
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok (1 pinned, 1 extras" in done.stdout
+
+
+def pinned_versions() -> dict[str, str]:
+    """constraints.txt as {normalised name: version}."""
+    pins: dict[str, str] = {}
+    for raw in e2e_vm.CONSTRAINTS.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"constraints.txt: {line!r} is not pinned with =="
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_every_dependency_is_pinned_in_the_constraints() -> None:
+    """A dependency added to pyproject.toml cannot land unpinned: root would install
+    whatever the registry serves that day."""
+    with (REPO / "pyproject.toml").open("rb") as fh:
+        project = tomllib.load(fh)["project"]
+    named = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    pins = pinned_versions()
+    missing = [r for r in named if re.sub(r"[-_.]+", "-", e2e_vm._name(r)) not in pins]
+    assert missing == []
+
+
+@pytest.mark.slow
+def test_the_staged_install_has_the_pinned_versions(staged: tuple[Path, Run]) -> None:
+    stage, _ = staged
+    python = stage / PREFIX / "bin" / "python"
+    done = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.metadata as m, json; "
+            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    installed = {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in json.loads(done.stdout).items()}
+    pins = pinned_versions()
+    runtime = (
+        "httpx",
+        "pyyaml",
+        "pydantic",
+        "sdnotify",
+        "structlog",
+        "nvidia-ml-py",
+        "apscheduler",
+    )
+    for name in runtime:
+        assert installed[name] == pins[name], name
+    unpinned = sorted(
+        n
+        for n in installed
+        if n not in pins and n not in ("sentinel-keeper", "pip", "setuptools", "wheel")
+    )
+    assert unpinned == []  # nothing in the venv came unpinned
 
 
 @pytest.mark.slow

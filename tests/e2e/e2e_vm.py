@@ -39,6 +39,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+CONSTRAINTS = REPO / "constraints.txt"  # the tested versions, as install.sh installs them
 BUILD_SCRIPT = HERE / "build-image.sh"
 IMAGE_FILES = HERE / "image"
 
@@ -151,7 +152,7 @@ def _name(requirement: str) -> str:
 def wheels_key() -> str:
     binary, source = dependency_lists()
     parts = [b"wheels-v1", GUEST_ABI.encode(), *(r.encode() for r in binary + ["|"] + source)]
-    return _digest(parts)
+    return _digest([*parts, CONSTRAINTS.read_bytes()])
 
 
 @contextlib.contextmanager
@@ -252,6 +253,8 @@ def ensure_wheels(log: Log = _quiet) -> tuple[Path, bool]:
                 *pip,
                 "download",
                 "--only-binary=:all:",
+                "--constraint",
+                str(CONSTRAINTS),
                 "--python-version",
                 GUEST_PYTHON,
                 "--implementation",
@@ -267,7 +270,7 @@ def ensure_wheels(log: Log = _quiet) -> tuple[Path, bool]:
                 str(work),
                 *binary,
             ],
-            [*pip, "wheel", "--no-deps", "-w", str(work), *source],
+            [*pip, "wheel", "--no-deps", "-c", str(CONSTRAINTS), "-w", str(work), *source],
         ]
         log(f"e2e: fetching wheels for the guest into {target}")
         for command in commands:
