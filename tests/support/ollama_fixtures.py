@@ -6,6 +6,7 @@ Fixtures themselves live in each test module; this module only builds things.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta, timezone
 from typing import Any
 
@@ -28,21 +29,8 @@ LLAMA = FakeModel(
     context_length=131072,
     parameter_size="1.2B",
 )
-EMBED = FakeModel(
-    "nomic-embed-text:latest",
-    size=274_302_450,
-    family="nomic-bert",
-    capabilities=("embedding",),
-    block_count=12,
-    head_count_kv=12,
-    embedding_length=768,
-    head_count=12,
-    context_length=2048,
-    parameter_size="137M",
-    quantization_level="F16",
-)
-
-# An embedding-only model with round figures, for the CLI and bench tests.
+# An embedding-only model with round figures (the CLI and bench tests), and as /api/tags
+# shows the real one.
 NOMIC = FakeModel(
     "nomic-embed-text:latest",
     size=270 * MiB,
@@ -54,6 +42,7 @@ NOMIC = FakeModel(
     head_count=12,
     context_length=2048,
 )
+EMBED = replace(NOMIC, size=274_302_450, parameter_size="137M", quantization_level="F16")
 
 
 def tiny(name: str, size: int, **kw: Any) -> FakeModel:
