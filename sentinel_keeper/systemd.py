@@ -4,7 +4,7 @@ systemctl is looked up on ``PATH`` (so a test can put a recording stand-in first
 a list of arguments (never through a shell) and a bounded timeout. A failure becomes a
 :class:`~sentinel_keeper.errors.SystemdError` naming the command and its stderr.
 
-Conflict detection (in :mod:`sentinel_keeper.dropin`) reads unit files and drop-ins straight
+Conflict detection (in :mod:`sentinel_keeper.override.unitfile`) reads unit files and drop-ins straight
 from the unit search path below rather than asking ``systemctl cat``: that works without a
 running systemd (at install time, in containers, in tests), sees files that are on disk but
 not yet loaded (before a daemon-reload), and gives the file *and line* of each setting, which
@@ -121,7 +121,7 @@ def try_restart_no_block(unit: str) -> tuple[str, ...]:
 
 
 class Systemctl:
-    """The real systemd, as :mod:`sentinel_keeper.dropin` uses it (tests pass a fake)."""
+    """The real systemd, as :mod:`sentinel_keeper.override.apply` uses it (tests pass a fake)."""
 
     def running(self) -> bool:
         return systemd_running()
