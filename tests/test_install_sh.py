@@ -48,8 +48,10 @@ def install_sh(
     path_first: Path | None = None,
     python: str | None = None,
     timeout: float = 240.0,
+    script: Path | None = None,
 ) -> Run:
-    """``DESTDIR=stage install.sh ARGS`` with a recording systemctl first on PATH.
+    """``DESTDIR=stage install.sh ARGS`` with a recording systemctl first on PATH (the
+    checkout's install.sh, or the one in the tree ``script``).
 
     ``stage`` None: no DESTDIR (only for runs that must stop before installing anything)."""
     fake = tmp / "fake-systemctl"
@@ -68,7 +70,7 @@ def install_sh(
         "PYTHON": python or sys.executable,
     }
     done = subprocess.run(
-        ["bash", str(INSTALL), *args],
+        ["bash", str(script / "install.sh" if script else INSTALL), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -265,6 +267,38 @@ def test_the_staged_install_has_the_pinned_versions(staged: tuple[Path, Run]) ->
         if n not in pins and n not in ("sentinel-keeper", "pip", "setuptools", "wheel")
     )
     assert unpinned == []  # nothing in the venv came unpinned
+
+
+def test_the_readme_test_command_is_ci_s_and_installs_the_pinned_versions() -> None:
+    readme = (REPO / "README.md").read_text().splitlines()
+    command = next(line for line in readme if "-m pytest" in line).split("#", 1)[0].strip()
+    ci_last = (REPO / ".ci/run").read_text().rstrip("\n").splitlines()[-1]
+    assert command == ci_last
+    assert "pip install -q -c constraints.txt -e '.[test]'" in command
+
+
+@pytest.mark.slow
+def test_install_from_a_copied_tree_uses_that_tree_s_constraints(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
+    """install.sh passes the constraints of the tree it runs from to pip: a pin the wheels
+    cannot meet fails the install, and a tree without constraints.txt is refused."""
+    copy = tmp_path / "copy"
+    shutil.copytree(
+        REPO,
+        copy,
+        ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__"),
+    )
+    (copy / "constraints.txt").write_text("httpx==0.27.0\n")  # not in the wheelhouse
+    stage = tmp_path / "stage"
+    run = install_sh(stage, "--wheels", str(wheelhouse), tmp=tmp_path, script=copy)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "pip could not install sentinel-keeper" in run.stderr
+    assert not (stage / "usr/local/bin/sentinel-keeper").exists()
+    (copy / "constraints.txt").unlink()
+    missing = install_sh(stage, "--wheels", str(wheelhouse), tmp=tmp_path, script=copy)
+    assert missing.returncode == 1
+    assert "constraints.txt is missing" in missing.stderr
 
 
 @pytest.mark.slow
