@@ -18,13 +18,14 @@ class Diagnostic:
     """One problem found in a policy file, located compiler style."""
 
     path: str
-    line: int
+    line: int  # 0: the file as a whole
     column: int
     field: str
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.path}:{self.line}:{self.column}"
+        # line 0: about the file as a whole (missing, unreadable, a directory): no position
+        where = f"{self.path}:{self.line}:{self.column}" if self.line else self.path
         return (
             f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
         )

@@ -69,6 +69,10 @@ def parse_duration(
     else:
         seconds = None
     if seconds is None:
+        days = re.fullmatch(r"\s*(\d+)\s*d\s*", value) if isinstance(value, str) else None
+        if days is not None and len(days.group(1)) <= 6:  # Go durations stop at hours
+            hint = f'; there is no "d": write "{int(days.group(1)) * 24}h"'
+            raise ValueError(f"must be {expected}, got {show(value)}{hint}")
         raise ValueError(f"must be {expected}, got {show(value)}")
     if abs(seconds) > MAX_DURATION_SECONDS:
         raise ValueError(f"must be at most about 292 years (Go's limit), got {show(value)}")

@@ -319,7 +319,8 @@ def test_check_accepts_the_shipped_example_and_the_policy_variable(cli: Cli) -> 
 def test_missing_policy_is_a_config_error(cli: Cli) -> None:
     result = cli("--policy", str(cli.tmp / "nope.yaml"), "once", policy=False)
     assert result.returncode == 78
-    assert "nope.yaml:1:1: no such file" in result.stderr
+    assert "nope.yaml: no such file" in result.stderr
+    assert ":1:1:" not in result.stderr  # a file that is not there has no line 1
 
 
 def test_schema_and_help(cli: Cli) -> None:

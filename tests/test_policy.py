@@ -133,7 +133,7 @@ models:
         "p.yaml:3:3: ollama.bogus: unknown key (known keys: url, unit, keep_alive, environment, "
         "restart, load_timeout, request_timeout)",
         'p.yaml:4:15: ollama.keep_alive: must be a duration such as "15s", "5m", "1h30m" or '
-        'whole seconds (-1 = forever), got "1d"',
+        'whole seconds (-1 = forever), got "1d"; there is no "d": write "24h"',
         "p.yaml:5:11: interval: must be longer than zero, got 0",
         'p.yaml:7:13: vram.headroom: must be a size such as "512MiB", "3GiB", "1.5GB" or whole '
         'bytes, got "lots"',
@@ -163,7 +163,8 @@ models:
         ("models: [{name: a, priority: high}]", 'must be an integer, got "high"'),
         ("models: [{name: a, pull: 1}]", "must be true or false, got 1"),
         ("models: {name: a}", "must be a list"),
-        ("models: [a]", 'must be a mapping of keys to values, got "a"'),
+        ("models: [a]", "a model is a mapping, not a bare name: write `- name: a`"),
+        ("models: [[a]]", "must be a mapping of keys to values, got ['a']"),
         ("ollama: [1]", "must be a mapping of keys to values"),
         ("ollama: {unit: 'ollama.service\\nExecStartPre=/bin/sh'}", "must be a systemd service"),
         ("ollama: {unit: ../../etc/passwd.service}", "must be a systemd service"),
@@ -172,6 +173,19 @@ models:
         ("ollama: {unit: a@b@c.service}", "must be a systemd service"),
         ("ollama: {unit: ollama@gpu1.service}", None),
         ("ollama: {restart: always}", "must be one of 'if-changed' or 'never'"),
+        # messages that say the fix
+        (
+            "models: [llama3.2:1b]",
+            "a model is a mapping, not a bare name: write `- name: llama3.2:1b`",
+        ),
+        (
+            "models: [{name: a, num_ctx: 4096}]",
+            "num_ctx is a load-time option: it goes under options (options: {num_ctx: 4096})",
+        ),
+        ("intervall: 5s", "unknown key; did you mean interval?"),
+        ("ollama: {urll: x}", "unknown key; did you mean url?"),
+        ("models: [{name: a, keep_alive: 1d}]", 'there is no "d": write "24h"'),
+        ("ollama: {keep_alive: 2d}", 'write "48h"'),
         ("ollama: {keep_alive: '1w'}", "must be a duration"),
         ("ollama: {keep_alive: 0}", None),
         ("ready: maybe", "must be one of 'pinned' or 'started'"),
@@ -192,6 +206,14 @@ def test_bad_values_have_clear_messages(text: str, expected: str | None) -> None
     messages = errors(text)
     assert any(expected in m for m in messages), messages
     assert all(m.startswith("p.yaml:1:") for m in messages), messages
+
+
+def test_a_tab_in_the_indentation_says_to_use_spaces() -> None:
+    (message,) = errors("models:\n  - name: a\n\tkeep_alive: 5m\n")
+    assert (
+        message
+        == "p.yaml:3:1: YAML syntax error: a tab indents this line: YAML indents with spaces only"
+    )
 
 
 def test_yaml_syntax_errors_use_the_same_form() -> None:

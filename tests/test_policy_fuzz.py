@@ -611,7 +611,7 @@ def test_a_file_without_read_permission_is_refused() -> None:
         assert refused.returncode == EXIT_CONFIG, refused
         assert "Traceback" not in refused.stderr
         assert refused.stderr.splitlines() == [
-            f"{path}:1:1: cannot read: Permission denied",
+            f"{path}: cannot read: Permission denied",
             f"{path}: 1 error",
         ]
 

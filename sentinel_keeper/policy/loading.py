@@ -3,6 +3,7 @@ every problem reported at once, compiler style, with file, line, column and fiel
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
 import time
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from sentinel_keeper.errors import Diagnostic, PolicyError
 from sentinel_keeper.ollama_env import name_problem, value_problem
-from sentinel_keeper.policy.schema import LoadOptions, Policy, model_name
+from sentinel_keeper.policy.schema import LoadOptions, ModelPolicy, Policy, model_name
 from sentinel_keeper.policy.yamlsource import (
     MAX_FILE_BYTES,
     Path,
@@ -54,13 +55,21 @@ def _describe(error: Mapping[str, Any], path: Path) -> tuple[str, bool]:
     value = error.get("input")
     if kind == "extra_forbidden":
         model = _model_at(path[:-1])
+        key = str(path[-1]) if path else ""
         known = ", ".join(model.model_fields) if model else ""
         if model is LoadOptions:
             return (
                 f"not a load-time option (sampling options never reload a model and do not "
                 f"belong here; load-time options: {known})"
             ), True
-        return (f"unknown key (known keys: {known})" if known else "unknown key"), True
+        if model is ModelPolicy and key in LoadOptions.model_fields:
+            return (
+                f"{key} is a load-time option: it goes under options "
+                f"(options: {{{key}: {show(value)}}})"
+            ), True
+        close = difflib.get_close_matches(key, list(model.model_fields) if model else [], n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return (f"unknown key{hint} (known keys: {known})" if known else "unknown key"), True
     if kind == "missing":
         return "is required", True
     if kind == "value_error":
@@ -70,6 +79,11 @@ def _describe(error: Mapping[str, Any], path: Path) -> tuple[str, bool]:
         expected = (error.get("ctx") or {}).get("expected", "")
         return f"must be one of {expected}, got {show(value)}", False
     if kind in ("model_type", "model_attributes_type", "dict_type"):
+        if _model_at(path) is ModelPolicy and isinstance(value, str):
+            return (
+                f"a model is a mapping, not a bare name: write `- name: {value}` "
+                f"(or `- {{name: {value}}}`), got {show(value)}"
+            ), False
         return f"must be a mapping of keys to values, got {show(value)}", False
     if kind == "list_type":
         return f"must be a list, got {show(value)}", False
@@ -218,8 +232,8 @@ def load_policy(path: str, *, settle: float = 0.0, empty_ok: bool = True) -> Pol
     what an in-place rewrite looks like between its truncation and its write.
     """
 
-    def fail(message: str) -> PolicyError:
-        return PolicyError(path, [Diagnostic(path, 1, 1, "", message)])
+    def fail(message: str) -> PolicyError:  # about the file as a whole: no line, no column
+        return PolicyError(path, [Diagnostic(path, 0, 0, "", message)])
 
     try:
         info = os.stat(path)

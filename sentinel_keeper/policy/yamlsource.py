@@ -231,6 +231,15 @@ def _reader_position(text: str, exc: yaml.reader.ReaderError) -> tuple[int, int]
     return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
 
 
+def _tab_indented(text: str, line: int) -> bool:
+    """Does line ``line`` (1-based) start with a tab among its indentation?"""
+    lines = text.splitlines()
+    if not 1 <= line <= len(lines):
+        return False
+    row = lines[line - 1]
+    return "\t" in row[: len(row) - len(row.lstrip(" \t"))]
+
+
 def load_yaml(text: str, source: str) -> YamlDocument:
     """Parse ``text``; YAML errors and limits raise YamlSyntaxError with diagnostics."""
 
@@ -258,6 +267,8 @@ def load_yaml(text: str, source: str) -> YamlDocument:
         except yaml.MarkedYAMLError as exc:
             line, column = _pos(exc.problem_mark or exc.context_mark)
             message = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+            if _tab_indented(text, line):
+                message = "a tab indents this line: YAML indents with spaces only"
             raise fail(line, column, f"YAML syntax error: {message}") from None
         except yaml.YAMLError as exc:
             raise fail(1, 1, f"YAML error: {' '.join(str(exc).split())}") from None
