@@ -242,13 +242,29 @@ else
     say "kept your $POLICY_DIR/policy.yaml; the current example is beside it as policy.yaml.example"
 fi
 
-if ((upgrade)); then
+if ((upgrade)) && [[ -n $old_version && $old_version == "$new_version" ]]; then
+    say "reinstalled sentinel-keeper $new_version in $PREFIX (the version it had)"
+elif ((upgrade)); then
     say "upgraded sentinel-keeper ${old_version:-?} -> ${new_version:-?} in $PREFIX"
 else
     say "installed sentinel-keeper ${new_version:-?} in $PREFIX, command $BIN_LINK"
 fi
 
+# What to do next; "stopped": the service does not run yet (staged, no systemd, --no-start),
+# so applying the policy means starting it, not reloading it.
 next_steps() {
+    if [[ ${1:-} == stopped ]]; then
+        cat <<MSG
+
+Next:
+  edit $POLICY_DIR/policy.yaml                    which models to keep warm
+  sentinel-keeper check                             validate it
+  sentinel-keeper once                              load them now, without the service
+  systemctl enable --now sentinel-keeper            keep them warm from now on
+  journalctl -u sentinel-keeper -f                  watch it
+MSG
+        return
+    fi
     cat <<MSG
 
 Next:
@@ -263,13 +279,13 @@ MSG
 if [[ -n $DESTDIR ]]; then
     say "staged under $DESTDIR (no systemctl calls); on the target system run:"
     say "  systemctl daemon-reload && systemctl enable --now sentinel-keeper"
-    next_steps
+    next_steps stopped
     exit 0
 fi
 if ((!systemd)); then
     say "systemd is not running here: the files are installed; once it runs:"
     say "  systemctl daemon-reload && systemctl enable --now sentinel-keeper"
-    next_steps
+    next_steps stopped
     exit 0
 fi
 
@@ -279,10 +295,11 @@ systemctl daemon-reload
 if ((!start)); then
     if ((was_active)); then
         say "not restarted (--no-start): the old version runs until: systemctl restart sentinel-keeper"
+        next_steps
     else
         say "not started (--no-start); start it with: systemctl enable --now sentinel-keeper"
+        next_steps stopped
     fi
-    next_steps
     exit 0
 fi
 

@@ -155,6 +155,10 @@ def test_staged_install_puts_everything_under_destdir(staged: tuple[Path, Run]) 
     assert "systemctl daemon-reload && systemctl enable --now sentinel-keeper" in run.stdout
     assert "journalctl -u sentinel-keeper" in run.stdout
     assert "edit /etc/sentinel/policy.yaml" in run.stdout
+    # staged: nothing runs yet, so the next steps start the service instead of reloading it
+    assert "systemctl reload" not in run.stdout
+    assert "systemctl enable --now sentinel-keeper            keep them warm" in run.stdout
+    assert "sentinel-keeper once" in run.stdout
 
 
 def unit_settings() -> dict[str, list[str]]:
@@ -312,7 +316,9 @@ def test_rerun_upgrades_in_place_and_keeps_the_policy(
 
     run = install_sh(stage, "--wheels", str(wheelhouse), tmp=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "upgraded sentinel-keeper 0.1.0 -> 0.1.0" in run.stdout
+    # the same version again: said so, no "upgraded 0.1.0 -> 0.1.0"
+    assert "reinstalled sentinel-keeper 0.1.0 in /opt/sentinel-keeper" in run.stdout
+    assert "upgraded" not in run.stdout
     assert "kept your /etc/sentinel/policy.yaml" in run.stdout
     assert policy.read_text() == mine
     assert (stage / "etc/sentinel/policy.yaml.example").read_bytes() == EXAMPLE.read_bytes()
