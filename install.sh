@@ -227,8 +227,10 @@ fi
 install -d "$DESTDIR$(dirname "$BIN_LINK")" "$DESTDIR$UNIT_DIR" "$DESTDIR$POLICY_DIR"
 ln -sfn "$PREFIX/bin/sentinel-keeper" "$DESTDIR$BIN_LINK"
 install -m 0644 "$here/systemd/$UNIT" "$DESTDIR$UNIT_DIR/$UNIT"
-# the unit's Documentation= names it
+# the unit's Documentation= names the README; docs/ beside it, where its links point
 install -D -m 0644 "$here/README.md" "$venv/share/doc/sentinel-keeper/README.md"
+install -d "$venv/share/doc/sentinel-keeper/docs"
+install -m 0644 "$here"/docs/* "$venv/share/doc/sentinel-keeper/docs/"
 
 example=$here/etc/sentinel/policy.yaml
 if [[ ! -e $policy ]]; then

@@ -323,7 +323,8 @@ def _summary(report: PassReport, events: list[LogEvent]) -> LogEvent:
     fields["seconds"] = round(report.seconds, 3)
     latest = report.latest
     if latest is not None:
-        fields["gpu"] = gpu_summary(latest.gpu)
+        # why NVML cannot tell is said once, by nvml_unavailable, not on every pass line
+        fields["gpu"] = gpu_summary(latest.gpu) if latest.gpu.known else "unknown"
     routine = all(o.ok and o.action.kind is ActionKind.REFRESH for o in attempted)
     noteworthy = not routine or any(e.level != "debug" for e in events)
     return LogEvent("pass", "info" if noteworthy else "debug", fields)

@@ -367,6 +367,9 @@ def test_nvml_unavailable_is_logged_once_and_its_return_too() -> None:
         "NVML library libnvidia-ml.so.1 not found"
     )
     assert "nvml_unavailable" not in names(pass_events(after(no_gpu), no_gpu))
+    # the reason is said once, not again on every pass line
+    for events in (first, pass_events(after(no_gpu), no_gpu)):
+        assert by_name(events, "pass").fields["gpu"] == "unknown"
     back = pass_events(after(no_gpu), STEADY)
     assert by_name(back, "nvml_available").fields["gpu"] == "GPU0 8.0 of 16.0 GiB free"
 

@@ -184,6 +184,8 @@ def test_the_documentation_the_unit_names_is_installed(staged: tuple[Path, Run])
     [doc] = unit_settings()["Documentation"]
     installed = stage / doc.removeprefix("file:///")
     assert installed.read_bytes() == (REPO / "README.md").read_bytes()
+    for link in re.findall(r"\]\((docs/[^)#]+)", (REPO / "README.md").read_text()):
+        assert (installed.parent / link).is_file(), link  # the README's links work there
 
 
 @pytest.mark.slow
