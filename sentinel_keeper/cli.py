@@ -155,7 +155,7 @@ def _gpu_notes(policy: Policy, gpu: GpuSnapshot, *, said: bool) -> None:
         _out(f"{'note':<9} {gpu_summary(gpu)}")
     if policy.extras and policy.vram.budget is None:
         _out(
-            f"{'note':<9} extras are not loaded on this host: without GPU memory figures they "
+            f"{'note':<9} extras are not loaded here: without GPU memory figures they "
             "need vram.budget (the memory the models may use, e.g. 3GiB)"
         )
 
