@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sentinel_keeper.observation import GpuSnapshot, LoadedModel, Observation
-from sentinel_keeper.plan import FindingKind
+from sentinel_keeper.plan import FindingKind, expected_context_length
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.reconcile import Outcome, PassReport
 from sentinel_keeper.units import format_duration, format_size
@@ -108,9 +108,11 @@ def _drift(
     if instance is None or not model.pinned:
         return ()
     drift = []
-    want = model.options.num_ctx
-    if want is not None and instance.context_length is not None and instance.context_length != want:
-        drift.append(f"num_ctx {instance.context_length}, policy says {want}")
+    # what /api/ps shows for the policy's num_ctx: Ollama caps it at the trained context
+    want = expected_context_length(model, observation.details.get(model.name))
+    shown = instance.context_length
+    if want is not None and shown is not None and shown != want:
+        drift.append(f"num_ctx {shown}, policy says {model.options.num_ctx}")
     if model.effective_keep_alive < 0 and not instance.is_forever(observation.at):
         drift.append("not forever, policy says forever")
     return tuple(drift)

@@ -386,6 +386,13 @@ def test_status_marks_drift_from_the_policy(cli: Cli, double: OllamaDouble) -> N
     ]
     assert by_name["llama3.2:1b"]["policy_num_ctx"] == 2048
     assert by_name["nomic-embed-text:latest"]["drift"] == []
+    # A num_ctx above the trained context shows capped in /api/ps: that is no drift.
+    cli.write_policy("models:\n  - {name: qwen2.5:0.5b, options: {num_ctx: 262144}}\n")
+    assert cli("once").returncode == 0
+    result = cli("status")
+    assert result.returncode == 0
+    qwen = next(line for line in result.stdout.splitlines() if line.startswith("qwen2.5:0.5b"))
+    assert "131072" in qwen and "drift" not in qwen, qwen
 
 
 def test_status_json_with_ollama_down_says_so_and_exits_69(cli: Cli, double: OllamaDouble) -> None:
