@@ -27,7 +27,9 @@ from sentinel_keeper.logs import (
     daemon_logger,
     under_journal,
 )
+from sentinel_keeper.observation import GpuSnapshot
 from sentinel_keeper.override.apply import NoReload, OverrideReport, apply_override
+from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema
 from sentinel_keeper.policy.loading import load_policy
 from sentinel_keeper.policy.risks import file_risks
@@ -36,9 +38,11 @@ from sentinel_keeper.report import (
     extras_without_reason,
     gpu_summary,
     outcome_line,
+    pinned_health,
     status_json,
     status_line,
     status_table,
+    unreachable_json,
 )
 from sentinel_keeper.runtime import make_client, open_reconciler
 from sentinel_keeper.state import default_state_dir
@@ -49,21 +53,66 @@ EXIT_OK = 0
 EXIT_NOT_RESIDENT = 1  # `once`: a pinned model is not resident after its passes
 EXIT_BENCH_INCOMPLETE = 1  # `bench`: a model failed or was refused
 EXIT_USAGE = 2  # bad command line (argparse)
+EXIT_PINNED_NOT_RESIDENT = 3  # `status`: a pinned model is installed but not resident
+EXIT_NOT_INSTALLED = 4  # `status`: a pinned model is not installed; `check --online`: problems
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: Ollama unreachable; apply-override: systemctl failed
 EXIT_SOFTWARE = 70  # EX_SOFTWARE: an internal error (a bug: please report it)
 EXIT_CANTCREAT = 73  # EX_CANTCREAT: apply-override could not write or remove its drop-in
 EXIT_CONFIG = 78  # EX_CONFIG: the policy is missing or invalid
 
-EXIT_CODES_HELP = f"""exit codes:
-  {EXIT_OK}   success (`once`: every pinned model is resident afterwards)
-  {EXIT_NOT_RESIDENT}   `once`: some pinned model is not resident after its passes;
-      `bench`: a model failed or was refused
-  {EXIT_USAGE}   bad command line
-  {EXIT_UNAVAILABLE}  Ollama is unreachable (apply-override: systemctl failed)
-  {EXIT_SOFTWARE}  internal error
-  {EXIT_CANTCREAT}  apply-override: the drop-in could not be written or removed
-  {EXIT_CONFIG}  the policy is missing or invalid (EX_CONFIG)
-"""
+# (code, command it is about or None for all, meaning): the --help of each command lists
+# the lines of its own codes, the top-level --help all of them.
+_EXIT_MEANINGS: tuple[tuple[int, frozenset[str] | None, str], ...] = (
+    (EXIT_OK, None, "success"),
+    (EXIT_NOT_RESIDENT, frozenset({"once"}), "some pinned model is not resident after its passes"),
+    (EXIT_BENCH_INCOMPLETE, frozenset({"bench"}), "a model failed or was refused"),
+    (EXIT_USAGE, None, "bad command line"),
+    (
+        EXIT_PINNED_NOT_RESIDENT,
+        frozenset({"status"}),
+        "a pinned model is installed but not resident (loading, evicted, never loaded)",
+    ),
+    (EXIT_NOT_INSTALLED, frozenset({"status"}), "a pinned model is not installed in Ollama"),
+    (
+        EXIT_NOT_INSTALLED,
+        frozenset({"check"}),
+        "(--online) a model is not installed (and not pull: true), or its num_ctx is\n"
+        "      above the context length it was trained for",
+    ),
+    (
+        EXIT_UNAVAILABLE,
+        frozenset({"check", "once", "status", "bench"}),
+        "Ollama is unreachable (check: only with --online)",
+    ),
+    (EXIT_UNAVAILABLE, frozenset({"apply-override"}), "systemctl failed"),
+    (EXIT_SOFTWARE, None, "internal error"),
+    (
+        EXIT_CANTCREAT,
+        frozenset({"apply-override"}),
+        "the drop-in could not be written or removed",
+    ),
+    (
+        EXIT_CONFIG,
+        frozenset({"check", "once", "status", "bench", "run", "apply-override"}),
+        "the policy is missing or invalid (EX_CONFIG)",
+    ),
+)
+
+
+def exit_codes_help(command: str | None = None) -> str:
+    """The "exit codes:" epilog of ``command``'s --help, or of the top-level --help."""
+    lines = ["exit codes:"]
+    for code, commands, meaning in _EXIT_MEANINGS:
+        if command is not None and commands is not None and command not in commands:
+            continue
+        label = ""
+        if command is None and commands is not None and len(commands) <= 2:
+            label = f"{'/'.join(sorted(commands))}: "
+        lines.append(f"  {code:<3} {label}{meaning}")
+    return "\n".join(lines) + "\n"
+
+
+EXIT_CODES_HELP = exit_codes_help()
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -73,7 +122,42 @@ def _policy_path(args: argparse.Namespace) -> str:
 
 
 def _load(args: argparse.Namespace) -> Policy:
-    return load_policy(_policy_path(args))
+    policy = load_policy(_policy_path(args))
+    args.loaded_policy = policy  # for the hint of an unreachable Ollama
+    return policy
+
+
+def _unreachable_hint(policy: Policy) -> str:
+    """What to look at when Ollama does not answer: the policy key, its value, the unit."""
+    where = (
+        f"set in {policy.source}"
+        if "url" in policy.ollama.model_fields_set
+        else f"the default; {policy.source} does not set it"
+    )
+    return (
+        f"hint: ollama.url is {policy.ollama.url} ({where}); is Ollama running and "
+        f"listening there? try `systemctl status {policy.ollama.unit}`"
+    )
+
+
+def _unreachable(policy: Policy, error: str) -> int:
+    _err(f"sentinel-keeper: {error}")
+    _err(_unreachable_hint(policy))
+    return EXIT_UNAVAILABLE
+
+
+def _gpu_notes(policy: Policy, gpu: GpuSnapshot, *, said: bool) -> None:
+    """Without NVML, once per command: that GPU memory is unknown (unless ``said``: the
+    command's header line says it already), and that extras then need vram.budget."""
+    if gpu.known:
+        return
+    if not said:
+        _out(f"{'note':<9} {gpu_summary(gpu)}")
+    if policy.extras and policy.vram.budget is None:
+        _out(
+            f"{'note':<9} extras are not loaded here: without GPU memory figures they "
+            "need vram.budget (the memory the models may use, e.g. 3GiB)"
+        )
 
 
 def _out(text: str = "", stream: TextIO | None = None) -> None:
@@ -106,8 +190,57 @@ def cmd_check(args: argparse.Namespace) -> int:
     _file_risks(policy.source)
     pinned, extras = len(policy.pinned), len(policy.extras)
     url = policy.ollama.url
-    _out(f"{policy.source}: ok ({pinned} pinned, {extras} extras; ollama at {url})")
+    if not policy.models:
+        _err(
+            f"warning: {policy.source}: models: is empty: there is nothing to keep warm "
+            "(add `- name: MODEL` entries)",
+            _WARNING,
+        )
+    version, problems = _online_problems(policy) if args.online else ("", [])
+    for problem in problems:
+        _err(f"{policy.source}: {problem}")
+    if problems:
+        count = len(problems)
+        _err(f"{policy.source}: {count} problem{'s' if count != 1 else ''} with ollama at {url}")
+        return EXIT_NOT_INSTALLED
+    online = f"ollama {version} at {url}" if args.online else f"ollama at {url}"
+    _out(f"{policy.source}: ok ({pinned} pinned, {extras} extras; {online})")
     return EXIT_OK
+
+
+def _online_problems(policy: Policy) -> tuple[str, list[str]]:
+    """What Ollama says against the policy: models not installed, num_ctx values above a
+    model's trained context. Raises OllamaUnreachable."""
+    problems: list[str] = []
+    with make_client(policy) as client:
+        version = client.version()
+        installed = {m.name for m in client.tags()}
+        for index, model in enumerate(policy.models):
+            where = f"models[{index}] {model.name}"
+            if model.name not in installed:
+                if model.pull:
+                    _out(f"{'note':<9} {model.name} is not installed; pull: true pulls it")
+                else:
+                    problems.append(
+                        f"{where}: not installed in Ollama (run `ollama pull {model.name}`, "
+                        "or set pull: true)"
+                    )
+                continue
+            want = model.options.num_ctx
+            if want is None:
+                continue
+            try:
+                trained = client.show(model.name).context_length
+            except OllamaUnreachable:
+                raise
+            except OllamaError:
+                continue
+            if trained is not None and want > trained:
+                problems.append(
+                    f"{where}: options.num_ctx {want} is above the {trained} tokens it was "
+                    f"trained with (Ollama caps it at {trained}; set num_ctx to at most that)"
+                )
+    return version, problems
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -122,17 +255,18 @@ def cmd_once(args: argparse.Namespace) -> int:
     report = reports[-1]
     observation = reports[0].observation
     if observation is None:
-        _err(f"sentinel-keeper: {report.error}")
-        return EXIT_UNAVAILABLE
+        return _unreachable(policy, str(report.error))
     version, gpu = observation.ollama_version, gpu_summary(observation.gpu)
     _out(f"ollama {version} at {policy.ollama.url}; {gpu}")
+    _gpu_notes(policy, observation.gpu, said=True)
     outcomes = [outcome for each in reports for outcome in each.outcomes]
     for outcome in outcomes:
         _out(outcome_line(outcome))
     if not report.reachable:
-        _err(f"sentinel-keeper: {report.error}")
-        return EXIT_UNAVAILABLE
+        return _unreachable(policy, str(report.error))
     for finding in report.plan.findings:
+        if finding.kind is FindingKind.NO_MEMORY_INFO:
+            continue  # said once above
         _out(f"{'warning' if finding.warning else 'note':<9} {finding.message}")
     for name in extras_without_reason(report):
         _out(
@@ -143,26 +277,39 @@ def cmd_once(args: argparse.Namespace) -> int:
         _out("nothing to do")
     if report.state_error:
         _err(f"warning: {report.state_error} (sizes of extras will be estimated)", _WARNING)
-    _out(status_line(report))
+    latest = report.latest
+    _out(status_line(report, gpu=latest is None or latest.gpu.known))
     return EXIT_OK if report.all_pinned_resident else EXIT_NOT_RESIDENT
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-
     policy = _load(args)
-    with open_reconciler(policy, None) as reconciler:
-        observation = reconciler.observe()
+    try:
+        with open_reconciler(policy, None) as reconciler:
+            observation = reconciler.observe()
+    except OllamaUnreachable as exc:
+        if args.json:
+            data = unreachable_json(policy, str(exc), _unreachable_hint(policy))
+            _out(json.dumps(data, indent=2))
+        return _unreachable(policy, str(exc))
+    missing, absent = pinned_health(policy, observation)
+    code = EXIT_NOT_INSTALLED if missing else EXIT_PINNED_NOT_RESIDENT if absent else EXIT_OK
     if args.json:
         _out(json.dumps(status_json(policy, observation), indent=2))
-        return EXIT_OK
+        return code
     _out(f"ollama {observation.ollama_version} at {policy.ollama.url}")
     _out(gpu_summary(observation.gpu))
+    _gpu_notes(policy, observation.gpu, said=True)
     for line in status_table(policy, observation):
         _out(line)
     foreign = [m.name for m in observation.loaded if policy.model(m.name) is None]
     if foreign:
         _out(f"also loaded, not in the policy (left alone): {', '.join(foreign)}")
-    return EXIT_OK
+    for name in missing:
+        _err(f"sentinel-keeper: pinned {name} is not installed (run `ollama pull {name}`)")
+    if absent:
+        _err(f"sentinel-keeper: pinned, not resident: {', '.join(absent)}")
+    return code
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -295,32 +442,48 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--policy",
-        metavar="PATH",
-        help=f"policy file (default: $SENTINEL_POLICY or {DEFAULT_POLICY_PATH})",
+    policy_help = f"policy file (default: $SENTINEL_POLICY or {DEFAULT_POLICY_PATH})"
+    state_dir_help = (
+        "where remembered model sizes are kept (default: $STATE_DIRECTORY "
+        "or /var/lib/sentinel-keeper)"
     )
+    parser.add_argument("--policy", metavar="PATH", help=policy_help)
     parser.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        default=default_state_dir(),
-        help="where remembered model sizes are kept (default: $STATE_DIRECTORY "
-        "or /var/lib/sentinel-keeper)",
+        "--state-dir", metavar="DIR", default=default_state_dir(), help=state_dir_help
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Handler, help_text: str, *, policy: bool = True
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
             help=help_text,
             description=help_text,
-            epilog=EXIT_CODES_HELP,
+            epilog=exit_codes_help(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.set_defaults(handler=handler)
+        if policy:
+            # Also after the command; SUPPRESS keeps a value given before it (or the default).
+            sub.add_argument(
+                "--policy", metavar="PATH", default=argparse.SUPPRESS, help=policy_help
+            )
+            sub.add_argument(
+                "--state-dir", metavar="DIR", default=argparse.SUPPRESS, help=state_dir_help
+            )
         return sub
 
-    command("check", cmd_check, "validate the policy; every error as PATH:LINE:COL")
+    check = command(
+        "check",
+        cmd_check,
+        "validate the policy; every error as PATH:LINE:COL (offline unless --online)",
+    )
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also ask Ollama: models not installed, num_ctx above a model's trained context",
+    )
     command(
         "once",
         cmd_once,
@@ -329,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status = command("status", cmd_status, "show each policy model, GPU memory and Ollama")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    command("schema", cmd_schema, "print the policy's JSON Schema (for editors)")
+    command("schema", cmd_schema, "print the policy's JSON Schema (for editors)", policy=False)
     bench = command(
         "bench",
         cmd_bench,
@@ -401,8 +564,11 @@ def main(argv: Sequence[str] | None = None, *, timings: Timings | None = None) -
         _err(f"{exc.path}: {count} error{'s' if count != 1 else ''}")
         return EXIT_CONFIG
     except OllamaUnreachable as exc:
-        _err(f"sentinel-keeper: {exc}")
-        return EXIT_UNAVAILABLE
+        policy = getattr(args, "loaded_policy", None)
+        if policy is None:
+            _err(f"sentinel-keeper: {exc}")
+            return EXIT_UNAVAILABLE
+        return _unreachable(policy, str(exc))
     except OllamaError as exc:
         _err(f"sentinel-keeper: {exc}")
         return EXIT_UNAVAILABLE

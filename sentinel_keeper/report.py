@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sentinel_keeper.observation import GpuSnapshot, Observation
-from sentinel_keeper.plan import FindingKind
-from sentinel_keeper.policy import Policy
+from sentinel_keeper.observation import GpuSnapshot, LoadedModel, Observation
+from sentinel_keeper.plan import FindingKind, expected_context_length
+from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.reconcile import Outcome, PassReport
 from sentinel_keeper.units import format_duration, format_size
 
@@ -24,8 +24,9 @@ def gpu_summary(gpu: GpuSnapshot) -> str:
     )
 
 
-def status_line(report: PassReport) -> str:
-    """One short line a person understands, for systemd's STATUS= and the CLI."""
+def status_line(report: PassReport, *, gpu: bool = True) -> str:
+    """One short line a person understands, for systemd's STATUS= and the CLI. ``gpu``: False
+    leaves out the GPU clause (the CLI has said once already that GPU memory is unknown)."""
     latest = report.latest
     if latest is None:
         return f"ollama unreachable: {report.error}"
@@ -33,7 +34,8 @@ def status_line(report: PassReport) -> str:
     parts = [pinned]
     if report.extras:
         parts[0] += f", {len(report.resident(report.extras))}/{len(report.extras)} extras"
-    parts.append(gpu_summary(latest.gpu))
+    if gpu:
+        parts.append(gpu_summary(latest.gpu))
     parts.append(f"ollama {latest.ollama_version}")
     line = "; ".join(parts)
     missing = report.pinned_missing
@@ -83,6 +85,9 @@ class ModelStatus:
     size: int | None
     size_vram: int | None
     installed: bool
+    pinned: bool = False
+    policy_num_ctx: int | None = None  # options.num_ctx of the policy, None when it sets none
+    drift: tuple[str, ...] = ()  # how a resident pinned model differs from the policy
 
     def expiry_text(self, now: datetime) -> str:
         if not self.resident:
@@ -93,6 +98,24 @@ class ModelStatus:
             return "unknown"
         seconds = (self.expires_at - now).total_seconds()
         return f"in {format_duration(max(seconds, 0))}"
+
+
+def _drift(
+    model: ModelPolicy, instance: LoadedModel | None, observation: Observation
+) -> tuple[str, ...]:
+    """How a resident pinned model differs from its policy: another num_ctx than the
+    policy's, or an expiry where the policy says forever."""
+    if instance is None or not model.pinned:
+        return ()
+    drift = []
+    # what /api/ps shows for the policy's num_ctx: Ollama caps it at the trained context
+    want = expected_context_length(model, observation.details.get(model.name))
+    shown = instance.context_length
+    if want is not None and shown is not None and shown != want:
+        drift.append(f"num_ctx {shown}, policy says {model.options.num_ctx}")
+    if model.effective_keep_alive < 0 and not instance.is_forever(observation.at):
+        drift.append("not forever, policy says forever")
+    return tuple(drift)
 
 
 def model_statuses(policy: Policy, observation: Observation) -> list[ModelStatus]:
@@ -112,6 +135,9 @@ def model_statuses(policy: Policy, observation: Observation) -> list[ModelStatus
                 size=instance.size if instance else None,
                 size_vram=instance.size_vram if instance else None,
                 installed=instance is not None or model.name in installed,
+                pinned=model.pinned,
+                policy_num_ctx=model.options.num_ctx,
+                drift=_drift(model, instance, observation),
             )
         )
     return rows
@@ -133,15 +159,28 @@ def status_table(policy: Policy, observation: Observation) -> list[str]:
             else "-"
         )
         context = str(row.context_length) if row.context_length else "-"
-        lines.append(
+        line = (
             f"{row.name:<28} {row.tier:<7} {state:<13} {row.expiry_text(observation.at):<12} "
             f"{context:>7}  {vram}"
         )
+        if row.drift:
+            line += f"  drift: {'; '.join(row.drift)}"
+        lines.append(line)
     return lines
 
 
+def pinned_health(policy: Policy, observation: Observation) -> tuple[list[str], list[str]]:
+    """The pinned models that are not installed, and those installed but not resident."""
+    rows = [row for row in model_statuses(policy, observation) if row.pinned]
+    missing = [row.name for row in rows if not row.installed]
+    absent = [row.name for row in rows if row.installed and not row.resident]
+    return missing, absent
+
+
 def status_json(policy: Policy, observation: Observation) -> dict[str, Any]:
+    missing, absent = pinned_health(policy, observation)
     return {
+        "reachable": True,
         "ollama": {"url": policy.ollama.url, "version": observation.ollama_version},
         "gpu": observation.gpu.as_json(totals=False),
         "models": [
@@ -155,8 +194,27 @@ def status_json(policy: Policy, observation: Observation) -> dict[str, Any]:
                 "context_length": row.context_length,
                 "size": row.size,
                 "size_vram": row.size_vram,
+                "policy_num_ctx": row.policy_num_ctx,
+                "drift": list(row.drift),
             }
             for row in model_statuses(policy, observation)
         ],
         "foreign_models": [m.name for m in observation.loaded if policy.model(m.name) is None],
+        "pinned_not_installed": missing,
+        "pinned_not_resident": absent,
+    }
+
+
+def unreachable_json(policy: Policy, error: str, hint: str) -> dict[str, Any]:
+    """``status --json`` when Ollama cannot be reached: the same keys, nothing observed."""
+    return {
+        "reachable": False,
+        "error": error,
+        "hint": hint,
+        "ollama": {"url": policy.ollama.url, "version": None},
+        "gpu": None,
+        "models": [{"name": m.name, "tier": m.tier} for m in policy.models],
+        "foreign_models": [],
+        "pinned_not_installed": [],
+        "pinned_not_resident": [],
     }

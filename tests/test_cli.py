@@ -63,6 +63,7 @@ class Cli:
         self.policy = tmp / "policy.yaml"
         self.state = tmp / "state"
         self.nvml_config = tmp / "nvml.conf"
+        self.nvml = True  # False: a host without libnvidia-ml.so.1 (CPU-only, not NVIDIA)
         FakeNvml(
             gpus=(FakeGpu(name="NVIDIA GeForce GTX 1050", total=16 * GiB, used=0, free=16 * GiB),)
         ).write(self.nvml_config)
@@ -80,7 +81,12 @@ class Cli:
         argv = [sys.executable, "-m", "sentinel_keeper"]
         if policy:
             argv += ["--policy", str(self.policy), "--state-dir", str(self.state)]
-        env = nvml_env(library_dir(), self.nvml_config)
+        if self.nvml:
+            env = nvml_env(library_dir(), self.nvml_config)
+        else:
+            empty = self.tmp / "no-nvml"
+            empty.mkdir(exist_ok=True)
+            env = nvml_env(empty)
         env.pop("SENTINEL_POLICY", None)
         return subprocess.run(
             [*argv, *args],
@@ -330,3 +336,182 @@ def test_schema_and_help(cli: Cli) -> None:
     for code in ("69", "70", "78"):
         assert f"\n  {code}" in helptext
     assert cli("bogus", policy=False).returncode == 2
+
+
+def test_status_exits_3_for_a_pinned_model_not_resident_and_4_not_installed(
+    cli: Cli, double: OllamaDouble
+) -> None:
+    cli.write_policy(PINNED)
+    result = cli("status")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "pinned, not resident: llama3.2:1b, nomic-embed-text:latest" in result.stderr
+    assert json.loads(cli("status", "--json").stdout)["pinned_not_resident"] == [
+        "llama3.2:1b",
+        "nomic-embed-text:latest",
+    ]
+    assert cli("status", "--json").returncode == 3
+    assert cli("once").returncode == 0
+    assert cli("status").returncode == 0
+    cli.write_policy(PINNED + "  - name: not-pulled:7b\n")
+    result = cli("status")
+    assert result.returncode == 4  # not installed outranks not resident
+    assert "pinned not-pulled:7b is not installed (run `ollama pull not-pulled:7b`)" in (
+        result.stderr
+    )
+    data = json.loads(cli("status", "--json").stdout)
+    assert data["pinned_not_installed"] == ["not-pulled:7b"]
+    # An extra that is not loaded is no reason to fail a health check.
+    cli.write_policy(PINNED + "  - {name: not-pulled:7b, tier: extra}\n")
+    assert cli("status").returncode == 0
+
+
+def test_status_marks_drift_from_the_policy(cli: Cli, double: OllamaDouble) -> None:
+    cli.write_policy(PINNED)
+    assert cli("once").returncode == 0
+    client_request(
+        double.url,
+        "/api/generate",
+        {"model": "llama3.2:1b", "keep_alive": "5m", "options": {"num_ctx": 8192}},
+    )
+    result = cli("status")
+    assert result.returncode == 0  # resident: drift is shown, not failed on
+    llama = next(line for line in result.stdout.splitlines() if line.startswith("llama3.2:1b"))
+    assert "drift: num_ctx 8192, policy says 2048; not forever, policy says forever" in llama
+    embed = next(line for line in result.stdout.splitlines() if line.startswith("nomic"))
+    assert "drift" not in embed
+    data = json.loads(cli("status", "--json").stdout)
+    by_name = {m["name"]: m for m in data["models"]}
+    assert by_name["llama3.2:1b"]["drift"] == [
+        "num_ctx 8192, policy says 2048",
+        "not forever, policy says forever",
+    ]
+    assert by_name["llama3.2:1b"]["policy_num_ctx"] == 2048
+    assert by_name["nomic-embed-text:latest"]["drift"] == []
+    # A num_ctx above the trained context shows capped in /api/ps: that is no drift.
+    cli.write_policy("models:\n  - {name: qwen2.5:0.5b, options: {num_ctx: 262144}}\n")
+    assert cli("once").returncode == 0
+    result = cli("status")
+    assert result.returncode == 0
+    qwen = next(line for line in result.stdout.splitlines() if line.startswith("qwen2.5:0.5b"))
+    assert "131072" in qwen and "drift" not in qwen, qwen
+
+
+def test_status_json_with_ollama_down_says_so_and_exits_69(cli: Cli, double: OllamaDouble) -> None:
+    cli.write_policy(PINNED)
+    double.stop()
+    result = cli("status", "--json")
+    assert result.returncode == 69
+    data = json.loads(result.stdout)
+    assert data["reachable"] is False
+    assert f"ollama at {double.url} is unreachable" in data["error"]
+    assert data["ollama"] == {"url": double.url, "version": None}
+    assert [m["name"] for m in data["models"]] == ["llama3.2:1b", "nomic-embed-text:latest"]
+    assert "systemctl status ollama" in data["hint"]
+
+
+@pytest.mark.parametrize("command", [["status"], ["once"], ["check", "--online"], ["bench"]])
+def test_unreachable_ollama_names_the_policy_key_and_the_unit(
+    cli: Cli, double: OllamaDouble, command: list[str]
+) -> None:
+    cli.write_policy(PINNED)
+    double.stop()
+    result = cli(*command)
+    assert result.returncode == 69, result.stderr
+    assert f"ollama at {double.url} is unreachable" in result.stderr
+    assert f"ollama.url is {double.url} (set in {cli.policy})" in result.stderr
+    assert "try `systemctl status ollama.service`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_warns_about_an_empty_model_list(cli: Cli) -> None:
+    cli.write_policy("models: []\n")
+    result = cli("check")
+    assert result.returncode == 0
+    assert "models: is empty: there is nothing to keep warm" in result.stderr
+    cli.write_policy(PINNED)
+    assert "empty" not in cli("check").stderr
+
+
+def test_check_online_reports_missing_models_and_num_ctx_above_the_trained_context(
+    cli: Cli, double: OllamaDouble
+) -> None:
+    cli.write_policy(
+        PINNED
+        + "  - {name: not-pulled:7b, tier: extra}\n"
+        + "  - {name: qwen2.5:0.5b, tier: extra, options: {num_ctx: 262144}}\n"
+        + "  - {name: pulled-later:1b, pull: true}\n"
+    )
+    offline = cli("check")
+    assert offline.returncode == 0, offline.stderr  # offline: no request to Ollama
+    assert double.requests == []
+    result = cli("check", "--online")
+    assert result.returncode == 4, result.stdout + result.stderr
+    errors = result.stderr.splitlines()
+    assert errors == [
+        f"{cli.policy}: models[2] not-pulled:7b: not installed in Ollama "
+        "(run `ollama pull not-pulled:7b`, or set pull: true)",
+        f"{cli.policy}: models[3] qwen2.5:0.5b: options.num_ctx 262144 is above the 131072 "
+        "tokens it was trained with (Ollama caps it at 131072; set num_ctx to at most that)",
+        f"{cli.policy}: 2 problems with ollama at {double.url}",
+    ]
+    assert "pulled-later:1b is not installed; pull: true pulls it" in result.stdout
+    cli.write_policy(PINNED)
+    ok = cli("check", "--online")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith(f"{cli.policy}: ok (2 pinned, 0 extras; ollama 0.33.0 at")
+
+
+def test_without_nvml_each_command_says_so_once(cli: Cli, double: OllamaDouble) -> None:
+    cli.nvml = False
+    cli.write_policy(PINNED + "  - {name: qwen2.5:0.5b, tier: extra}\n")
+    result = cli("once")
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert output.count("GPU memory unknown") == 1, output
+    assert output.count("need vram.budget") == 1, output
+    assert "GPU memory is unknown" not in output  # the planner's finding is not repeated
+    status = cli("status")
+    output = status.stdout + status.stderr
+    assert output.count("GPU memory unknown") == 1, output
+    assert output.count("need vram.budget") == 1, output
+    # With a budget, or without extras, there is nothing to say about vram.budget.
+    cli.write_policy(PINNED + "  - {name: qwen2.5:0.5b, tier: extra}\nvram: {budget: 8GiB}\n")
+    assert "need vram.budget" not in cli("once").stdout
+    cli.write_policy(PINNED)
+    assert "need vram.budget" not in cli("status").stdout
+
+
+def test_policy_and_state_dir_after_the_command(cli: Cli, double: OllamaDouble) -> None:
+    cli.write_policy(PINNED)
+    result = cli("once", "--policy", str(cli.policy), "--state-dir", str(cli.state), policy=False)
+    assert result.returncode == 0, result.stderr
+    assert (cli.state / "state.json").exists()
+    # after the command wins over before it, as for any option given twice
+    result = cli(
+        "--policy", str(cli.tmp / "nope.yaml"), "check", "--policy", str(cli.policy), policy=False
+    )
+    assert result.returncode == 0, result.stderr
+    # before the command still works, and is not reset by the command's own parser
+    assert cli("--policy", str(cli.policy), "status", policy=False).returncode == 0
+
+
+def test_each_command_help_lists_only_its_own_exit_codes(cli: Cli) -> None:
+    def codes(*argv: str) -> set[str]:
+        text = cli(*argv, "--help", policy=False).stdout
+        tail = text.split("exit codes:\n", 1)[1]
+        return {
+            line.split()[0]
+            for line in tail.splitlines()
+            if line.startswith("  ") and line.split()[0].isdigit()
+        }
+
+    assert codes("status") == {"0", "2", "3", "4", "69", "70", "78"}
+    assert codes("check") == {"0", "2", "4", "69", "70", "78"}
+    assert codes("once") == {"0", "1", "2", "69", "70", "78"}
+    assert codes("schema") == {"0", "2", "70"}
+    assert codes("apply-override") == {"0", "2", "69", "70", "73", "78"}
+    assert codes("bench") == {"0", "1", "2", "69", "70", "78"}
+    assert codes("run") == {"0", "2", "70", "78"}
+    assert codes() == {"0", "1", "2", "3", "4", "69", "70", "73", "78"}
+    assert "--policy PATH" in cli("status", "--help", policy=False).stdout
+    assert "--policy" not in cli("schema", "--help", policy=False).stdout
