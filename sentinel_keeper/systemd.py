@@ -4,11 +4,11 @@ systemctl is looked up on ``PATH`` (so a test can put a recording stand-in first
 a list of arguments (never through a shell) and a bounded timeout. A failure becomes a
 :class:`~sentinel_keeper.errors.SystemdError` naming the command and its stderr.
 
-Conflict detection (in :mod:`sentinel_keeper.override.unitfile`) reads unit files and drop-ins straight
-from the unit search path below rather than asking ``systemctl cat``: that works without a
-running systemd (at install time, in containers, in tests), sees files that are on disk but
-not yet loaded (before a daemon-reload), and gives the file *and line* of each setting, which
-``systemctl cat`` does not.
+Conflict detection (in :mod:`sentinel_keeper.override.unitfile`) reads unit files and drop-
+ins straight from the unit search path below rather than asking ``systemctl cat``: that
+works without a running systemd (at install time, in containers, in tests), sees files that
+are on disk but not yet loaded (before a daemon-reload), and gives the file *and line* of
+each setting, which ``systemctl cat`` does not.
 
 Two environment variables exist for tests and unusual layouts only:
 
