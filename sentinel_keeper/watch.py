@@ -33,6 +33,7 @@ class WatchMemory:
 
     absent_since: Mapping[str, float] = field(default_factory=dict)  # model -> first look
     reloads_noted: Mapping[str, int | None] = field(default_factory=dict)  # model -> its ctx
+    listed: frozenset[str] | None = None  # at the previous look; None: the pass's
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,10 @@ def look(
         return Look(None, (), memory)
     before = last.latest.loaded_by_name()
     listed = {model.name: model for model in loaded}
-    newcomers = sorted(name for name in listed if name not in before)
+    # Loaded since the previous look: a model that was already listed then did not take the
+    # place of one that is missing now (Ollama evicts first, then loads, then lists).
+    previous = set(before) if memory.listed is None else memory.listed
+    newcomers = sorted(name for name in listed if name not in previous and name not in before)
     absent: dict[str, float] = {}
     gone: list[str] = []
     events: list[LogEvent] = []
@@ -96,5 +100,5 @@ def look(
     if gone:
         due = f"pinned model gone: {', '.join(gone)}"
         if newcomers:
-            due += f" ({', '.join(newcomers)} loaded since the last pass)"
-    return Look(due, tuple(events), WatchMemory(absent, noted))
+            due += f" ({', '.join(newcomers)} loaded in its place)"
+    return Look(due, tuple(events), WatchMemory(absent, noted, frozenset(listed)))

@@ -52,7 +52,24 @@ def test_a_restart_empties_everything_and_counts_once_it_stays_empty() -> None:
 
 def test_another_model_in_its_place_counts_at_once() -> None:
     (seen,) = looks(report("a:1b", "b:7b"), (0.0, ps("a:1b", "big:70b")))
-    assert seen.due == "pinned model gone: b:7b (big:70b loaded since the last pass)"
+    assert seen.due == "pinned model gone: b:7b (big:70b loaded in its place)"
+
+
+def test_eviction_seen_in_two_looks_counts_when_the_other_model_appears() -> None:
+    # Ollama unloads the pinned model, then loads the other one, listed only when ready.
+    first, second = looks(report("a:1b", "b:7b"), (0.0, ps("a:1b")), (2.0, ps("a:1b", "big:70b")))
+    assert first.due is None
+    assert second.due == "pinned model gone: b:7b (big:70b loaded in its place)"
+
+
+def test_a_model_listed_before_did_not_take_its_place() -> None:
+    # foreign:3b appeared after the pass (a client's), then a client reloads b:7b: b:7b's
+    # absence is the reload's gap, not an eviction for foreign:3b.
+    last = report("a:1b", "b:7b")
+    first, second = looks(
+        last, (0.0, ps("a:1b", "b:7b", "foreign:3b")), (2.0, ps("a:1b", "foreign:3b"))
+    )
+    assert first.due is None and second.due is None
 
 
 def test_gone_while_the_others_stayed_waits_for_settle() -> None:
