@@ -30,6 +30,9 @@ class Timings:
     # Between passes, /api/ps this often (watch.py): a restart of Ollama or an eviction of a
     # pinned model is repaired in seconds, not at the next interval.
     watch: float = 2.0
+    # A pinned model missing from /api/ps counts as gone once it stayed missing this long:
+    # Ollama lists a model again only when its reload is done (a client's other options).
+    watch_settle: float = 3.5
     # A model whose load failed is retried after backoff_base, doubling per failure up to
     # backoff_max, so that an out-of-memory model does not hammer Ollama every interval.
     backoff_base: float = 15.0
@@ -53,6 +56,7 @@ class Timings:
         "probe_max",
         "jitter_max",
         "watch",
+        "watch_settle",
         "backoff_base",
         "backoff_max",
     )

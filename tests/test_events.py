@@ -13,9 +13,10 @@ from sentinel_keeper.events import (
     LogEvent,
     advance,
     current_findings,
+    missing_why,
     pass_events,
 )
-from sentinel_keeper.observation import Observation
+from sentinel_keeper.observation import LoadedModel, Observation
 from sentinel_keeper.plan import Action, ActionKind, Finding, FindingKind, Plan
 from sentinel_keeper.reconcile import Outcome, PassReport
 from tests.support.planning import NOW, GiB, gpus, loaded, observation
@@ -190,8 +191,66 @@ def test_a_pinned_model_gone_between_passes_is_a_warning() -> None:
     assert event.fields == {
         "model": "a:1b",
         "tier": "pinned",
-        "why": "evicted by Ollama, unloaded by a client, or Ollama restarted",
+        "why": "it was the only model loaded: a client unloaded it (keep_alive 0) or is "
+        "reloading it with other options, or Ollama restarted",
     }
+
+
+def _obs(*models: LoadedModel, version: str = "0.33.0") -> Observation:
+    return replace(observation(loaded_models=models, gpu=GPU), ollama_version=version)
+
+
+A, B, X = loaded("a:1b"), loaded("b:7b"), loaded("x:1b")
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "why"),
+    [
+        (
+            _obs(loaded("a:1b", expires_in=-1), B),
+            _obs(B),
+            "its keep_alive ran out",
+        ),
+        (
+            _obs(A, B),
+            _obs(version="0.34.0"),
+            "Ollama was upgraded or replaced (0.33.0 -> 0.34.0), which unloads every model",
+        ),
+        (
+            _obs(A, B),
+            _obs(B, loaded("big:70b")),
+            "big:70b loaded since: Ollama evicts a model to make room (shortest keep_alive "
+            "first), or a client unloaded it",
+        ),
+        (
+            _obs(A, B, X),
+            _obs(),
+            "all 3 models gone at once: Ollama restarted, or unloaded every model (it does "
+            "after an out-of-memory)",
+        ),
+        (
+            _obs(A),
+            _obs(),
+            "it was the only model loaded: a client unloaded it (keep_alive 0) or is "
+            "reloading it with other options, or Ollama restarted",
+        ),
+        (
+            _obs(A, B),
+            _obs(B),
+            "gone while the other models stayed: a client unloaded it (keep_alive 0) or is "
+            "reloading it with other options, or Ollama evicted it",
+        ),
+    ],
+    ids=["expired", "upgraded", "replaced", "all-gone", "only-model", "others-stayed"],
+)
+def test_why_a_model_is_missing_says_what_the_looks_tell(
+    before: Observation, now: Observation, why: str
+) -> None:
+    assert missing_why(before, now, "a:1b") == why
+    pinned = ("a:1b", "b:7b")
+    events = pass_events(after(report(before, pinned=pinned)), report(now, pinned=pinned))
+    (event,) = [e for e in events if e.event == "model_missing" and e.fields["model"] == "a:1b"]
+    assert event.fields["why"] == why
 
 
 def test_an_extra_whose_keep_alive_ran_out_is_info() -> None:

@@ -317,6 +317,40 @@ def test_num_ctx_mismatch_reloads_with_the_default_keep_alive(double: OllamaDoub
     assert double.load_count == 2
 
 
+def test_ps_lists_a_model_only_once_its_load_or_reload_is_done() -> None:
+    """server/sched.go (v0.30 and later): the runner enters s.loaded, which /api/ps lists,
+    only after llama.Load returned, and llamaServerRunner.Load waits until llama-server is
+    ready. A reload unloads (and drops) the old runner first. So while a client reloads a
+    model with other options it is missing from /api/ps; the other models stay listed."""
+    with make_double(load_seconds=1.0) as d:
+        post(d, "/api/embed", {"model": "nomic-embed-text", "keep_alive": -1})
+        load(d, "llama3.2:1b", keep_alive=-1, options={"num_ctx": 2048})
+        assert sorted(ps_names(d)) == ["llama3.2:1b", "nomic-embed-text:latest"]
+        seen: list[list[str]] = []
+        client = threading.Thread(
+            target=load, args=(d, "llama3.2:1b"), kwargs={"options": {"num_ctx": 4096}}
+        )
+        client.start()
+        wait_until("the reload under way", lambda: d.evictions == ["llama3.2:1b"], timeout=2.0)
+        while client.is_alive():
+            seen.append(ps_names(d))
+            client.join(0.1)
+        assert len(seen) >= 3
+        assert all(names == ["nomic-embed-text:latest"] for names in seen[:-1])
+        rows = {r["name"]: r for r in get(d, "/api/ps").json()["models"]}
+        assert rows["llama3.2:1b"]["context_length"] == 4096
+        assert expires_in(d, "llama3.2:1b") == pytest.approx(300, abs=1)
+
+        # a fresh load too: not listed until it is done
+        load(d, "llama3.2:1b", keep_alive=0)
+        fresh = threading.Thread(target=load, args=(d, "llama3.2:1b"))
+        fresh.start()
+        wait_until("the load under way", d._load_lock.locked, timeout=2.0)
+        assert ps_names(d) == ["nomic-embed-text:latest"]
+        fresh.join(5)
+        assert "llama3.2:1b" in ps_names(d)
+
+
 def test_what_does_not_reload(double: OllamaDouble) -> None:
     load(double, "llama3.2:1b", keep_alive=-1)  # automatic num_ctx (4096 on 8 GiB)
     load(double, "llama3.2:1b")  # automatic again

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import LoadOutcome, OllamaApi, PassReport, Reconciler
 from sentinel_keeper.state import StateStore
 from sentinel_keeper.timings import Timings
-from sentinel_keeper.watch import gone_pinned
+from sentinel_keeper.watch import Look, WatchMemory, look
 
 
 class TrackedClient:
@@ -116,6 +117,7 @@ class Engines:
         self._pending: Policy | None = None
         self._current = self._build(policy, None)
         self._last_pass: PassReport | None = None  # the pass worker's own
+        self._watch_memory = WatchMemory()  # the pass worker's own, since the last pass
 
     @property
     def current(self) -> Engine:
@@ -143,24 +145,35 @@ class Engines:
         finally:
             self._progress.end_pass()
         self._last_pass = report
+        self._watch_memory = WatchMemory()
         return report
 
-    def watch(self) -> str | None:
+    def watch(self) -> Look:
         """Between passes, a look at /api/ps (watch.py): why a pass is due now, if one is (a
-        pinned model gone, or an Ollama that stopped answering). The pass worker's."""
+        pinned model gone, or an Ollama that stopped answering), and what to log. The pass
+        worker's."""
         last = self._last_pass
         engine = self.current
+        idle = Look(None, (), self._watch_memory)
         if (
             last is None
             or not last.reachable  # an outage: the probing after a failed pass handles it
             or engine.policy.interval <= self._timings.watch
         ):
-            return None
+            return idle
         try:
-            gone = gone_pinned(last, engine.client.ps())
+            loaded = engine.client.ps()
         except SentinelError as exc:
-            return f"ollama: {exc}"
-        return f"pinned model gone: {', '.join(gone)}" if gone else None
+            return Look(f"ollama: {exc}", (), self._watch_memory)
+        seen = look(
+            last,
+            loaded,
+            now=time.monotonic(),
+            memory=self._watch_memory,
+            settle=self._timings.watch_settle,
+        )
+        self._watch_memory = seen.memory
+        return seen
 
     def close(self) -> None:
         engine = self.current

@@ -67,7 +67,10 @@ class _Crash:
 
 @dataclass(frozen=True)
 class _WatchAsked:
-    why: str
+    """What a look between passes found: why a pass is due (None: none) and what to log."""
+
+    why: str | None
+    events: tuple[LogEvent, ...] = ()
 
 
 class Daemon:
@@ -128,9 +131,12 @@ class Daemon:
             self._post(self.engines.run_pass(self._stop))
 
     def _watch(self) -> None:
-        why = None if self._stop.is_set() else self.engines.watch()
-        if why is not None:
-            self._post(_WatchAsked(why))
+        if self._stop.is_set():
+            return
+        seen = self.engines.watch()
+        if seen.events or seen.due is not None:
+            self._post(_WatchAsked(seen.due, seen.events))
+        if seen.due is not None:
             self.worker.request_pass()
 
     def _post(self, item: PassReport | _Crash | _WatchAsked) -> None:
@@ -205,7 +211,10 @@ class Daemon:
                 self._crashes = 0
                 self._on_report(item)
             elif isinstance(item, _WatchAsked):
-                log.debug("pass_requested", why=item.why)
+                for event in item.events:
+                    self._event(event)
+                if item.why is not None:
+                    log.debug("pass_requested", why=item.why)
             else:
                 self._on_crash(item.error)
 

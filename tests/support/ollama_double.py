@@ -6,6 +6,22 @@ keep_alive "-1" is a 400, a request with different load-time options reloads the
 takes the server default keep_alive, eviction picks the shortest keep_alive duration first
 (forever last, but it goes), the 80% rule, embedding-only models refuse /api/generate.
 
+What /api/ps lists while a model loads or reloads (server/sched.go at v0.33, the same since
+v0.30.0 made llama-server the only runner for GGML models): PsHandler (server/routes.go) lists
+``Scheduler.loadedModels()``, a snapshot of ``s.loaded``. ``Scheduler.load`` puts the new
+runner into ``s.loaded`` only after ``llama.Load`` returned, and ``llamaServerRunner.Load``
+(llm/llama_server.go) calls ``WaitUntilRunning``: the model is listed only once llama-server
+is ready (``loading: true`` then lasts no longer than one status poll). A reload goes through
+``processPending``: ``needsReload`` -> the old runner's sessionDuration set to 0 -> once its
+requests finish, ``processCompleted`` unloads it and deletes it from ``s.loaded``, then waits
+for GPU memory to recover (waitForVRAMRecovery, typically 0.5-1.5 s) -> the load above. So a
+model a client reloads with other options is missing from /api/ps from the moment its old
+runner is idle until the new one is ready; other models stay listed; the new instance shows
+the request's keep_alive (or the default) as ``expires_at`` = now + duration until its first
+request ends. Before v0.30 (the CGO runners) ``Load`` returned after placing the layers and
+the runner was listed while its weights loaded. The double follows v0.33: an instance enters
+``_loaded`` when its load is done, an old one leaves it when it is unloaded.
+
 Importable by tests (``OllamaDouble``), and runnable under a bare ``python3`` as a fake
 ``ollama serve``::
 
@@ -1030,6 +1046,7 @@ class OllamaDouble:
             with self._lock:
                 if epoch != self._epoch:
                     raise _Aborted
+                # listed in /api/ps from now on, not while it loaded (see the module docstring)
                 inst = self._new_instance_locked(model, opts, keep_alive_ns)
                 took = time.monotonic() - started
                 self.load_log.append(LoadRecord(model.name, self.now(), took * self.time_scale))
