@@ -14,6 +14,7 @@ from sentinel_keeper import __version__
 from sentinel_keeper.bench import bench_json, bench_table, run_bench
 from sentinel_keeper.daemon.service import run_daemon
 from sentinel_keeper.errors import (
+    MetricsError,
     OllamaError,
     OllamaUnreachable,
     OverrideError,
@@ -35,6 +36,9 @@ from sentinel_keeper.policy.loading import load_policy
 from sentinel_keeper.policy.risks import file_risks
 from sentinel_keeper.reconcile import MAX_SETTLE_PASSES
 from sentinel_keeper.report import (
+    DaemonView,
+    daemon_json,
+    daemon_lines,
     extras_without_reason,
     gpu_summary,
     outcome_line,
@@ -282,6 +286,28 @@ def cmd_once(args: argparse.Namespace) -> int:
     return EXIT_OK if report.all_pinned_resident else EXIT_NOT_RESIDENT
 
 
+def _daemon_view(policy: Policy) -> DaemonView:
+    """The running daemon's lifetime figures, read from its metrics endpoint."""
+    address = policy.metrics.address
+    if address is None:
+        return DaemonView(None, error="the policy turns the metrics endpoint off (metrics.listen)")
+    # only here: the daemon imports prometheus_client only when its policy turns metrics on
+    from sentinel_keeper.metrics.endpoint import scrape  # noqa: PLC0415
+    from sentinel_keeper.metrics.exposition import parse  # noqa: PLC0415
+    from sentinel_keeper.metrics.readback import read_figures  # noqa: PLC0415
+
+    try:
+        figures = read_figures(parse(scrape(address)))
+    except MetricsError as exc:
+        return DaemonView(
+            address.url,
+            error=f"{exc} (is the daemon running? `systemctl status sentinel-keeper`)",
+        )
+    except ValueError as exc:
+        return DaemonView(address.url, error=f"{address.url}: {exc}")
+    return DaemonView(address.url, figures)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     policy = _load(args)
     try:
@@ -290,12 +316,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     except OllamaUnreachable as exc:
         if args.json:
             data = unreachable_json(policy, str(exc), _unreachable_hint(policy))
+            data["daemon"] = daemon_json(_daemon_view(policy))
             _out(json.dumps(data, indent=2))
         return _unreachable(policy, str(exc))
     missing, absent = pinned_health(policy, observation)
     code = EXIT_NOT_INSTALLED if missing else EXIT_PINNED_NOT_RESIDENT if absent else EXIT_OK
+    daemon = _daemon_view(policy)
     if args.json:
-        _out(json.dumps(status_json(policy, observation), indent=2))
+        data = status_json(policy, observation)
+        data["daemon"] = daemon_json(daemon)
+        _out(json.dumps(data, indent=2))
         return code
     _out(f"ollama {observation.ollama_version} at {policy.ollama.url}")
     _out(gpu_summary(observation.gpu))
@@ -305,6 +335,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     foreign = [m.name for m in observation.loaded if policy.model(m.name) is None]
     if foreign:
         _out(f"also loaded, not in the policy (left alone): {', '.join(foreign)}")
+    for line in daemon_lines(policy, daemon, observation.at.astimezone()):
+        _out(line)
     for name in missing:
         _err(f"sentinel-keeper: pinned {name} is not installed (run `ollama pull {name}`)")
     if absent:

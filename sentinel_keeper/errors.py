@@ -111,3 +111,7 @@ class OverrideError(SentinelError):
 
 class SystemdError(SentinelError):
     """A systemctl call failed."""
+
+
+class MetricsError(SentinelError):
+    """The metrics endpoint cannot listen, or `status` cannot read it."""

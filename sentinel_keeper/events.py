@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from sentinel_keeper.observation import Observation
+from sentinel_keeper.causes import missing_why
 from sentinel_keeper.plan import ActionKind, Finding, FindingKind
 from sentinel_keeper.reconcile import Outcome, PassReport
 from sentinel_keeper.report import gpu_summary
@@ -184,47 +184,6 @@ def _missing_events(history: History, report: PassReport) -> list[LogEvent]:
             )
         )
     return events
-
-
-def missing_why(before: Observation, now: Observation, name: str) -> str:
-    """Why ``name``, listed in ``before``, is not in ``now``: as much as the two looks at
-    /api/ps (and Ollama's version) tell, and no more. Pure.
-
-    Ollama says nothing about an unload, so most causes look alike: a client's keep_alive 0,
-    a client's reload with other options (Ollama lists the model again only when that reload
-    is done), an eviction, a restart. Only some leave a trace: an expiry time in the past, a
-    new version, every model gone at once, another model loaded in its place."""
-    instance = before.loaded_by_name()[name]
-    remaining = instance.remaining(now.at)
-    if remaining is not None and remaining.total_seconds() <= 0:
-        return "its keep_alive ran out"
-    if before.ollama_version != now.ollama_version:
-        return (
-            f"Ollama was upgraded or replaced ({before.ollama_version} -> "
-            f"{now.ollama_version}), which unloads every model"
-        )
-    listed = now.loaded_by_name()
-    newcomers = sorted(m.name for m in now.loaded if m.name not in before.loaded_by_name())
-    if newcomers:
-        return (
-            f"{', '.join(newcomers)} loaded since: Ollama evicts a model to make room "
-            "(shortest keep_alive first), or a client unloaded it"
-        )
-    others = [m.name for m in before.loaded if m.name != name]
-    if others and not any(other in listed for other in others):
-        return (
-            f"all {len(others) + 1} models gone at once: Ollama restarted, or unloaded every "
-            "model (it does after an out-of-memory)"
-        )
-    if not others:
-        return (
-            "it was the only model loaded: a client unloaded it (keep_alive 0) or is "
-            "reloading it with other options, or Ollama restarted"
-        )
-    return (
-        "gone while the other models stayed: a client unloaded it (keep_alive 0) or is "
-        "reloading it with other options, or Ollama evicted it"
-    )
 
 
 def _shortened_to(report: PassReport, model: str) -> str:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from sentinel_keeper.observation import GpuSnapshot, LoadedModel, Observation
 from sentinel_keeper.plan import FindingKind, expected_context_length
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.reconcile import Outcome, PassReport
 from sentinel_keeper.units import format_duration, format_size
+
+if TYPE_CHECKING:  # metrics.readback imports (through the catalog) what imports this module
+    from sentinel_keeper.metrics.readback import DaemonFigures
 
 GIB = 1024**3
 
@@ -217,4 +221,86 @@ def unreachable_json(policy: Policy, error: str, hint: str) -> dict[str, Any]:
         "foreign_models": [],
         "pinned_not_installed": [],
         "pinned_not_resident": [],
+    }
+
+
+@dataclass(frozen=True)
+class DaemonView:
+    """What `status` learnt from the running daemon's metrics endpoint: its figures, or why
+    there are none (``source``: the URL read, None when the policy turns the endpoint off)."""
+
+    source: str | None
+    figures: DaemonFigures | None = None
+    error: str | None = None
+
+
+def _when(unix: float, now: datetime) -> str:
+    at = datetime.fromtimestamp(unix, tz=now.tzinfo)
+    return f"{at:%Y-%m-%d %H:%M:%S} ({format_duration(max((now - at).total_seconds(), 0))} ago)"
+
+
+def _counted(counter: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {why}" for why, n in sorted(counter.items(), key=lambda kv: -kv[1]))
+
+
+def daemon_lines(policy: Policy, view: DaemonView, now: datetime) -> list[str]:
+    """The daemon's lifetime figures for `status`: since when each model is resident, how
+    often the daemon loaded it and why; or why they are unknown."""
+    figures = view.figures
+    if figures is None:
+        return [f"daemon figures: not available: {view.error}"]
+    lines = [
+        f"daemon figures since it started {_when(figures.started, now)}, "
+        f"{figures.passes} passes (from {view.source}):"
+    ]
+    for model in policy.models:
+        life = figures.models.get(model.name)
+        if life is None:
+            lines.append(f"  {model.name:<28} not seen by the daemon yet")
+            continue
+        resident = (
+            f"resident since {_when(life.resident_since, now)}"
+            if life.resident_since is not None
+            else "not resident"
+        )
+        parts = [
+            resident,
+            f"loaded {life.load_count}x" + (f": {_counted(life.loads)}" if life.loads else ""),
+        ]
+        if life.evictions:
+            parts.append(f"evicted {life.evictions}x")
+        if life.failures:
+            parts.append(f"failed loads: {_counted(life.failures)}")
+        if life.client_reloads:
+            ctx = ", ".join(f"num_ctx {c} {n}x" for c, n in sorted(life.client_reloads.items()))
+            parts.append(f"reloaded by clients with {ctx}")
+        lines.append(f"  {model.name:<28} {'; '.join(parts)}")
+    return lines
+
+
+def daemon_json(view: DaemonView) -> dict[str, Any]:
+    figures = view.figures
+    if figures is None:
+        return {"source": view.source, "available": False, "error": view.error}
+    return {
+        "source": view.source,
+        "available": True,
+        "error": None,
+        "version": figures.version,
+        "started": datetime.fromtimestamp(figures.started, tz=UTC).isoformat(),
+        "passes": figures.passes,
+        "models": {
+            name: {
+                "resident_since": (
+                    datetime.fromtimestamp(life.resident_since, tz=UTC).isoformat()
+                    if life.resident_since is not None
+                    else None
+                ),
+                "loads": dict(life.loads),
+                "evictions": life.evictions,
+                "load_failures": dict(life.failures),
+                "client_reloads": dict(life.client_reloads),
+            }
+            for name, life in figures.models.items()
+        },
     }

@@ -8,12 +8,12 @@ from datetime import timedelta
 
 import pytest
 
+from sentinel_keeper.causes import missing_why
 from sentinel_keeper.events import (
     History,
     LogEvent,
     advance,
     current_findings,
-    missing_why,
     pass_events,
 )
 from sentinel_keeper.observation import LoadedModel, Observation

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import queue
 import select
 import signal
@@ -32,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -46,6 +48,8 @@ from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.events import History, LogEvent, advance, pass_events
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.logs import LEVEL_NUMBERS
+from sentinel_keeper.metrics.counts import Counts, ReloadResult, count_pass, count_reload
+from sentinel_keeper.metrics.families import MetricsView
 from sentinel_keeper.notify import Notifier
 from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
@@ -54,6 +58,9 @@ from sentinel_keeper.policy.risks import file_risks
 from sentinel_keeper.reconcile import PassReport
 from sentinel_keeper.runtime import make_client
 from sentinel_keeper.timings import Timings
+
+if TYPE_CHECKING:
+    from sentinel_keeper.metrics.exporter import Exporter
 
 CRASHES_BEFORE_EXIT = 3
 
@@ -123,6 +130,11 @@ class Daemon:
         self._probe_delay = self.timings.probe_first
         self._crashes = 0
         self._crash: BaseException | None = None
+        # what the metrics count (always, so that turning them on by a reload shows the
+        # daemon's whole life) and publish (only when the policy turns them on)
+        self._counts = Counts()
+        self._started_unix = time.time()
+        self._exporter: Exporter | None = None
 
     # -- the pass worker's side --------------------------------------------------------------
 
@@ -179,6 +191,7 @@ class Daemon:
         watchdog = self.notifier.watchdog_interval
         self._event(lifecycle.starting_event(self.policy, self.policy_path, __version__, watchdog))
         self._file_risks()
+        self._metrics()
         self.notifier.status(self._status_text())
         self.schedule.start(self.policy.interval)
         self.worker.start()
@@ -196,6 +209,8 @@ class Daemon:
         if self.worker.idle:
             # A pass stuck in a call keeps its client; the process exit closes the socket.
             self.engines.close()
+        if self._exporter is not None:
+            self._exporter.close()
         self._wake_r.close()
         self._wake_w.close()
 
@@ -232,8 +247,12 @@ class Daemon:
     def _on_report(self, report: PassReport) -> None:
         for event in pass_events(self._history, report):
             self._event(event)
+        self._counts = count_pass(
+            self._counts, self._history, report, self.policy, mono=time.monotonic()
+        )
         self._history = advance(self._history, report)
         self._last = report
+        self._metrics(textfile=True)
         if report.reachable:
             self._outage_since = None
         elif self._outage_since is None:
@@ -261,6 +280,14 @@ class Daemon:
         for event in decision.events:
             self._event(event)
         self._rejected = decision.rejected
+        result = (
+            ReloadResult.REJECTED
+            if decision.policy is None
+            else ReloadResult.UNCHANGED
+            if decision.policy == self.policy
+            else ReloadResult.APPLIED
+        )
+        self._counts = count_reload(self._counts, result)
         if decision.policy is not None:
             self.policy = decision.policy
             self.engines.replace(decision.policy)
@@ -268,12 +295,40 @@ class Daemon:
                 self.schedule.change_interval(decision.policy.interval)
             self._file_risks()
             self.worker.request_pass()
+        self._metrics()
         if announce:
             self.notifier.ready(self._status_text())
 
     def _file_risks(self) -> None:
         risks = [risk.message for risk in file_risks(self.policy_path)]
         for event in lifecycle.risk_events(self.policy_path, risks):
+            self._event(event)
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def _metrics(self, *, textfile: bool = False) -> None:
+        """Publish the figures: the endpoint (started, moved, stopped or retried as the
+        policy says) and, after a pass, the textfile."""
+        section = self.policy.metrics
+        if self._exporter is None and not section.enabled:
+            return  # prometheus_client is not even imported
+        view = MetricsView(
+            policy=self.policy,
+            counts=self._counts,
+            report=self._last,
+            version=__version__,
+            python=platform.python_version(),
+            started_unix=self._started_unix,
+        )
+        if self._exporter is None:
+            from sentinel_keeper.metrics.exporter import Exporter  # noqa: PLC0415 (lazy)
+
+            self._exporter = Exporter(view)
+        self._exporter.publish(view)
+        events = self._exporter.apply(section)
+        if textfile:
+            events += self._exporter.write_textfile(section.textfile)
+        for event in events:
             self._event(event)
 
     # -- periodic duties -----------------------------------------------------------------------

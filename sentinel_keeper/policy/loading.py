@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from sentinel_keeper.errors import Diagnostic, PolicyError
+from sentinel_keeper.listen import parse_listen
 from sentinel_keeper.ollama_env import name_problem, value_problem
 from sentinel_keeper.policy.schema import LoadOptions, ModelPolicy, Policy, model_name
 from sentinel_keeper.policy.yamlsource import (
@@ -139,6 +140,27 @@ def _check_environment(data: Any, problems: list[tuple[Path, str, bool]]) -> Non
             problems.append((path, problem, False))
 
 
+def _check_metrics(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
+    """The metrics endpoint listens on loopback unless the policy says allow_remote: true."""
+    section = data.get("metrics") if isinstance(data, dict) else None
+    if not isinstance(section, dict) or section.get("allow_remote") is True:
+        return
+    try:
+        address = parse_listen(section.get("listen"))
+    except ValueError:
+        return  # absent, null (off), or reported by the schema
+    if not address.loopback:
+        problems.append(
+            (
+                ("metrics", "listen"),
+                f"{address} is reachable from other hosts: set metrics.allow_remote: true "
+                "to mean it (anyone who can reach it reads the figures), or listen on "
+                "127.0.0.1",
+                False,
+            )
+        )
+
+
 def parse_policy(text: str, source: str) -> Policy:
     """Validate policy text; raise PolicyError listing every problem found."""
     try:
@@ -161,6 +183,7 @@ def parse_policy(text: str, source: str) -> Policy:
     problems: list[tuple[Path, str, bool]] = []
     _check_models(data, problems)
     _check_environment(data, problems)
+    _check_metrics(data, problems)
     policy: Policy | None = None
     try:
         policy = Policy.model_validate(data)

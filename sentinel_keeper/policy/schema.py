@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
 
+from sentinel_keeper.listen import DEFAULT_METRICS_LISTEN, ListenAddress, parse_listen
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.ollama_env import KEEP_ALIVE, KNOWN_VARIABLES
 from sentinel_keeper.text import show
@@ -113,6 +114,23 @@ def _environment(value: object) -> dict[str, str]:
     return result
 
 
+def _listen(value: object) -> str:
+    return str(parse_listen(value))
+
+
+# node_exporter's textfile collector reads only *.prom files.
+_TEXTFILE = re.compile(r"/[^\x00-\x1f\x7f]*[^/\x00-\x1f\x7f]\.prom")
+
+
+def _textfile(value: object) -> str:
+    if not isinstance(value, str) or not _TEXTFILE.fullmatch(value) or "/../" in value + "/":
+        raise ValueError(
+            "must be an absolute path ending in .prom in node_exporter's textfile directory, "
+            f'such as "/var/lib/prometheus/node-exporter/sentinel-keeper.prom", got {show(value)}'
+        )
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA)]
 KeepAlive = Annotated[
     float,
@@ -158,6 +176,16 @@ UnitName = Annotated[
 ]
 OllamaUrl = Annotated[
     str, BeforeValidator(normalize_ollama_url), WithJsonSchema({"type": "string"})
+]
+Listen = Annotated[
+    str,
+    BeforeValidator(_listen),
+    WithJsonSchema({"type": "string", "description": "host:port, an IP address or localhost"}),
+]
+TextfilePath = Annotated[
+    str,
+    BeforeValidator(_textfile),
+    WithJsonSchema({"type": "string", "pattern": _TEXTFILE.pattern}),
 ]
 Environment = Annotated[
     dict[str, str],
@@ -258,6 +286,28 @@ class ModelPolicy(_Section):
         return PINNED_KEEP_ALIVE if self.pinned else EXTRA_KEEP_ALIVE
 
 
+class MetricsSection(_Section):
+    """Prometheus figures: an HTTP endpoint, and a file for node_exporter's textfile
+    collector."""
+
+    listen: Listen | None = Field(
+        DEFAULT_METRICS_LISTEN,
+        description="address of the read-only /metrics endpoint; null turns it off",
+    )
+    textfile: TextfilePath | None = Field(
+        None, description="also write the figures to this .prom file after every pass"
+    )
+    allow_remote: Bool = Field(False, description="allow a listen address other than loopback")
+
+    @property
+    def address(self) -> ListenAddress | None:
+        return None if self.listen is None else parse_listen(self.listen)
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None or self.textfile is not None
+
+
 class Policy(_Section):
     """The whole policy file."""
 
@@ -270,6 +320,7 @@ class Policy(_Section):
         600.0, description="stop waiting for pinned models before READY after this"
     )
     vram: VramSection = Field(default_factory=VramSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
     models: list[ModelPolicy] = Field(default_factory=list)
 
     _source: str = PrivateAttr(default="<policy>")

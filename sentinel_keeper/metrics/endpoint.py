@@ -1,0 +1,155 @@
+"""The metrics endpoint: a small read-only HTTP server (the standard library's WSGI server,
+prometheus-client's WSGI app) on the policy's ``metrics.listen``, and the scrape `status`
+makes of it. The only listening socket the daemon opens.
+
+Read-only: GET and HEAD, nothing else (405). It runs in its own threads, so it answers while
+a pass waits minutes for a load. A few connections at a time, each with a socket timeout, so
+a client that connects and sends nothing cannot use up the service's threads (TasksMax).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from prometheus_client import make_wsgi_app
+from prometheus_client.registry import CollectorRegistry
+
+from sentinel_keeper.errors import MetricsError
+from sentinel_keeper.listen import ListenAddress
+
+MAX_CONNECTIONS = 4  # served at once; more wait in the listen backlog
+SOCKET_TIMEOUT = 5.0  # a request must arrive, and its answer be taken, within this
+MAX_PAGE_BYTES = 4 * 1024**2  # what `status` reads of a page at most
+INDEX = b"sentinel-keeper: Prometheus metrics at /metrics\n"
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def read_only(metrics: WsgiApp) -> WsgiApp:
+    """``metrics`` at /metrics for GET and HEAD; a short index at /; 404 elsewhere; 405 for
+    any other method. Every answer says its Content-Length (a HEAD's too)."""
+
+    def answer(
+        status: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        return status, [("Content-Type", "text/plain; charset=utf-8"), *headers], body
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "")
+        path = environ.get("PATH_INFO", "")
+        if method not in ("GET", "HEAD"):
+            status, headers, body = answer(
+                "405 Method Not Allowed",
+                [("Allow", "GET, HEAD")],
+                f"{method} is not allowed: the metrics endpoint is read-only\n".encode(),
+            )
+        elif path == "/metrics":
+            started: list[tuple[str, list[tuple[str, str]]]] = []
+
+            def keep(status: str, headers: list[tuple[str, str]]) -> None:
+                started.append((status, headers))
+
+            body = b"".join(metrics({**environ, "REQUEST_METHOD": "GET"}, keep))
+            status, headers = started[0]
+        elif path == "/":
+            status, headers, body = answer("200 OK", [], INDEX)
+        else:
+            status, headers, body = answer(
+                "404 Not Found", [], b"not found: the metrics are at /metrics\n"
+            )
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [] if method == "HEAD" else [body]
+
+    return app
+
+
+class _Quiet(WSGIRequestHandler):
+    timeout = SOCKET_TIMEOUT
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not journal events."""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address: ListenAddress) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        host = "127.0.0.1" if address.host == "localhost" else address.host
+        super().__init__((host, address.port), _Quiet)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(timeout=SOCKET_TIMEOUT):
+            self.shutdown_request(request)  # every slot held that long: drop this one
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class MetricsServer:
+    """Serves ``made`` (a registry) on ``address`` until :meth:`stop`."""
+
+    def __init__(self, address: ListenAddress, made: CollectorRegistry) -> None:
+        self.address = address
+        try:
+            self._server = _Server(address)
+        except OSError as exc:
+            raise MetricsError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+        self._server.set_app(read_only(make_wsgi_app(made)))
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="sentinel-metrics",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one asked for, or the kernel's pick for port 0)."""
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=2.0)
+
+
+def scrape(address: ListenAddress, *, timeout: float = 2.0) -> str:
+    """The page at ``address``'s /metrics. MetricsError when nothing answers there."""
+    url = address.url
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 (http only)
+            page: bytes = answer.read(MAX_PAGE_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise MetricsError(f"{url}: HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        with contextlib.suppress(AttributeError):
+            reason = reason.strerror or reason
+        raise MetricsError(f"{url}: {reason}") from None
+    if len(page) > MAX_PAGE_BYTES:
+        raise MetricsError(f"{url}: the page is larger than {MAX_PAGE_BYTES} bytes")
+    return page.decode("utf-8", errors="replace")

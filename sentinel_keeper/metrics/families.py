@@ -1,0 +1,271 @@
+"""Every metric the keeper exports (:data:`CATALOG`: name, type, help, labels) and its
+samples at one instant, from the policy in force, the counts and the last pass. Pure: the
+exposition format is :mod:`.exposition`'s business.
+
+Names follow Prometheus' conventions: the ``sentinel_keeper_`` prefix, base units (seconds,
+bytes), ``_total`` on counters (added by the exposition), ``_info`` for labels worth 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from sentinel_keeper.metrics.counts import Counts, Histogram
+from sentinel_keeper.observation import Observation
+from sentinel_keeper.plan import expected_footprint
+from sentinel_keeper.policy import Policy
+from sentinel_keeper.reconcile import PassReport
+
+Kind = Literal["gauge", "counter", "histogram"]
+Labels = tuple[str, ...]
+PREFIX = "sentinel_keeper_"
+_Put = Callable[["Spec", Labels, float], None]
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str  # without the _total of a counter
+    kind: Kind
+    help: str
+    labels: Labels = ()
+
+    @property
+    def series_names(self) -> tuple[str, ...]:
+        """The names its samples carry in the text format."""
+        if self.kind == "counter":
+            return (f"{self.name}_total",)
+        if self.kind == "histogram":
+            return tuple(f"{self.name}_{s}" for s in ("bucket", "sum", "count"))
+        return (self.name,)
+
+
+MODEL: Labels = ("model", "tier")
+
+
+def _spec(name: str, kind: Kind, text: str, labels: Labels = ()) -> Spec:
+    return Spec(PREFIX + name, kind, text, labels)
+
+
+RESIDENT = _spec("model_resident", "gauge", "1 while the policy model is in Ollama's memory", MODEL)
+RESIDENT_SECONDS = _spec(
+    "model_resident_seconds", "counter", "Seconds the policy model has been resident", MODEL
+)
+RESIDENT_SINCE = _spec(
+    "model_resident_since_timestamp_seconds",
+    "gauge",
+    "When the policy model's current stretch of residency began (Unix time)",
+    MODEL,
+)
+LOADS = _spec(
+    "model_loads",
+    "counter",
+    "Loads (re-warms) of the policy model by the keeper, by reason",
+    (*MODEL, "reason"),
+)
+LOAD_DURATION = _spec(
+    "model_load_duration_seconds",
+    "histogram",
+    "Load time of the keeper's loads: Ollama's load_duration when it reports one, else the "
+    "load request's wall time",
+    MODEL,
+)
+EVICTIONS = _spec(
+    "model_evictions",
+    "counter",
+    "Times the policy model was seen gone from Ollama's memory with no sign of a restart",
+    MODEL,
+)
+LOAD_FAILURES = _spec(
+    "model_load_failures",
+    "counter",
+    "Failed loads of the policy model, by kind (ollama_error, timeout, unreachable, does_not_fit)",
+    (*MODEL, "kind"),
+)
+EXPECTED_FOOTPRINT = _spec(
+    "model_expected_footprint_bytes",
+    "gauge",
+    "Memory the planner expects the policy model to take once loaded",
+    MODEL,
+)
+FOOTPRINT = _spec(
+    "model_footprint_bytes",
+    "gauge",
+    "Memory the policy model took when last seen loaded (GPU and CPU)",
+    MODEL,
+)
+VRAM = _spec("model_vram_bytes", "gauge", "GPU memory of the resident policy model", MODEL)
+CONTEXT = _spec(
+    "model_context_length", "gauge", "Context length (num_ctx) of the resident model", MODEL
+)
+SPILLED = _spec(
+    "model_spilled", "gauge", "1 while the resident policy model is partly in CPU memory", MODEL
+)
+CLIENT_RELOADS = _spec(
+    "client_reloads",
+    "counter",
+    "Times another client was seen to reload a policy model with another num_ctx",
+    ("model", "num_ctx"),
+)
+FOREIGN = _spec(
+    "foreign_model_loaded", "gauge", "1 for each loaded model that is not in the policy", ("model",)
+)
+FOREIGN_SIZE = _spec(
+    "foreign_model_size_bytes",
+    "gauge",
+    "Memory taken by each loaded model that is not in the policy",
+    ("model",),
+)
+OLLAMA_UP = _spec("ollama_up", "gauge", "1 when the last pass could observe Ollama")
+OLLAMA_INFO = _spec("ollama_info", "gauge", "Ollama's version, as last observed", ("version",))
+OUTAGES = _spec("ollama_outages", "counter", "Stretches of passes in which Ollama did not answer")
+OUTAGE_SECONDS = _spec(
+    "ollama_outage_seconds", "counter", "Seconds during which Ollama did not answer"
+)
+RESTARTS = _spec(
+    "ollama_restarts",
+    "counter",
+    "Restarts of Ollama observed: a new version, or every model gone across an outage or at once",
+)
+GPU_TOTAL = _spec(
+    "gpu_memory_total_bytes", "gauge", "GPU memory, as NVML reports it", ("gpu", "name")
+)
+GPU_USED = _spec("gpu_memory_used_bytes", "gauge", "GPU memory in use (NVML)", ("gpu", "name"))
+GPU_FREE = _spec("gpu_memory_free_bytes", "gauge", "GPU memory free (NVML)", ("gpu", "name"))
+NVML = _spec("nvml_available", "gauge", "1 when NVML reported GPU memory at the last pass")
+PASSES = _spec("passes", "counter", "Reconcile passes run")
+PASS_DURATION = _spec("pass_duration_seconds", "histogram", "Duration of the reconcile passes")
+LAST_PASS = _spec(
+    "last_pass_timestamp_seconds", "gauge", "When the last reconcile pass ended (Unix time)"
+)
+RELOADS = _spec(
+    "policy_reloads",
+    "counter",
+    "Policy reloads (SIGHUP), by result: applied, unchanged, rejected",
+    ("result",),
+)
+BUILD = _spec("build_info", "gauge", "The keeper's version and Python's", ("version", "python"))
+START = _spec("start_time_seconds", "gauge", "When the daemon started (Unix time)")
+
+CATALOG: tuple[Spec, ...] = (
+    RESIDENT, RESIDENT_SECONDS, RESIDENT_SINCE, LOADS, LOAD_DURATION, EVICTIONS, LOAD_FAILURES,
+    EXPECTED_FOOTPRINT, FOOTPRINT, VRAM, CONTEXT, SPILLED, CLIENT_RELOADS, FOREIGN, FOREIGN_SIZE,
+    OLLAMA_UP, OLLAMA_INFO, OUTAGES, OUTAGE_SECONDS, RESTARTS,
+    GPU_TOTAL, GPU_USED, GPU_FREE, NVML,
+    PASSES, PASS_DURATION, LAST_PASS, RELOADS, BUILD, START,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric's samples: (label values, value) for gauges and counters, (label values,
+    histogram) for histograms."""
+
+    spec: Spec
+    samples: tuple[tuple[Labels, float], ...] = ()
+    histograms: tuple[tuple[Labels, Histogram], ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsView:
+    """What the figures are made of at one instant."""
+
+    policy: Policy
+    counts: Counts
+    report: PassReport | None  # the last pass; None before the first ends
+    version: str
+    python: str
+    started_unix: float
+
+
+def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
+    """Every family of :data:`CATALOG`, in its order, at monotonic time ``mono``."""
+    counts = view.counts
+    report = view.report
+    latest = report.latest if report is not None else None
+    reachable = report is not None and report.reachable
+    out: dict[str, list[tuple[Labels, float]]] = {spec.name: [] for spec in CATALOG}
+    histograms: dict[str, list[tuple[Labels, Histogram]]] = {
+        spec.name: [] for spec in CATALOG if spec.kind == "histogram"
+    }
+
+    def put(spec: Spec, labels: Labels, value: float) -> None:
+        out[spec.name].append((labels, float(value)))
+
+    for name, entry in sorted(counts.models.items()):
+        labels = (name, entry.tier)
+        put(RESIDENT_SECONDS, labels, entry.resident_seconds_at(mono))
+        if entry.resident_since_unix is not None:
+            put(RESIDENT_SINCE, labels, entry.resident_since_unix)
+        for reason, number in sorted(entry.loads.items()):
+            put(LOADS, (*labels, reason), number)
+        for kind, number in sorted(entry.failures.items()):
+            put(LOAD_FAILURES, (*labels, kind), number)
+        put(EVICTIONS, labels, entry.evictions)
+        histograms[LOAD_DURATION.name].append((labels, entry.load_seconds))
+        for ctx, number in sorted(entry.client_reloads.items()):
+            put(CLIENT_RELOADS, (name, str(ctx)), number)
+
+    if latest is not None:
+        _model_gauges(view.policy, latest, reachable, put)
+        if reachable:
+            for model in latest.loaded:
+                if view.policy.model(model.name) is None:
+                    put(FOREIGN, (model.name,), 1)
+                    put(FOREIGN_SIZE, (model.name,), model.size)
+        gpu = latest.gpu
+        if gpu.known:
+            for g in gpu.gpus:
+                put(GPU_TOTAL, (str(g.index), g.name), g.total)
+                put(GPU_USED, (str(g.index), g.name), g.used)
+                put(GPU_FREE, (str(g.index), g.name), g.free)
+        put(NVML, (), 1 if gpu.known else 0)
+    put(OLLAMA_UP, (), 1 if reachable else 0)
+    if counts.ollama_version is not None:
+        put(OLLAMA_INFO, (counts.ollama_version,), 1)
+    put(OUTAGES, (), counts.outages)
+    put(OUTAGE_SECONDS, (), counts.outage_seconds_at(mono))
+    put(RESTARTS, (), counts.restarts)
+    put(PASSES, (), counts.passes)
+    histograms[PASS_DURATION.name].append(((), counts.pass_seconds))
+    if counts.last_pass_unix is not None:
+        put(LAST_PASS, (), counts.last_pass_unix)
+    for result, number in sorted(counts.policy_reloads.items()):
+        put(RELOADS, (result,), number)
+    put(BUILD, (view.version, view.python), 1)
+    put(START, (), view.started_unix)
+    return tuple(
+        Family(spec, tuple(out[spec.name]), tuple(histograms.get(spec.name, ())))
+        for spec in CATALOG
+    )
+
+
+def _model_gauges(
+    policy: Policy,
+    latest: Observation,
+    reachable: bool,
+    put: _Put,
+) -> None:
+    listed = latest.loaded_by_name() if reachable else {}
+    for model in policy.models:
+        labels = (model.name, model.tier)
+        instance = listed.get(model.name)
+        put(RESIDENT, labels, 1 if instance is not None else 0)
+        expected = expected_footprint(model, policy, latest)
+        if expected is not None:
+            put(EXPECTED_FOOTPRINT, labels, expected)
+        remembered = latest.footprints.get(model.name)
+        if instance is not None:
+            put(FOOTPRINT, labels, instance.size)
+            put(VRAM, labels, instance.size_vram)
+            put(SPILLED, labels, 1 if instance.spilled else 0)
+            if instance.context_length is not None:
+                put(CONTEXT, labels, instance.context_length)
+        elif remembered is not None:
+            put(FOOTPRINT, labels, remembered.size)
+
+
+def series_names(specs: Iterable[Spec] = CATALOG) -> frozenset[str]:
+    """Every sample name the keeper can export (what a dashboard or a rule may query)."""
+    return frozenset(name for spec in specs for name in spec.series_names)

@@ -1,0 +1,87 @@
+"""What `status` reads back from the running daemon's metrics endpoint: since when each
+model is resident, and how many times the daemon loaded it and why, over its lifetime. Pure:
+from the samples of a scraped page (:func:`sentinel_keeper.metrics.exposition.parse`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from sentinel_keeper.metrics import families as f
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One line of a page in the text format."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    """One model's figures over the daemon's life."""
+
+    resident_since: float | None = None  # Unix time; None: not resident
+    loads: Mapping[str, int] = field(default_factory=dict)  # reason -> loads
+    evictions: int = 0
+    failures: Mapping[str, int] = field(default_factory=dict)  # kind -> failed loads
+    client_reloads: Mapping[str, int] = field(default_factory=dict)  # num_ctx -> times
+
+    @property
+    def load_count(self) -> int:
+        return sum(self.loads.values())
+
+
+@dataclass(frozen=True)
+class DaemonFigures:
+    version: str
+    started: float  # Unix time
+    passes: int
+    models: Mapping[str, Lifetime]
+
+
+def read_figures(samples: Iterable[Sample]) -> DaemonFigures:
+    """The figures of a sentinel-keeper page. ValueError when the page is not one (another
+    program listens there)."""
+    by_name: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_name.setdefault(sample.name, []).append(sample)
+    build = by_name.get(f.BUILD.name)
+    start = by_name.get(f.START.name)
+    if not build or not start:
+        raise ValueError("the page has no sentinel_keeper_build_info: not sentinel-keeper's")
+
+    def per_model(spec: f.Spec, label: str) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for sample in by_name.get(spec.series_names[0], ()):
+            model = out.setdefault(sample.labels.get("model", ""), {})
+            model[sample.labels.get(label, "")] = int(sample.value)
+        return out
+
+    since = {s.labels.get("model", ""): s.value for s in by_name.get(f.RESIDENT_SINCE.name, ())}
+    evictions = {
+        s.labels.get("model", ""): int(s.value)
+        for s in by_name.get(f.EVICTIONS.series_names[0], ())
+    }
+    loads = per_model(f.LOADS, "reason")
+    failures = per_model(f.LOAD_FAILURES, "kind")
+    reloads = per_model(f.CLIENT_RELOADS, "num_ctx")
+    names = set(since) | set(evictions) | set(loads) | set(failures) | set(reloads)
+    passes = by_name.get(f.PASSES.series_names[0], [])
+    return DaemonFigures(
+        version=build[0].labels.get("version", "?"),
+        started=start[0].value,
+        passes=int(passes[0].value) if passes else 0,
+        models={
+            name: Lifetime(
+                resident_since=since.get(name),
+                loads=loads.get(name, {}),
+                evictions=evictions.get(name, 0),
+                failures=failures.get(name, {}),
+                client_reloads=reloads.get(name, {}),
+            )
+            for name in sorted(names)
+        },
+    )
