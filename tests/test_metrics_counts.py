@@ -95,7 +95,7 @@ def loads(counts: Counts, model: str = A) -> dict[str, int]:
 # --- why a model left, why it is loaded again --------------------------------------------
 
 GONE_CASES = [
-    ("expired", look(loaded(A, expires_in=-5)), look(), Gone.EXPIRED, LoadCause.KEEP_ALIVE_SHORTENED),
+    ("expired", look(loaded(A, expires_in=-5)), look(), Gone.EXPIRED, LoadCause.KEEP_ALIVE_SHORTENED),  # noqa: E501
     ("upgraded", look(RESIDENT), look(version="0.34.0"), Gone.REPLACED, LoadCause.AFTER_RESTART),
     ("made room", look(RESIDENT), look(loaded(B)), Gone.MADE_ROOM, LoadCause.EVICTED),
     ("all gone", look(RESIDENT, loaded(B)), look(), Gone.ALL_GONE, LoadCause.AFTER_RESTART),
