@@ -108,6 +108,13 @@ class NotifySocket:
 # --- the daemon as a subprocess -------------------------------------------------------------
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def daemon_command(time_scale: float = 1.0) -> list[str]:
     """The program that runs ``sentinel-keeper``: with a ``time_scale`` other than 1 the
     daemon's own clock (its Timings) runs that much faster, for simulations against the
