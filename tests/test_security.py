@@ -7,8 +7,9 @@ environment, through its log lines; and what the keeper exposes.
   one journal line per event.
 - ``ollama.environment`` ends up in a systemd drop-in written as root: any value is either
   refused or comes back out of systemd's parsing as exactly that one assignment.
-- The keeper listens nowhere: no TCP or unix socket of the daemon is in LISTEN state, and its
-  only TCP connections go to the policy's Ollama.
+- The keeper listens on one socket only, the read-only metrics endpoint at the policy's
+  metrics.listen (GET and HEAD; anything else is 405), and its only outgoing TCP connections
+  go to the policy's Ollama. The endpoint answers while a pass waits for a long load.
 """
 
 from __future__ import annotations
@@ -23,17 +24,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from sentinel_keeper import ollama_env
 from sentinel_keeper.logs import configure_logging, format_value, journal_renderer
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.override.render import render_dropin
 from sentinel_keeper.override.unitfile import _service_settings
-from tests.support.daemon import DaemonProcess, NotifySocket
+from tests.support.daemon import DaemonProcess, NotifySocket, free_port, wait_until
 from tests.support.ollama_double import FakeModel, OllamaDouble
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,8 +234,10 @@ def test_a_hostile_ollama_forges_no_log_line_and_names_no_file(
 ) -> None:
     _hostile_answers(double)
     policy = tmp_path / "policy.yaml"
+    port = free_port()
     policy.write_text(
         f"interval: 500ms\nollama:\n  url: {double.url}\n  request_timeout: 2s\n"
+        f"metrics:\n  listen: 127.0.0.1:{port}\n"
         f"models:\n  - name: {PINNED}\n"
     )
     state = tmp_path / "state"
@@ -244,6 +249,7 @@ def test_a_hostile_ollama_forges_no_log_line_and_names_no_file(
         notify.wait_for("READY", "1")
         time.sleep(1.5)  # a few passes
         listening, peers = _listening_and_peers(daemon.pid)
+        page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         cli = [
             subprocess.run(
                 [sys.executable, "-m", "sentinel_keeper", "--policy", str(policy), *args],
@@ -285,14 +291,20 @@ def test_a_hostile_ollama_forges_no_log_line_and_names_no_file(
     assert not list(Path("/tmp").glob("pwned*"))
     assert json.loads((state / "state.json").read_text())["footprints"].keys() == {PINNED}
 
-    assert listening == [], listening
+    assert listening == [f"tcp 0100007F:{port:04X}"], listening  # the metrics endpoint only
     assert peers and all(_loopback(p, double.port) for p in peers), peers
+    # Ollama's hostile names reach the page only as label values, escaped: no forged series
+    names = {s.name for family in text_string_to_metric_families(page) for s in family.samples}
+    assert not [n for n in names if "forged" in n], names
+    assert not [line for line in page.splitlines() if line.startswith(("<", "forged"))]
 
 
-def test_the_product_has_no_server_code() -> None:
-    """No module binds or listens: status and metrics are files and command output."""
+def test_only_the_metrics_endpoint_has_server_code() -> None:
+    """One module binds and listens: the metrics endpoint. Status, logs and the drop-in are
+    files and command output."""
     forbidden = re.compile(
-        r"\.bind\(|\.listen\(|HTTPServer|socketserver|serve_forever|asyncio\.start_server"
+        r"\.bind\(|\.listen\(|HTTPServer|WSGIServer|socketserver|serve_forever"
+        r"|asyncio\.start_server|make_server|start_http_server|start_wsgi_server"
     )
     offenders = []
     sources = sorted((ROOT / "sentinel_keeper").rglob("*.py"))
@@ -300,5 +312,45 @@ def test_the_product_has_no_server_code() -> None:
     for source in sources:
         for number, line in enumerate(source.read_text().splitlines(), start=1):
             if forbidden.search(line):
-                offenders.append(f"{source.name}:{number}: {line.strip()}")
-    assert offenders == []
+                offenders.append(f"{source.relative_to(ROOT).as_posix()}:{number}")
+    assert offenders
+    assert {o.split(":")[0] for o in offenders} == {"sentinel_keeper/metrics/endpoint.py"}
+
+
+@pytest.mark.slow
+def test_the_endpoint_is_read_only_and_answers_while_a_pass_waits_for_a_long_load(
+    tmp_path: Path,
+) -> None:
+    slow = OllamaDouble([FakeModel(PINNED, size=800 * MiB)], load_seconds=20.0).start()
+    port = free_port()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        f"ollama:\n  url: {slow.url}\n  load_timeout: 60s\n"
+        f"metrics:\n  listen: 127.0.0.1:{port}\n"
+        f"models:\n  - name: {PINNED}\n"
+    )
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = DaemonProcess(policy, tmp_path, notify)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        wait_until("the load under way", lambda: slow.requests_to("/api/generate"))
+        took = []
+        for _ in range(5):
+            begun = time.monotonic()
+            answer = httpx.get(url, timeout=5)
+            took.append(time.monotonic() - begun)
+            assert answer.status_code == 200
+            assert "sentinel_keeper_build_info" in answer.text
+            time.sleep(0.2)
+        assert max(took) < 2.0, took
+        assert slow.instance(PINNED) is None  # still loading: the scrapes did not wait for it
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            refused = httpx.request(method, url, content=b"x", timeout=5)
+            assert refused.status_code == 405, method
+            assert refused.headers["allow"] == "GET, HEAD"
+        listening, _ = _listening_and_peers(daemon.pid)
+        assert listening == [f"tcp 0100007F:{port:04X}"], listening
+    finally:
+        daemon.stop()
+        notify.close()
+        slow.stop()
