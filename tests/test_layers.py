@@ -19,9 +19,19 @@ PURE = (
     "sentinel_keeper.timings",
     "sentinel_keeper.daemon.lifecycle",
     "sentinel_keeper.policy.schema",
+    "sentinel_keeper.causes",
+    "sentinel_keeper.listen",
+    "sentinel_keeper.report",
+    "sentinel_keeper.metrics.counts",
+    "sentinel_keeper.metrics.families",
+    "sentinel_keeper.metrics.readback",
 )
 # The one module allowed to import each I/O library.
-HOMES = {"httpx": "sentinel_keeper/ollama.py", "pynvml": "sentinel_keeper/gpu.py"}
+HOMES = {
+    "httpx": "sentinel_keeper/ollama.py",
+    "pynvml": "sentinel_keeper/gpu.py",
+    "prometheus_client": "sentinel_keeper/metrics/exposition.py",
+}
 
 
 def loaded_after_import(modules: tuple[str, ...]) -> set[str]:
@@ -42,10 +52,16 @@ def loaded_after_import(modules: tuple[str, ...]) -> set[str]:
     return set(json.loads(done.stdout))
 
 
-def test_pure_modules_load_neither_httpx_nor_pynvml() -> None:
+def test_pure_modules_load_no_io_library() -> None:
     loaded = loaded_after_import(PURE)
     assert "sentinel_keeper" in loaded  # the probe itself worked
-    assert {"httpx", "pynvml"} & loaded == set()
+    assert set(HOMES) & loaded == set()
+
+
+def test_the_daemon_loads_prometheus_client_only_when_metrics_are_on() -> None:
+    """With metrics off, the daemon's code (all but the exporter) costs no memory for them."""
+    loaded = loaded_after_import(("sentinel_keeper.cli", "sentinel_keeper.daemon.service"))
+    assert "prometheus_client" not in loaded
 
 
 def test_pure_modules_load_no_yaml() -> None:

@@ -19,7 +19,7 @@ from sentinel_keeper.listen import ListenAddress, parse_listen
 from sentinel_keeper.metrics import families as f
 from sentinel_keeper.metrics.counts import Counts, ModelCounts
 from sentinel_keeper.metrics.endpoint import MAX_CONNECTIONS, SOCKET_TIMEOUT, MetricsServer, scrape
-from sentinel_keeper.metrics.exposition import parse, registry, render
+from sentinel_keeper.metrics.exposition import parse, registry, render, wsgi_app
 from sentinel_keeper.metrics.families import CATALOG, MetricsView, families, series_names
 from sentinel_keeper.metrics.readback import Sample, read_figures
 from sentinel_keeper.reconcile import PassReport
@@ -155,7 +155,7 @@ def test_hostile_label_values_stay_in_their_label() -> None:
 @pytest.fixture
 def server() -> Iterator[MetricsServer]:
     made = registry(lambda: families(VIEW, mono=60.0), process=True)
-    running = MetricsServer(ListenAddress("127.0.0.1", 0), made)
+    running = MetricsServer(ListenAddress("127.0.0.1", 0), wsgi_app(made))
     try:
         yield running
     finally:
@@ -206,7 +206,7 @@ def test_a_taken_port_is_a_clear_error() -> None:
         port = taken.getsockname()[1]
         made = registry(lambda: (), process=False)
         with pytest.raises(MetricsError, match=rf"cannot listen on 127.0.0.1:{port}: "):
-            MetricsServer(ListenAddress("127.0.0.1", port), made)
+            MetricsServer(ListenAddress("127.0.0.1", port), wsgi_app(made))
 
 
 def test_scrape_reads_the_page_and_says_why_when_nothing_answers(server: MetricsServer) -> None:

@@ -1,5 +1,5 @@
 """The metrics endpoint: a small read-only HTTP server (the standard library's WSGI server,
-prometheus-client's WSGI app) on the policy's ``metrics.listen``, and the scrape `status`
+serving prometheus-client's WSGI app) on the policy's ``metrics.listen``, and the scrape `status`
 makes of it. The only listening socket the daemon opens.
 
 Read-only: GET and HEAD, nothing else (405). It runs in its own threads, so it answers while
@@ -18,9 +18,6 @@ from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
-
-from prometheus_client import make_wsgi_app
-from prometheus_client.registry import CollectorRegistry
 
 from sentinel_keeper.errors import MetricsError
 from sentinel_keeper.listen import ListenAddress
@@ -109,15 +106,16 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class MetricsServer:
-    """Serves ``made`` (a registry) on ``address`` until :meth:`stop`."""
+    """Serves ``metrics`` (the WSGI app of :func:`.exposition.wsgi_app`) on ``address``,
+    read-only, until :meth:`stop`."""
 
-    def __init__(self, address: ListenAddress, made: CollectorRegistry) -> None:
+    def __init__(self, address: ListenAddress, metrics: WsgiApp) -> None:
         self.address = address
         try:
             self._server = _Server(address)
         except OSError as exc:
             raise MetricsError(f"cannot listen on {address}: {exc.strerror or exc}") from None
-        self._server.set_app(read_only(make_wsgi_app(made)))
+        self._server.set_app(read_only(metrics))
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.5},

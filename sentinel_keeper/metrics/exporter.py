@@ -13,7 +13,7 @@ from sentinel_keeper.errors import AtomicFileError, MetricsError
 from sentinel_keeper.events import LogEvent
 from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.metrics.endpoint import MetricsServer
-from sentinel_keeper.metrics.exposition import registry, render
+from sentinel_keeper.metrics.exposition import registry, render, wsgi_app
 from sentinel_keeper.metrics.families import Family, MetricsView, families
 from sentinel_keeper.policy.schema import MetricsSection
 
@@ -60,7 +60,7 @@ class Exporter:
             self._listen_error = None
             return events
         try:
-            self._server = MetricsServer(wanted, self._served)
+            self._server = MetricsServer(wanted, wsgi_app(self._served))
         except MetricsError as exc:
             if str(exc) != self._listen_error:
                 events.append(

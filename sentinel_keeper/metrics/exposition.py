@@ -4,9 +4,9 @@ that imports prometheus_client."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -66,6 +66,12 @@ def registry(source: Callable[[], tuple[Family, ...]], *, process: bool) -> Coll
     if process:
         ProcessCollector(registry=made)
     return made
+
+
+def wsgi_app(made: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
+    """prometheus-client's WSGI app for ``made`` (the endpoint allows it GET and HEAD only)."""
+    app: Callable[..., Iterable[bytes]] = make_wsgi_app(made)
+    return app
 
 
 def render(made: CollectorRegistry) -> bytes:
