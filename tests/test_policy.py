@@ -390,3 +390,61 @@ def test_formatting_for_people() -> None:
     assert format_duration(86400 * 2 + 3600) == "2d1h"
     assert format_size(1288490189) == "1.2 GiB"
     assert format_size(None) == "unknown"
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def test_metrics_default_to_a_loopback_endpoint_and_no_textfile() -> None:
+    metrics = parse_policy("", "p.yaml").metrics
+    assert (metrics.listen, metrics.textfile, metrics.allow_remote) == (
+        "127.0.0.1:9464",
+        None,
+        False,
+    )
+    assert metrics.address is not None and metrics.address.loopback
+    assert metrics.enabled
+    off = parse_policy("metrics:\n  listen: null\n", "p.yaml").metrics
+    assert (off.address, off.enabled) == (None, False)
+    assert parse_policy(
+        "metrics: {listen: null, textfile: /var/lib/node-exporter/sk.prom}\n", "p.yaml"
+    ).metrics.enabled
+
+
+def test_an_endpoint_reachable_from_other_hosts_must_be_meant() -> None:
+    assert errors("metrics:\n  listen: 0.0.0.0:9464\n") == [
+        "p.yaml:2:11: metrics.listen: 0.0.0.0:9464 is reachable from other hosts: set "
+        "metrics.allow_remote: true to mean it (anyone who can reach it reads the figures), "
+        "or listen on 127.0.0.1"
+    ]
+    meant = parse_policy("metrics:\n  listen: '[::]:9464'\n  allow_remote: true\n", "p.yaml")
+    assert meant.metrics.address is not None and not meant.metrics.address.loopback
+    assert parse_policy("metrics: {listen: '[::1]:9100'}\n", "p.yaml").metrics.listen == (
+        "[::1]:9100"
+    )
+
+
+def test_bad_metrics_settings_are_named_with_their_position() -> None:
+    text = """\
+metrics:
+  listen: metrics.example:9464
+  textfile: sentinel.prom
+  allow_remote: yes please
+  port: 9464
+"""
+    found = errors(text)
+    assert found[0].startswith('p.yaml:2:11: metrics.listen: must be "host:port" with an IP')
+    assert found[1].startswith("p.yaml:3:13: metrics.textfile: must be an absolute path ending")
+    assert found[2] == 'p.yaml:4:17: metrics.allow_remote: must be true or false, got "yes please"'
+    assert found[3] == (
+        "p.yaml:5:3: metrics.port: unknown key (known keys: listen, textfile, allow_remote)"
+    )
+    assert len(found) == 4
+
+
+@pytest.mark.parametrize(
+    "path", ["/x/.prom", "/x/a.prom/", "/x/a.txt", "/x/../etc/a.prom", "/x/a\n.prom", "a.prom"]
+)
+def test_textfile_paths_are_absolute_prom_files(path: str) -> None:
+    with pytest.raises(PolicyError, match=r"metrics\.textfile: must be an absolute path"):
+        parse_policy(f"metrics:\n  textfile: {json.dumps(path)}\n", "p.yaml")
