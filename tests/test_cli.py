@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +18,13 @@ from typing import Any
 
 import pytest
 
+from sentinel_keeper.listen import ListenAddress
+from sentinel_keeper.metrics.counts import Counts, ModelCounts
+from sentinel_keeper.metrics.endpoint import MetricsServer
+from sentinel_keeper.metrics.exposition import registry, wsgi_app
+from sentinel_keeper.metrics.families import MetricsView, families
+from sentinel_keeper.policy.loading import parse_policy
+from tests.support.daemon import free_port
 from tests.support.fake_nvml import FakeGpu, FakeNvml, library_dir, nvml_env
 from tests.support.ollama_double import FakeModel, OllamaDouble
 from tests.support.ollama_fixtures import NOMIC
@@ -280,7 +291,7 @@ def test_status_shows_models_gpu_and_version(cli: Cli, double: OllamaDouble) -> 
     assert "pinned" in llama and "resident" in llama and "forever" in llama and "2048" in llama
     extra = next(line for line in lines if line.startswith("qwen2.5:0.5b"))
     assert "not loaded" in extra
-    assert lines[-1] == "also loaded, not in the policy (left alone): mixtral:8x7b"
+    assert "also loaded, not in the policy (left alone): mixtral:8x7b" in lines
     data = json.loads(cli("status", "--json").stdout)
     assert data["ollama"] == {"url": double.url, "version": "0.33.0"}
     assert data["gpu"]["gpus"][0]["name"] == "NVIDIA GeForce GTX 1050"
@@ -515,3 +526,94 @@ def test_each_command_help_lists_only_its_own_exit_codes(cli: Cli) -> None:
     assert codes() == {"0", "1", "2", "3", "4", "69", "70", "73", "78"}
     assert "--policy PATH" in cli("status", "--help", policy=False).stdout
     assert "--policy" not in cli("schema", "--help", policy=False).stdout
+
+
+# --- status: the daemon's lifetime figures, from its metrics endpoint ----------------------
+
+
+def _figures_server(view_counts: Counts) -> MetricsServer:
+    policy = parse_policy("models:\n  - name: llama3.2:1b\n", "p.yaml")
+    view = MetricsView(policy, view_counts, None, "0.1.0", "3.11.7", time.time() - 3700)
+    made = registry(lambda: families(view, mono=time.monotonic()), process=False)
+    return MetricsServer(ListenAddress("127.0.0.1", free_port()), wsgi_app(made))
+
+
+def test_status_shows_the_running_daemons_figures(cli: Cli, double: OllamaDouble) -> None:
+    counts = Counts(
+        passes=240,
+        models={
+            "llama3.2:1b": ModelCounts(
+                tier="pinned",
+                loads={"not_loaded": 1, "evicted": 2},
+                evictions=2,
+                failures={"timeout": 1},
+                client_reloads={4096: 3},
+                resident_since=time.monotonic() - 600,
+                resident_since_unix=time.time() - 600,
+            )
+        },
+    )
+    server = _figures_server(counts)
+    try:
+        cli.write_policy(f"metrics: {{listen: '127.0.0.1:{server.port}'}}\n" + PINNED)
+        assert cli("once").returncode == 0
+        result = cli("status")
+        data = json.loads(cli("status", "--json").stdout)
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    head = next(line for line in lines if line.startswith("daemon figures since it started"))
+    assert "(1h1m ago), 240 passes" in head, head
+    assert head.endswith(f"(from http://127.0.0.1:{server.port}/metrics):")
+    llama = lines[lines.index(head) + 1]
+    assert llama.startswith("  llama3.2:1b ")
+    assert re.search(r"resident since \S+ \S+ \(10m(1s)? ago\)", llama), llama
+    assert "loaded 3x: 2 evicted, 1 not_loaded" in llama
+    assert "evicted 2x" in llama and "failed loads: 1 timeout" in llama
+    assert "reloaded by clients with num_ctx 4096 3x" in llama
+    daemon = data["daemon"]
+    assert daemon["available"] and daemon["passes"] == 240
+    assert daemon["models"]["llama3.2:1b"]["loads"] == {"evicted": 2, "not_loaded": 1}
+    assert daemon["models"]["llama3.2:1b"]["client_reloads"] == {"4096": 3}
+    assert daemon["models"]["llama3.2:1b"]["resident_since"].endswith("+00:00")
+
+
+def test_status_says_why_the_daemons_figures_are_missing(cli: Cli, double: OllamaDouble) -> None:
+    port = free_port()
+    cli.write_policy(f"metrics: {{listen: '127.0.0.1:{port}'}}\n" + PINNED)
+    result = cli("status")
+    assert result.returncode == 3  # the figures change no exit code
+    assert (
+        f"daemon figures: not available: http://127.0.0.1:{port}/metrics: Connection refused "
+        "(is the daemon running? `systemctl status sentinel-keeper`)"
+    ) in result.stdout.splitlines()
+    data = json.loads(cli("status", "--json").stdout)["daemon"]
+    assert data["available"] is False and "refused" in data["error"]
+    cli.write_policy("metrics: {listen: null}\n" + PINNED)
+    assert (
+        "daemon figures: not available: the policy turns the metrics endpoint off "
+        "(metrics.listen)" in cli("status").stdout
+    )
+    with socket.socket() as other:  # another program's HTTP server on the port
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        cli.write_policy(f"metrics: {{listen: '127.0.0.1:{port}'}}\n" + PINNED)
+        answering = threading.Thread(target=_answer_once, args=(other,), daemon=True)
+        answering.start()
+        text = cli("status").stdout
+        answering.join(timeout=10)
+    assert "not sentinel-keeper's" in text, text
+
+
+def _answer_once(server: socket.socket) -> None:
+    connection, _ = server.accept()
+    with connection:
+        connection.recv(65536)
+        body = b"# TYPE otelcol_up gauge\notelcol_up 1\n"
+        connection.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + body
+        )
