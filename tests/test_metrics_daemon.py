@@ -4,6 +4,9 @@ parser, while a reader checks that the textfile is never seen half-written."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.daemon import DaemonProcess, NotifySocket, free_port, wait_until
+from tests.support.daemon import ROOT, DaemonProcess, NotifySocket, free_port, wait_until
 from tests.support.fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml, library_dir, nvml_env
 from tests.support.ollama_double import FakeModel, GiB, MiB, OllamaDouble
 
@@ -175,6 +178,25 @@ def test_the_figures_follow_what_happens_to_ollama_and_the_gpu(
     finally:
         reader.stop()
     assert daemon.alive()
+    # `status` reads the same figures back from the running daemon
+    shown = subprocess.run(
+        [sys.executable, "-m", "sentinel_keeper", "--policy", str(policy), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    figures = json.loads(shown.stdout)["daemon"]
+    assert figures["available"], figures
+    assert figures["models"][PINNED]["loads"] == {
+        "not_loaded": 1,
+        "evicted": 1,
+        "keep_alive_shortened": 1,
+        "after_restart": 1,
+    }
+    assert figures["models"][PINNED]["evictions"] == 1
+    assert figures["models"][PINNED]["resident_since"] is not None
     assert reader.reads > 20
     assert reader.torn == []
     # the textfile holds the same figures, without the endpoint's process_* ones
