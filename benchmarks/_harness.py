@@ -135,8 +135,11 @@ def write_policy(
     interval: float,
     models: Sequence[PinnedModel] = PINNED,
     ready: str = "pinned",
+    metrics: str | None = None,
 ) -> Path:
+    """``metrics``: the listen address of the metrics endpoint, None to turn it off."""
     lines = [
+        f"metrics: {{listen: {metrics or 'null'}}}",
         "ollama:",
         f"  url: {url}",
         "  keep_alive: -1",

@@ -14,7 +14,9 @@ Phases (``--phases``, default all):
   ``--ready-runs`` times; seconds from spawning the process to READY=1 (interpreter start,
   imports, policy, the first pass);
 - ``idle``: one daemon at ``interval``, nothing to do for ``--duration`` seconds: RSS
-  sampled every second, CPU time (user + system) over the whole period;
+  sampled every second, CPU time (user + system) over the whole period; once with metrics
+  off (``metrics: {listen: null}``: prometheus_client is not even imported) and once with
+  the endpoint on and scraped every ``--scrape-interval`` seconds, as Prometheus would;
 - ``rewarm``: the same daemon while Ollama restarts ``--restarts`` times and it loads the
   pinned models again: CPU time and peak RSS from each restart until the models are back.
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from benchmarks import _harness
 from benchmarks._harness import PINNED, DaemonProcess, NotifySocket, make_double, write_policy
+from tests.support.daemon import free_port
 from tests.support.ollama_double import OllamaDouble
 
 MiB = 1024 * 1024
@@ -40,6 +43,8 @@ PHASES = ("ready", "idle", "rewarm")
 
 @dataclass(frozen=True)
 class Idle:
+    metrics: str  # "off", or "on, scraped every N s"
+    scrapes: int
     seconds: float
     cpu: float
     rss_start: int
@@ -100,12 +105,30 @@ def ready_times(runs: int, interval: float, workdir: Path) -> list[float]:
     return times
 
 
+def scrape(url: str) -> None:
+    import urllib.request  # noqa: PLC0415 (only the metrics phases scrape)
+
+    with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 (loopback http)
+        if b"sentinel_keeper_build_info" not in answer.read():
+            raise RuntimeError(f"{url}: not the daemon's metrics")
+
+
 def idle_and_rewarm(
-    duration: float, interval: float, restarts: int, workdir: Path, phases: Sequence[str]
+    duration: float,
+    interval: float,
+    restarts: int,
+    workdir: Path,
+    phases: Sequence[str],
+    *,
+    scrape_every: float | None,
 ) -> tuple[Idle | None, list[Rewarm]]:
+    """``scrape_every``: None runs the daemon with metrics off; else with the endpoint on,
+    scraped that often during the idle phase."""
     double = make_double(keep_alive="-1", time_scale=1.0).start()
     notify = NotifySocket(workdir / "notify.sock")
-    policy = write_policy(workdir / "policy.yaml", double.url, interval=interval)
+    port = free_port()
+    listen = f"127.0.0.1:{port}" if scrape_every is not None else None
+    policy = write_policy(workdir / "policy.yaml", double.url, interval=interval, metrics=listen)
     daemon = DaemonProcess(policy, workdir, notify, log_format="json")
     names = {p.model.name for p in PINNED}
     idle: Idle | None = None
@@ -116,11 +139,23 @@ def idle_and_rewarm(
             loads = double.load_count
             began, cpu0 = time.monotonic(), daemon.cpu_seconds()
             rss = [daemon.rss_bytes()]
+            scrapes, next_scrape = 0, began
             while time.monotonic() - began < duration:
                 time.sleep(1.0)
                 rss.append(daemon.rss_bytes())
+                if scrape_every is not None and time.monotonic() >= next_scrape:
+                    scrape(f"http://{listen}/metrics")
+                    scrapes += 1
+                    next_scrape += scrape_every
+            mode = "off" if scrape_every is None else f"on, scraped every {scrape_every:g} s"
             idle = Idle(
-                time.monotonic() - began, daemon.cpu_seconds() - cpu0, rss[0], max(rss), rss[-1]
+                mode,
+                scrapes,
+                time.monotonic() - began,
+                daemon.cpu_seconds() - cpu0,
+                rss[0],
+                max(rss),
+                rss[-1],
             )
             if double.load_count != loads:
                 raise RuntimeError("the idle daemon loaded a model: not idle")
@@ -149,7 +184,7 @@ def report(
     *,
     command: str,
     ready: Sequence[float],
-    idle: Idle | None,
+    idles: Sequence[Idle],
     rewarms: Sequence[Rewarm],
     interval: float,
     version: str,
@@ -176,16 +211,26 @@ def report(
             f"| median {statistics.median(ready):.2f} s (min {min(ready):.2f}, "
             f"max {max(ready):.2f}) |"
         )
-    if idle is not None:
+    for idle in idles:
         passes = idle.seconds / interval
         lines += [
-            f"| RSS, idle at `interval: {interval:g}s` for {idle.seconds / 60:.0f} min "
+            f"| RSS, idle at `interval: {interval:g}s` for {idle.seconds / 60:.0f} min, "
+            f"metrics {idle.metrics} "
             f"| {idle.rss_start / MiB:.1f} MiB at the start, {idle.rss_max / MiB:.1f} MiB "
             f"at most, {idle.rss_end / MiB:.1f} MiB at the end |",
-            f"| CPU, idle (user + system) | {idle.cpu:.2f} s in {idle.seconds:.0f} s "
+            f"| CPU, idle (user + system), metrics {idle.metrics} "
+            f"| {idle.cpu:.2f} s in {idle.seconds:.0f} s "
             f"({100 * idle.cpu / idle.seconds:.3f}% of one core; "
-            f"{1000 * idle.cpu / passes:.1f} ms per interval, main loop included) |",
+            f"{1000 * idle.cpu / passes:.1f} ms per interval, main loop included"
+            + (f"; {idle.scrapes} scrapes" if idle.scrapes else "")
+            + ") |",
         ]
+    if len(idles) == 2:
+        off, on = idles
+        lines.append(
+            f"| metrics on minus off | RSS {(on.rss_max - off.rss_max) / MiB:+.1f} MiB at most, "
+            f"CPU {100 * (on.cpu / on.seconds - off.cpu / off.seconds):+.3f}% of one core |"
+        )
     for i, r in enumerate(rewarms, 1):
         lines.append(
             f"| re-warm {i}: Ollama restarted, {len(PINNED)} models loaded again "
@@ -202,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--restarts", type=int, default=3, help="re-warm phase restarts")
     p.add_argument("--ready-runs", type=int, default=5, help="starts timed to READY")
     p.add_argument("--phases", default=",".join(PHASES), help=f"from {', '.join(PHASES)}")
+    p.add_argument(
+        "--scrape-interval", type=float, default=15.0, help="idle with metrics on: scrape every"
+    )
     p.add_argument("--out", type=Path, help="also write the table to this markdown file")
     args = p.parse_args(argv)
     phases = [x.strip() for x in args.phases.split(",") if x.strip()]
@@ -213,21 +261,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     _harness.quiet_double_errors()
     version = _harness.code_version()
     ready: list[float] = []
-    idle: Idle | None = None
+    idles: list[Idle] = []
     rewarms: list[Rewarm] = []
     if "ready" in phases:
         with _harness.temp_workdir("footprint-ready-") as tmp:
             ready = ready_times(args.ready_runs, args.interval, Path(tmp))
         print(f"start to READY: {', '.join(f'{t:.2f}' for t in ready)} s", flush=True)
+    if "idle" in phases:
+        with _harness.temp_workdir("footprint-off-") as tmp:
+            off, _ = idle_and_rewarm(
+                args.duration, args.interval, 0, Path(tmp), ["idle"], scrape_every=None
+            )
+        idles += [off] if off is not None else []
     if "idle" in phases or "rewarm" in phases:
         with _harness.temp_workdir("footprint-run-") as tmp:
-            idle, rewarms = idle_and_rewarm(
-                args.duration, args.interval, args.restarts, Path(tmp), phases
+            on, rewarms = idle_and_rewarm(
+                args.duration,
+                args.interval,
+                args.restarts,
+                Path(tmp),
+                phases,
+                scrape_every=args.scrape_interval,
             )
+        idles += [on] if on is not None else []
     text = report(
         command=command,
         ready=ready,
-        idle=idle,
+        idles=idles,
         rewarms=rewarms,
         interval=args.interval,
         version=version,
