@@ -60,6 +60,7 @@ EXPECTED_CHECKS = (
     "journal-shows-loads",
     "unprivileged",
     "ollama-restart",
+    "metrics-endpoint",
     "journal-priorities",
     "reload-new-policy",
     "reload-broken-policy",

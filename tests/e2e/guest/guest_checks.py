@@ -473,6 +473,42 @@ class Scenario:
             f"journal: {found[-1].message!r}"
         )
 
+    def metrics(self) -> str:
+        """The endpoint at the default 127.0.0.1:9464, inside the unit's sandbox: the figures
+        of the run so far, read-only, and `status` reads them back."""
+        url = "http://127.0.0.1:9464/metrics"
+        resident = f'sentinel_keeper_model_resident{{model="{LLAMA}",tier="pinned"}} 1.0'
+
+        def page() -> str | None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    text: str = response.read().decode()
+            except (urllib.error.URLError, OSError) as exc:
+                raise Failed(f"GET {url}: {exc}") from exc
+            if resident not in text.splitlines():
+                raise Failed(f"no {resident!r} on the page")
+            return text
+
+        text = wait_for("the metrics page shows the pinned model resident", page, 30)
+        loads = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(f'sentinel_keeper_model_loads_total{{model="{LLAMA}"')
+        ]
+        if sum(loads) < 2:
+            raise Failed(f"{LLAMA}: {sum(loads):g} loads counted, not the restart's reload")
+        request = urllib.request.Request(url, data=b"x", method="POST")
+        try:
+            urllib.request.urlopen(request, timeout=5)
+            raise Failed("POST /metrics was accepted")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 405:
+                raise Failed(f"POST /metrics answered {exc.code}, not 405") from exc
+        status = run("/usr/local/bin/sentinel-keeper", "status", timeout=60)
+        if "daemon figures since it started" not in status.stdout:
+            raise Failed(f"status shows no daemon figures: {status.stdout[-400:]}")
+        return f"{url}: {LLAMA} resident, {sum(loads):g} loads; POST is 405; status reads it"
+
     def priorities(self) -> str:
         warnings = journal(priority="warning")
         if not warnings:
@@ -710,6 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("journal-shows-loads", scenario.journal_loads, ("active-pinned-resident",)),
         ("unprivileged", scenario.unprivileged, ("active-pinned-resident",)),
         ("ollama-restart", scenario.ollama_restart, ("active-pinned-resident",)),
+        ("metrics-endpoint", scenario.metrics, ("ollama-restart",)),
         ("journal-priorities", scenario.priorities, ("active-pinned-resident",)),
         ("reload-new-policy", scenario.reload_policy, ("active-pinned-resident",)),
         ("reload-broken-policy", scenario.broken_policy, ("reload-new-policy",)),
