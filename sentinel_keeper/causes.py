@@ -32,7 +32,9 @@ class LoadCause(StrEnum):
 
     NOT_LOADED = "not_loaded"  # not seen resident since it went away for a reason unknown,
     # or ever since the keeper started (a boot, a model new in the policy)
-    EVICTED = "evicted"  # was resident, went away with no sign of a restart
+    EVICTED = "evicted"  # went away as another model was loaded: Ollama made room for it
+    UNLOADED = "unloaded"  # went away alone: a client unloaded it (keep_alive 0) or is
+    # reloading it with other options (Ollama lists a reloading model only when it is done)
     KEEP_ALIVE_SHORTENED = "keep_alive_shortened"  # a client's keep_alive: reasserted, or ran out
     OTHER_NUM_CTX = "other_num_ctx"  # a client reloaded it with another num_ctx
     AFTER_RESTART = "after_restart"  # Ollama restarted, was upgraded, or unloaded everything
@@ -60,8 +62,8 @@ _CAUSES = {
     Gone.REPLACED: LoadCause.AFTER_RESTART,
     Gone.MADE_ROOM: LoadCause.EVICTED,
     Gone.ALL_GONE: LoadCause.AFTER_RESTART,
-    Gone.ONLY_MODEL: LoadCause.EVICTED,
-    Gone.ALONE: LoadCause.EVICTED,
+    Gone.ONLY_MODEL: LoadCause.UNLOADED,
+    Gone.ALONE: LoadCause.UNLOADED,
 }
 
 

@@ -236,7 +236,8 @@ class DaemonView:
 
 def _when(unix: float, now: datetime) -> str:
     at = datetime.fromtimestamp(unix, tz=now.tzinfo)
-    return f"{at:%Y-%m-%d %H:%M:%S} ({format_duration(max((now - at).total_seconds(), 0))} ago)"
+    ago = format_duration(max(round((now - at).total_seconds()), 0))
+    return f"{at:%Y-%m-%d %H:%M:%S} ({ago} ago)"
 
 
 def _counted(counter: Mapping[str, int]) -> str:

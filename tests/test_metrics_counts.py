@@ -99,8 +99,8 @@ GONE_CASES = [
     ("upgraded", look(RESIDENT), look(version="0.34.0"), Gone.REPLACED, LoadCause.AFTER_RESTART),
     ("made room", look(RESIDENT), look(loaded(B)), Gone.MADE_ROOM, LoadCause.EVICTED),
     ("all gone", look(RESIDENT, loaded(B)), look(), Gone.ALL_GONE, LoadCause.AFTER_RESTART),
-    ("only model", look(RESIDENT), look(), Gone.ONLY_MODEL, LoadCause.EVICTED),
-    ("alone", look(RESIDENT, loaded(B)), look(loaded(B)), Gone.ALONE, LoadCause.EVICTED),
+    ("only model", look(RESIDENT), look(), Gone.ONLY_MODEL, LoadCause.UNLOADED),
+    ("alone", look(RESIDENT, loaded(B)), look(loaded(B)), Gone.ALONE, LoadCause.UNLOADED),
 ]  # fmt: skip
 
 
@@ -154,12 +154,13 @@ def test_without_ollamas_load_duration_the_request_time_is_the_load_time() -> No
     ("before", "after", "reason", "evictions"),
     [
         (look(RESIDENT), look(loaded(B)), "evicted", 1),
-        (look(RESIDENT), look(), "evicted", 1),
+        (look(RESIDENT), look(), "unloaded", 0),
+        (look(RESIDENT, loaded(B)), look(loaded(B)), "unloaded", 0),
         (look(loaded(A, ctx=8192, expires_in=-1)), look(), "keep_alive_shortened", 0),
         (look(RESIDENT, loaded(B)), look(), "after_restart", 0),
         (look(RESIDENT), look(version="0.34.0"), "after_restart", 0),
     ],
-    ids=["evicted-for-another", "unloaded", "expired", "all-gone", "upgraded"],
+    ids=["evicted-for-another", "unloaded", "unloaded-alone", "expired", "all-gone", "upgraded"],
 )
 def test_a_reload_after_a_model_left_counts_why_it_left(
     before: Observation, after: Observation, reason: str, evictions: int
@@ -199,13 +200,14 @@ def test_an_outage_going_on_is_counted_up_to_now() -> None:
 
 def test_a_cause_is_kept_through_failed_loads_until_the_model_is_back() -> None:
     counts = run(
-        seen(look(RESIDENT, loaded(B))),
+        seen(look(RESIDENT)),
         seen(look(loaded(B)), (failed(Failure.OLLAMA_ERROR),)),
         seen(look(loaded(B)), (failed(Failure.OLLAMA_ERROR),)),
         seen(look(loaded(B)), (ok(ActionKind.LOAD),), look(RESIDENT, loaded(B))),
         seen(look(RESIDENT, loaded(B))),
     )
     assert loads(counts) == {"evicted": 1}
+    assert counts.models[A].evictions == 1
     assert dict(counts.models[A].failures) == {"ollama_error": 2}
     assert counts.models[A].gone is None
 

@@ -22,6 +22,7 @@ from tests.support.fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml, l
 from tests.support.ollama_double import FakeModel, GiB, MiB, OllamaDouble
 
 PINNED = "llama3.2:1b"
+FOREIGN = "big:70b"  # not in the policy; with it loaded, the pinned model does not fit
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
@@ -90,9 +91,8 @@ class TextfileReader:
 
 @pytest.fixture
 def double() -> Iterator[OllamaDouble]:
-    server = OllamaDouble(
-        [FakeModel(PINNED, size=800 * MiB)], load_seconds=0.2, vram_total=24 * GiB
-    )
+    models = [FakeModel(PINNED, size=800 * MiB), FakeModel(FOREIGN, size=20 * GiB)]
+    server = OllamaDouble(models, load_seconds=0.2, vram_total=24 * GiB)
     server.start()
     try:
         yield server
@@ -134,9 +134,17 @@ def test_the_figures_follow_what_happens_to_ollama_and_the_gpu(
         assert start[gpu] == 24 * GiB
         first_seconds = start[("sentinel_keeper_model_resident_seconds_total", resident[1])]
 
-        # a client unloads the model: seen gone, loaded again, counted as an eviction
+        # a client unloads the model: seen gone alone, loaded again
         httpx.post(
             f"{double.url}/api/generate", json={"model": PINNED, "keep_alive": 0}, timeout=10
+        )
+        unloaded = until("the unload counted", url, lambda f: loads(f, "unloaded") == 1)
+        assert unloaded[("sentinel_keeper_model_evictions_total", resident[1])] == 0
+        wait_until("resident again", lambda: scrape(url)[resident] == 1)
+
+        # another client's large model makes Ollama evict it: an eviction
+        httpx.post(
+            f"{double.url}/api/generate", json={"model": FOREIGN, "keep_alive": "1m"}, timeout=30
         )
         evicted = until("the eviction counted", url, lambda f: loads(f, "evicted") == 1)
         assert evicted[("sentinel_keeper_model_evictions_total", resident[1])] == 1
@@ -191,6 +199,7 @@ def test_the_figures_follow_what_happens_to_ollama_and_the_gpu(
     assert figures["available"], figures
     assert figures["models"][PINNED]["loads"] == {
         "not_loaded": 1,
+        "unloaded": 1,
         "evicted": 1,
         "keep_alive_shortened": 1,
         "after_restart": 1,

@@ -74,7 +74,7 @@ LOAD_DURATION = _spec(
 EVICTIONS = _spec(
     "model_evictions",
     "counter",
-    "Times the policy model was seen gone from Ollama's memory with no sign of a restart",
+    "Times the policy model was seen gone from Ollama's memory as another model was loaded",
     MODEL,
 )
 LOAD_FAILURES = _spec(
