@@ -11,10 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails, Observation
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.units import format_duration, format_size
+
+if TYPE_CHECKING:  # client_reloads uses this module's context rule
+    from sentinel_keeper.client_reloads import Hold
 
 # Ollama lets a new model join loaded ones only if its predicted size is at most this share
 # of the free VRAM; otherwise it evicts (see shared ollama-facts, server/sched.go).
@@ -66,6 +70,7 @@ class FindingKind(StrEnum):
     SPILLED = "model_spilled"
     EXTRA_SKIPPED = "extra_skipped"
     NO_MEMORY_INFO = "no_memory_info"
+    RELOAD_HELD = "client_reload_backoff"
 
 
 @dataclass(frozen=True)
@@ -249,6 +254,41 @@ def _resident_actions(
     return []
 
 
+def _held(hold: Hold, policy: Policy, observation: Observation) -> Finding:
+    """Why a model is left as its clients load it, and what to set so that it need not be."""
+    name, ctx, wanted = hold.model, hold.client_ctx, hold.policy_ctx
+    automatic = _environment_int(policy, "OLLAMA_CONTEXT_LENGTH") or default_num_ctx(observation)
+    advice = (
+        f"set options.num_ctx: {ctx} for {name} in the policy, or make the clients send {wanted}"
+    )
+    if ctx == automatic:
+        advice += (
+            f"; clients that send no num_ctx (every /v1 request) get {ctx}: "
+            f"OLLAMA_CONTEXT_LENGTH: {wanted} in ollama.environment makes that {wanted}"
+        )
+    window = format_duration(policy.reload_backoff.within)
+    what = (
+        f"reloaded it with the policy's {wanted} after a cool-down; it goes back on hold if a "
+        f"client reloads it again before {hold.until:%H:%M:%S %Z}"
+        if hold.trying
+        else f"not reloading it with the policy's {wanted} until {hold.until:%H:%M:%S %Z}, so "
+        "as not to fight them"
+    )
+    return Finding(
+        FindingKind.RELOAD_HELD,
+        name,
+        f"clients reloaded {name} with num_ctx {ctx} {hold.reloads} times within {window}; "
+        f"{what}: {advice}",
+        data={
+            "num_ctx": ctx,
+            "policy_num_ctx": wanted,
+            "reloads": hold.reloads,
+            "until": hold.until.isoformat(),
+            "on_hold": 0 if hold.trying else 1,
+        },
+    )
+
+
 def _not_installed(model: ModelPolicy) -> Finding:
     return Finding(
         FindingKind.NOT_INSTALLED,
@@ -259,17 +299,29 @@ def _not_installed(model: ModelPolicy) -> Finding:
     )
 
 
-def plan(policy: Policy, observation: Observation, now: datetime) -> Plan:
-    """What to do now so that the policy holds. Pure."""
+def plan(
+    policy: Policy,
+    observation: Observation,
+    now: datetime,
+    *,
+    holds: Mapping[str, Hold] | None = None,
+) -> Plan:
+    """What to do now so that the policy holds. Pure. ``holds``: models left to their
+    clients for now (:mod:`sentinel_keeper.client_reloads`): neither loaded, reloaded nor
+    reasserted."""
     loaded = observation.loaded_by_name()
     installed = observation.installed_by_name()
     actions: list[Action] = []
-    findings: list[Finding] = []
+    findings: list[Finding] = [_held(h, policy, observation) for h in (holds or {}).values()]
+    held = {name for name, hold in (holds or {}).items() if not hold.trying}
     pinned_pending = False
     pinned_spilled = False
 
     for model in policy.pinned:
         instance = loaded.get(model.name)
+        if model.name in held:
+            pinned_spilled |= instance is not None and instance.spilled
+            continue
         if instance is None:
             if model.name not in installed:
                 if not model.pull:
@@ -298,7 +350,12 @@ def plan(policy: Policy, observation: Observation, now: datetime) -> Plan:
             )
 
     extra_actions, extra_findings = _plan_extras(
-        policy, observation, now, defer_loads=pinned_pending, pinned_spilled=pinned_spilled
+        policy,
+        observation,
+        now,
+        defer_loads=pinned_pending,
+        pinned_spilled=pinned_spilled,
+        held=held,
     )
     return Plan(
         tuple(extra_actions[0] + actions + extra_actions[1]), tuple(findings + extra_findings)
@@ -323,9 +380,11 @@ def _plan_extras(
     *,
     defer_loads: bool,
     pinned_spilled: bool,
+    held: set[str],
 ) -> tuple[tuple[list[Action], list[Action]], list[Finding]]:
-    """Extras: (actions to run before the pinned ones, actions after), findings."""
-    extras = policy.extras
+    """Extras: (actions to run before the pinned ones, actions after), findings. Held
+    extras are counted in memory as they are, and otherwise left alone."""
+    extras = tuple(m for m in policy.extras if m.name not in held)
     if not extras:
         return ([], []), []
     loaded = observation.loaded_by_name()

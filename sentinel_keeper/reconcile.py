@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
+from sentinel_keeper.client_reloads import Tally, judge
 from sentinel_keeper.errors import (
     OllamaError,
     OllamaTimeout,
@@ -180,6 +181,10 @@ class Reconciler:
         self._failures: dict[str, tuple[int, datetime]] = {}  # model -> (count, retry after)
         # pairs of pinned models seen resident at the same time: they fit together
         self._seen_together: set[frozenset[str]] = set()
+        # clients' reloads with other options (client_reloads.py), and the last look they
+        # are judged against
+        self._client_reloads: Mapping[str, Tally] = {}
+        self._last_look: Observation | None = None
 
     # -- observe ---------------------------------------------------------------------------
 
@@ -249,7 +254,9 @@ class Reconciler:
                 error_reason=reason,
             )
         self._note_together(observation)
-        the_plan = plan(self.policy, observation, observation.at)
+        judged = judge(self._client_reloads, self.policy, self._last_look, observation)
+        self._client_reloads = judged.memory
+        the_plan = plan(self.policy, observation, observation.at, holds=judged.holds)
         outcomes = self._act(the_plan.actions, stop)
         final: Observation | None = observation
         if any(o.ok and not o.skipped for o in outcomes):
@@ -262,6 +269,7 @@ class Reconciler:
                 # loading the model again; an error, or a load past load_timeout, is.
                 self._note_result(outcome.action.model, outcome.ok)
         state_error = self._remember(final)
+        self._last_look = final or observation
         return PassReport(
             started,
             self.monotonic() - begun,

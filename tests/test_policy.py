@@ -320,6 +320,7 @@ def test_schema_is_json_schema_with_every_section() -> None:
         "ready",
         "startup_timeout",
         "vram",
+        "reload_backoff",
         "metrics",
         "models",
     }

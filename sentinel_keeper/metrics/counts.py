@@ -12,7 +12,7 @@ from enum import StrEnum
 from sentinel_keeper.causes import LoadCause, gone_how, load_cause, restart_seen
 from sentinel_keeper.events import History
 from sentinel_keeper.observation import Observation
-from sentinel_keeper.plan import ActionKind, expected_context_length
+from sentinel_keeper.plan import ActionKind, FindingKind, expected_context_length
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import Failure, Outcome, PassReport
 
@@ -73,6 +73,7 @@ class ModelCounts:
     evictions: int = 0
     load_seconds: Histogram = field(default_factory=lambda: Histogram(LOAD_SECONDS_BUCKETS))
     client_reloads: Mapping[int, int] = field(default_factory=dict)  # client num_ctx -> times
+    backoffs: int = 0  # times the keeper stopped reloading it back (client_reloads.py)
     resident_seconds: float = 0.0  # closed stretches of residency
     resident_since: float | None = None  # monotonic start of the stretch going on
     resident_since_unix: float | None = None  # the same, wall clock, for people
@@ -160,6 +161,12 @@ def count_pass(
         counts = replace(counts, restarts=counts.restarts + 1)
     listed_before = before.loaded_by_name() if before is not None else {}
     listed = observation.loaded_by_name()
+    reported = history.finding_keys
+    backoffs = {
+        f.model
+        for f in report.plan.findings
+        if f.kind is FindingKind.RELOAD_HELD and f.key not in reported
+    }
     for model in policy.models:
         name = model.name
         entry = models[name]
@@ -183,6 +190,8 @@ def count_pass(
         for outcome in report.outcomes:
             if outcome.action.model == name and outcome.attempted:
                 entry = _count_outcome(entry, outcome)
+        if name in backoffs:
+            entry = replace(entry, backoffs=entry.backoffs + 1)
         models[name] = _open(entry, latest.loaded_by_name().get(name) is not None, mono, latest)
     return replace(counts, models=models, ollama_version=latest.ollama_version)
 

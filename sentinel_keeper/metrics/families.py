@@ -14,7 +14,7 @@ from typing import Literal
 
 from sentinel_keeper.metrics.counts import Counts, Histogram
 from sentinel_keeper.observation import Observation
-from sentinel_keeper.plan import expected_footprint
+from sentinel_keeper.plan import FindingKind, expected_footprint
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import PassReport
 
@@ -108,6 +108,19 @@ CLIENT_RELOADS = _spec(
     "Times another client was seen to reload a policy model with another num_ctx",
     ("model", "num_ctx"),
 )
+BACKOFFS = _spec(
+    "model_reload_backoffs",
+    "counter",
+    "Times the keeper stopped reloading the policy model back after clients kept reloading it "
+    "with another num_ctx",
+    MODEL,
+)
+HELD = _spec(
+    "model_reload_held",
+    "gauge",
+    "1 while the keeper leaves the policy model as its clients load it (reload back-off)",
+    MODEL,
+)
 FOREIGN = _spec(
     "foreign_model_loaded", "gauge", "1 for each loaded model that is not in the policy", ("model",)
 )
@@ -150,7 +163,8 @@ START = _spec("start_time_seconds", "gauge", "When the daemon started (Unix time
 
 CATALOG: tuple[Spec, ...] = (
     RESIDENT, RESIDENT_SECONDS, RESIDENT_SINCE, LOADS, LOAD_DURATION, EVICTIONS, LOAD_FAILURES,
-    EXPECTED_FOOTPRINT, FOOTPRINT, VRAM, CONTEXT, SPILLED, CLIENT_RELOADS, FOREIGN, FOREIGN_SIZE,
+    EXPECTED_FOOTPRINT, FOOTPRINT, VRAM, CONTEXT, SPILLED, CLIENT_RELOADS, BACKOFFS, HELD,
+    FOREIGN, FOREIGN_SIZE,
     OLLAMA_UP, OLLAMA_INFO, OUTAGES, OUTAGE_SECONDS, RESTARTS,
     GPU_TOTAL, GPU_USED, GPU_FREE, NVML,
     PASSES, PASS_DURATION, LAST_PASS, RELOADS, BUILD, START,
@@ -206,7 +220,17 @@ def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
         histograms[LOAD_DURATION.name].append((labels, entry.load_seconds))
         for ctx, number in sorted(entry.client_reloads.items()):
             put(CLIENT_RELOADS, (name, str(ctx)), number)
+        put(BACKOFFS, labels, entry.backoffs)
 
+    if report is not None and reachable:
+        on_hold = {
+            f.model
+            for f in report.plan.findings
+            if f.kind is FindingKind.RELOAD_HELD and f.data.get("on_hold") == 1
+        }
+        for policy_model in view.policy.models:
+            labels = (policy_model.name, policy_model.tier)
+            put(HELD, labels, 1 if policy_model.name in on_hold else 0)
     if latest is not None:
         _model_gauges(view.policy, latest, reachable, put)
         if reachable:

@@ -286,6 +286,19 @@ class ModelPolicy(_Section):
         return PINNED_KEEP_ALIVE if self.pinned else EXTRA_KEEP_ALIVE
 
 
+class ReloadBackoffSection(_Section):
+    """When clients keep reloading a model with another num_ctx, stop reloading it back for a
+    while instead of playing ping-pong with them."""
+
+    after: NonNegativeInt = Field(
+        3, description="client reloads within `within` that put a model on hold (0: never)"
+    )
+    within: Duration = Field(600.0, description="the window the client reloads are counted in")
+    cool_down: Duration = Field(
+        1800.0, description="how long the keeper leaves the model to its clients"
+    )
+
+
 class MetricsSection(_Section):
     """Prometheus figures: an HTTP endpoint, and a file for node_exporter's textfile
     collector."""
@@ -320,6 +333,7 @@ class Policy(_Section):
         600.0, description="stop waiting for pinned models before READY after this"
     )
     vram: VramSection = Field(default_factory=VramSection)
+    reload_backoff: ReloadBackoffSection = Field(default_factory=ReloadBackoffSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     models: list[ModelPolicy] = Field(default_factory=list)
 

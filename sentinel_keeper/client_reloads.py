@@ -1,0 +1,127 @@
+"""Not fighting a client: when clients keep reloading a policy model with another num_ctx,
+the keeper stops reloading it back for a cool-down instead of playing ping-pong (each reload
+is a full load, and a reload with other options while requests are in flight can hang
+Ollama's scheduler). Pure: a function of what the keeper remembers, the policy, and the
+previous and current looks at /api/ps.
+
+The rule, per policy model that sets a num_ctx:
+
+- a client reload is the model listed with another context length than the policy's where the
+  previous look had it at another one (or not at all);
+- ``after`` such reloads within ``within`` put the model on hold until ``cool_down`` has
+  passed: the planner neither reloads it nor reasserts its keep_alive (both send the policy's
+  options, which reload it), and reports why with what to set, once;
+- the hold ends at once when the clients stop: the model seen with the policy's context again,
+  its timer run out, or missing from two looks in a row (a model a client is reloading is
+  missing from /api/ps until the reload is done, so one look is no proof); client reloads
+  older than ``within`` are forgotten;
+- after a cool-down the keeper reloads the model once; a client reload within ``within`` of
+  that puts it on hold again at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sentinel_keeper.observation import Observation
+from sentinel_keeper.plan import expected_context_length
+from sentinel_keeper.policy import Policy
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What the keeper remembers of one model's client reloads."""
+
+    reloads: tuple[datetime, ...] = ()  # client reloads seen, within the window
+    client_ctx: int | None = None  # the context length the clients use, as last seen
+    hold_until: datetime | None = None
+    relapse_until: datetime | None = None  # a client reload before this holds again at once
+    missing: int = 0  # looks in a row that did not list the model while it was on hold
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A model the keeper leaves to its clients for now."""
+
+    model: str
+    client_ctx: int
+    policy_ctx: int
+    reloads: int
+    until: datetime
+    # after a cool-down: the keeper reloads it once, and a client reload before ``until``
+    # puts it back on hold (reported as the same condition, not a new one)
+    trying: bool = False
+
+
+@dataclass(frozen=True)
+class Judgement:
+    memory: Mapping[str, Tally]
+    holds: Mapping[str, Hold]
+
+
+def judge(
+    memory: Mapping[str, Tally], policy: Policy, before: Observation | None, now: Observation
+) -> Judgement:
+    """The memory after ``now`` (``before``: the previous pass's last look), and the models
+    on hold."""
+    rule = policy.reload_backoff
+    within = timedelta(seconds=rule.within)
+    at = now.at
+    listed = now.loaded_by_name()
+    listed_before = before.loaded_by_name() if before is not None else {}
+    out: dict[str, Tally] = {}
+    holds: dict[str, Hold] = {}
+    for model in policy.models:
+        name = model.name
+        wanted = expected_context_length(model, now.details.get(name))
+        if wanted is None or rule.after <= 0:
+            continue
+        tally = memory.get(name, Tally())
+        instance, earlier = listed.get(name), listed_before.get(name)
+        if instance is None:
+            if tally.hold_until is not None:
+                remaining = earlier.remaining(at) if earlier is not None else None
+                ran_out = remaining is not None and remaining.total_seconds() <= 0
+                tally = replace(tally, missing=tally.missing + 1)
+                if ran_out or tally.missing >= 2:
+                    tally = Tally()  # the clients stopped, or it stays gone: load it again
+        elif instance.context_length == wanted or instance.context_length is None:
+            # as the policy says (the keeper's reload, or a client that uses the policy's
+            # context): nothing to hold; the reloads seen are forgotten as the window passes,
+            # and a client reload soon after a cool-down still puts it back on hold at once
+            reloads = tuple(r for r in tally.reloads if at - r < within)
+            relapse = tally.relapse_until
+            trying = relapse is not None and at < relapse
+            tally = Tally(
+                reloads=reloads,
+                client_ctx=tally.client_ctx if reloads or trying else None,
+                relapse_until=relapse if trying else None,
+            )
+        else:
+            ctx = instance.context_length
+            tally = replace(tally, missing=0, client_ctx=ctx)
+            if earlier is None or earlier.context_length != ctx:
+                reloads = (*(r for r in tally.reloads if at - r < within), at)
+                tally = replace(tally, reloads=reloads)
+                soon = tally.relapse_until is not None and at < tally.relapse_until
+                if tally.hold_until is None and (len(reloads) >= rule.after or soon):
+                    tally = replace(
+                        tally, hold_until=at + timedelta(seconds=rule.cool_down), relapse_until=None
+                    )
+            if tally.hold_until is not None and at >= tally.hold_until:
+                # the cool-down is over: reload once; a client that reloads it again soon
+                # puts it back on hold at once
+                tally = replace(tally, hold_until=None, relapse_until=at + within, reloads=())
+        if tally != Tally():
+            out[name] = tally
+        if tally.client_ctx is None:
+            continue
+        if tally.hold_until is not None:
+            holds[name] = Hold(name, tally.client_ctx, wanted, len(tally.reloads), tally.hold_until)
+        elif tally.relapse_until is not None and at < tally.relapse_until:
+            holds[name] = Hold(
+                name, tally.client_ctx, wanted, len(tally.reloads), tally.relapse_until, trying=True
+            )
+    return Judgement(out, holds)
