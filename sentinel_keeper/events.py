@@ -140,6 +140,7 @@ def pass_events(history: History, report: PassReport) -> list[LogEvent]:
     events.extend(_missing_events(history, report))
     events.extend(_outcome_event(report, o) for o in report.outcomes)
     events.extend(_finding_events(history, report))
+    events.extend(_stall_events(history, report))
     events.extend(_state_events(history, report))
     events.append(_summary(report, events))
     return events
@@ -294,6 +295,35 @@ def _finding_events(history: History, report: PassReport) -> list[LogEvent]:
                 cleared["model"] = old.model
             events.append(LogEvent("finding_cleared", "info", cleared))
     return events
+
+
+def _stall_events(history: History, report: PassReport) -> list[LogEvent]:
+    """Ollama not finishing the keeper's loads: said at err when it starts, at info when a
+    load returns again."""
+    before = history.last_reachable.stall if history.last_reachable is not None else None
+    now = report.stall
+    if now is not None and before is None:
+        return [
+            LogEvent(
+                "ollama_not_loading",
+                "error",
+                {
+                    "model": now.model,
+                    "since": now.since.isoformat(),
+                    "retry_in": format_duration(
+                        max((now.retry_at - now.since).total_seconds(), 0.0)
+                    ),
+                    "why": "a load did not return within ollama.load_timeout while /api/ps "
+                    "answered: Ollama's scheduler is stuck (restarting ollama frees it); no "
+                    "more loads are queued behind it",
+                },
+            )
+        ]
+    if now is None and before is not None:
+        return [
+            LogEvent("ollama_loading_again", "info", {"stalled_since": before.since.isoformat()})
+        ]
+    return []
 
 
 def _state_events(history: History, report: PassReport) -> list[LogEvent]:

@@ -34,6 +34,7 @@ from sentinel_keeper.plan import Action, ActionKind, Plan, plan
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.text import escape_unprintable
 from sentinel_keeper.timings import Timings
+from sentinel_keeper.units import format_duration
 
 MAX_VERSION_CHARS = 100
 # `once` runs passes until one has nothing left to do (the pinned models load first, the
@@ -110,6 +111,26 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Stall:
+    """A load the keeper sent did not return within ollama.load_timeout while /api/ps kept
+    answering: Ollama's scheduler is not loading (it can hang so when a reload with other
+    options meets requests in flight). Loads queued behind it would only wait as well, so
+    none is sent until ``retry_at``, and then one."""
+
+    model: str
+    since: datetime
+    count: int  # loads that timed out in a row
+    retry_at: datetime
+
+    def describe(self, now: datetime) -> str:
+        waited = format_duration(max((now - self.since).total_seconds(), 0.0))
+        return (
+            f"ollama is not loading: a load of {self.model} did not return within "
+            f"load_timeout while /api/ps answered ({self.count}x, for {waited})"
+        )
+
+
+@dataclass(frozen=True)
 class PassReport:
     """Everything one pass saw and did."""
 
@@ -125,6 +146,13 @@ class PassReport:
     outcomes: tuple[Outcome, ...] = ()
     final: Observation | None = None  # after acting; the same as observation if nothing ran
     state_error: str | None = None
+    stall: Stall | None = None  # Ollama is not finishing the keeper's loads
+
+    @property
+    def unconfirmed(self) -> frozenset[str]:
+        """Models whose load the keeper sent has not returned: not resident even where
+        /api/ps lists them (Ollama before 0.30 lists a model while it loads)."""
+        return frozenset({self.stall.model}) if self.stall is not None else frozenset()
 
     @property
     def reachable(self) -> bool:
@@ -139,7 +167,7 @@ class PassReport:
         if latest is None:
             return ()
         loaded = latest.loaded_by_name()
-        return tuple(n for n in names if n in loaded)
+        return tuple(n for n in names if n in loaded and n not in self.unconfirmed)
 
     @property
     def pinned_missing(self) -> tuple[str, ...]:
@@ -149,6 +177,16 @@ class PassReport:
     @property
     def all_pinned_resident(self) -> bool:
         return self.reachable and not self.pinned_missing
+
+
+def _timed_out_load(outcome: Outcome) -> bool:
+    """A load that got no answer within its timeout from an Ollama that did not go away."""
+    return (
+        outcome.action.is_load
+        and outcome.attempted
+        and outcome.failure is Failure.UNREACHABLE
+        and not outcome.ollama_gone
+    )
 
 
 def utcnow() -> datetime:
@@ -185,6 +223,7 @@ class Reconciler:
         # are judged against
         self._client_reloads: Mapping[str, Tally] = {}
         self._last_look: Observation | None = None
+        self._stall: Stall | None = None
 
     # -- observe ---------------------------------------------------------------------------
 
@@ -244,6 +283,7 @@ class Reconciler:
             observation = self.observe()
         except OllamaError as exc:
             reason = exc.reason if isinstance(exc, OllamaUnreachable) else str(exc)
+            self._stall = None  # whatever comes back (a restart) is asked afresh
             return PassReport(
                 started,
                 self.monotonic() - begun,
@@ -259,7 +299,8 @@ class Reconciler:
         the_plan = plan(self.policy, observation, observation.at, holds=judged.holds)
         outcomes = self._act(the_plan.actions, stop)
         final: Observation | None = observation
-        if any(o.ok and not o.skipped for o in outcomes):
+        timed_out = next((o for o in outcomes if _timed_out_load(o)), None)
+        if timed_out is not None or any(o.ok and not o.skipped for o in outcomes):
             final = self._reobserve(observation)
             outcomes = self._blame_evictions(observation, final, outcomes)
             self._note_together(final)
@@ -268,6 +309,7 @@ class Reconciler:
                 # A restart of Ollama in the middle of a load is no reason to wait before
                 # loading the model again; an error, or a load past load_timeout, is.
                 self._note_result(outcome.action.model, outcome.ok)
+        self._note_stall(timed_out, final, outcomes)
         state_error = self._remember(final)
         self._last_look = final or observation
         return PassReport(
@@ -280,6 +322,26 @@ class Reconciler:
             outcomes=outcomes,
             final=final,
             state_error=state_error,
+            stall=self._stall,
+        )
+
+    def _note_stall(
+        self, timed_out: Outcome | None, final: Observation | None, outcomes: tuple[Outcome, ...]
+    ) -> None:
+        """A load that timed out while /api/ps still answers starts (or extends) a stall; a
+        load that returned ends it."""
+        if any(o.ok and o.attempted and o.action.is_load for o in outcomes):
+            self._stall = None
+        if timed_out is None or final is None:
+            return
+        now = self.clock()
+        before = self._stall
+        count = before.count + 1 if before is not None else 1
+        self._stall = Stall(
+            model=timed_out.action.model,
+            since=before.since if before is not None else now,
+            count=count,
+            retry_at=now + timedelta(seconds=self.timings.backoff(count)),
         )
 
     def settle(self, max_passes: int = MAX_SETTLE_PASSES) -> tuple[PassReport, ...]:
@@ -335,7 +397,7 @@ class Reconciler:
             if action.model in failed_pulls:
                 outcomes.append(Outcome(action, ok=False, skipped=True, error="pull failed"))
                 continue
-            waiting = self._backing_off(action)
+            waiting = self._backing_off(action) or self._stalled(action)
             if waiting is not None:
                 outcomes.append(Outcome(action, ok=False, skipped=True, error=waiting))
                 continue
@@ -343,7 +405,12 @@ class Reconciler:
             outcomes.append(outcome)
             if not outcome.ok and action.kind is ActionKind.PULL:
                 failed_pulls.add(action.model)
-            if outcome.failure is Failure.UNREACHABLE:
+            if _timed_out_load(outcome):
+                gone = (
+                    f"a load of {action.model} did not return within load_timeout: not "
+                    "queueing more loads behind it"
+                )
+            elif outcome.failure is Failure.UNREACHABLE:
                 gone = "ollama went away during the pass"
         return tuple(outcomes)
 
@@ -446,6 +513,17 @@ class Reconciler:
                 error=str(exc),
                 failure=Failure.OLLAMA_ERROR,
             )
+
+    def _stalled(self, action: Action) -> str | None:
+        """While Ollama is not finishing loads, none is sent until the retry time."""
+        stall = self._stall
+        if not action.is_load or stall is None:
+            return None
+        now = self.clock()
+        if now >= stall.retry_at:
+            return None
+        wait = (stall.retry_at - now).total_seconds()
+        return f"{stall.describe(now)}; next try in {wait:.0f}s"
 
     def _backing_off(self, action: Action) -> str | None:
         if not action.is_load:

@@ -42,6 +42,8 @@ def status_line(report: PassReport, *, gpu: bool = True) -> str:
         parts.append(gpu_summary(latest.gpu))
     parts.append(f"ollama {latest.ollama_version}")
     line = "; ".join(parts)
+    if report.stall is not None:
+        line = f"{report.stall.describe(report.started)}; {line}"
     missing = report.pinned_missing
     if missing:
         line += f"; missing: {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else "")

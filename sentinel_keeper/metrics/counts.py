@@ -192,7 +192,8 @@ def count_pass(
                 entry = _count_outcome(entry, outcome)
         if name in backoffs:
             entry = replace(entry, backoffs=entry.backoffs + 1)
-        models[name] = _open(entry, latest.loaded_by_name().get(name) is not None, mono, latest)
+        resident = name in report.resident((name,))
+        models[name] = _open(entry, resident, mono, latest)
     return replace(counts, models=models, ollama_version=latest.ollama_version)
 
 

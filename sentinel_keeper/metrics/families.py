@@ -132,6 +132,11 @@ FOREIGN_SIZE = _spec(
 )
 OLLAMA_UP = _spec("ollama_up", "gauge", "1 when the last pass could observe Ollama")
 OLLAMA_INFO = _spec("ollama_info", "gauge", "Ollama's version, as last observed", ("version",))
+STALLED = _spec(
+    "ollama_loads_stalled",
+    "gauge",
+    "1 while a load of the keeper's has not returned within load_timeout and /api/ps answers",
+)
 OUTAGES = _spec("ollama_outages", "counter", "Stretches of passes in which Ollama did not answer")
 OUTAGE_SECONDS = _spec(
     "ollama_outage_seconds", "counter", "Seconds during which Ollama did not answer"
@@ -165,7 +170,7 @@ CATALOG: tuple[Spec, ...] = (
     RESIDENT, RESIDENT_SECONDS, RESIDENT_SINCE, LOADS, LOAD_DURATION, EVICTIONS, LOAD_FAILURES,
     EXPECTED_FOOTPRINT, FOOTPRINT, VRAM, CONTEXT, SPILLED, CLIENT_RELOADS, BACKOFFS, HELD,
     FOREIGN, FOREIGN_SIZE,
-    OLLAMA_UP, OLLAMA_INFO, OUTAGES, OUTAGE_SECONDS, RESTARTS,
+    OLLAMA_UP, OLLAMA_INFO, STALLED, OUTAGES, OUTAGE_SECONDS, RESTARTS,
     GPU_TOTAL, GPU_USED, GPU_FREE, NVML,
     PASSES, PASS_DURATION, LAST_PASS, RELOADS, BUILD, START,
 )  # fmt: skip
@@ -232,7 +237,8 @@ def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
             labels = (policy_model.name, policy_model.tier)
             put(HELD, labels, 1 if policy_model.name in on_hold else 0)
     if latest is not None:
-        _model_gauges(view.policy, latest, reachable, put)
+        unconfirmed = report.unconfirmed if report is not None else frozenset()
+        _model_gauges(view.policy, latest, reachable, unconfirmed, put)
         if reachable:
             for model in latest.loaded:
                 if view.policy.model(model.name) is None:
@@ -246,6 +252,7 @@ def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
                 put(GPU_FREE, (str(g.index), g.name), g.free)
         put(NVML, (), 1 if gpu.known else 0)
     put(OLLAMA_UP, (), 1 if reachable else 0)
+    put(STALLED, (), 1 if report is not None and report.stall is not None else 0)
     if counts.ollama_version is not None:
         put(OLLAMA_INFO, (counts.ollama_version,), 1)
     put(OUTAGES, (), counts.outages)
@@ -269,9 +276,11 @@ def _model_gauges(
     policy: Policy,
     latest: Observation,
     reachable: bool,
+    unconfirmed: frozenset[str],
     put: _Put,
 ) -> None:
     listed = latest.loaded_by_name() if reachable else {}
+    listed = {name: m for name, m in listed.items() if name not in unconfirmed}
     for model in policy.models:
         labels = (model.name, model.tier)
         instance = listed.get(model.name)

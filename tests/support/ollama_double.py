@@ -653,6 +653,19 @@ class OllamaDouble:
         with self._lock:
             self._lock.notify_all()
 
+    # The endpoints whose requests go through Scheduler.GetRunner (server/routes.go).
+    SCHEDULED_PATHS = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings")
+
+    def hang_scheduler(self, hung: bool = True) -> None:
+        """Ollama's scheduler hang (ollama issue 17408: a reload with other options meeting
+        requests in flight): every request that needs a runner waits in the pending queue
+        and gets no answer, while /api/ps, /api/tags and /api/version, which do not go
+        through the scheduler, keep answering. ``False`` ends it (as a restart would)."""
+        if hung:
+            self.hang_paths |= set(self.SCHEDULED_PATHS)
+        else:
+            self.hang_paths -= set(self.SCHEDULED_PATHS)
+
     def restart(self, down_seconds: float = 0.0) -> None:
         """Like an upgrade: every model unloaded, connections dropped, the port refuses
         connections for ``down_seconds`` (real time), then the same port serves again."""

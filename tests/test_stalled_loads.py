@@ -1,0 +1,86 @@
+"""Ollama's scheduler not loading (ollama issue 17408): loads sent by the keeper get no answer
+within load_timeout while /api/ps keeps answering. The keeper says so once, at err, in STATUS
+and in the metrics, queues no more loads behind the stuck one, and counts nothing as resident
+that it has not seen loaded; when a load returns again, it says that too."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sentinel_keeper.events import History, advance, pass_events
+from sentinel_keeper.metrics.counts import Counts, count_pass
+from sentinel_keeper.metrics.families import MetricsView, families
+from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.policy.loading import parse_policy
+from sentinel_keeper.reconcile import PassReport, Reconciler
+from sentinel_keeper.report import status_line
+from tests.support.ollama_double import FakeModel, GiB, ManualClock, OllamaDouble
+
+A, B = "a:1b", "b:1b"
+
+
+def test_a_stuck_scheduler_is_reported_once_and_not_fed_more_loads() -> None:
+    clock = ManualClock(1_800_000_000.0)
+    models = [FakeModel(A, size=1 * GiB), FakeModel(B, size=1 * GiB)]
+    with OllamaDouble(models, clock=clock, vram_total=24 * GiB) as double:
+        double.hang_limit = 5.0  # a hung request is dropped after this (real seconds)
+        policy = parse_policy(
+            f"ollama: {{url: '{double.url}', load_timeout: 1s}}\n"
+            f"models:\n  - name: {A}\n  - name: {B}\n",
+            "p.yaml",
+        )
+        client = OllamaClient(double.url, timeout=2, load_timeout=1)
+        reconciler = Reconciler(
+            policy, client, clock=lambda: datetime.fromtimestamp(double.now(), UTC)
+        )
+        history, counts, events, reports = History(), Counts(), [], []
+
+        def step(seconds: float) -> PassReport:
+            nonlocal history, counts
+            double.advance(seconds)
+            report = reconciler.run_pass()
+            events.extend(pass_events(history, report))
+            counts = count_pass(counts, history, report, policy, mono=double.now())
+            history = advance(history, report)
+            reports.append(report)
+            return report
+
+        double.hang_scheduler()
+        first = step(15)
+        generate_calls = len(double.requests_to("/api/generate"))
+        assert generate_calls == 1  # the second load was not queued behind the first
+        assert first.stall is not None and first.stall.model == A
+        skipped = [o for o in first.outcomes if o.skipped]
+        assert [o.action.model for o in skipped] == [B]
+        assert "not queueing more loads behind it" in (skipped[0].error or "")
+        assert first.reachable and first.resident((A, B)) == ()
+        assert status_line(first).startswith(
+            f"ollama is not loading: a load of {A} did not return within load_timeout"
+        )
+        # the passes before the retry time send nothing
+        quiet = step(5)
+        assert len(double.requests_to("/api/generate")) == generate_calls
+        assert all(o.skipped for o in quiet.outcomes)
+        assert "next try in" in (quiet.outcomes[0].error or "")
+        # at the retry time one load is tried, and times out again: the stall goes on
+        again = step(15)
+        assert len(double.requests_to("/api/generate")) == generate_calls + 1
+        assert again.stall is not None and again.stall.count == 2
+        assert again.stall.since == first.stall.since
+        view = MetricsView(policy, counts, again, "0", "3", 0.0)
+        stalled = next(f for f in families(view, mono=0.0) if f.spec.name.endswith("loads_stalled"))
+        assert stalled.samples == (((), 1.0),)
+        # Ollama restarted (the way out): loads return, and it is said
+        double.hang_scheduler(False)
+        double.restart()
+        back = step(60)
+        assert back.stall is None
+        assert set(back.resident((A, B))) == {A, B}
+        client.close()
+    said = [e for e in events if e.event in ("ollama_not_loading", "ollama_loading_again")]
+    assert [(e.event, e.level) for e in said] == [
+        ("ollama_not_loading", "error"),
+        ("ollama_loading_again", "info"),
+    ]
+    assert said[0].fields["model"] == A
+    assert "Ollama's scheduler is stuck" in str(said[0].fields["why"])
