@@ -280,3 +280,18 @@ def test_every_alert_has_unit_tests_that_fire_it_and_keep_it_quiet() -> None:
     }
     assert fired == ALERTS
     assert quiet == ALERTS
+
+
+def test_the_dashboards_picture_queries_every_panel() -> None:
+    """benchmarks/dashboard.py draws each panel from its own queries, Grafana's variables
+    replaced by what Prometheus understands."""
+    from benchmarks import dashboard
+
+    panels = dashboard.load_panels(DASHBOARD)
+    assert [p.title for p in panels] == [p["title"] for p in load_dashboard()["panels"]]
+    for panel in panels:
+        for target in panel.targets:
+            expr = dashboard.substitute(target.expr)
+            assert "$" not in expr, expr
+            assert problems(expr, target.legend) == []
+    assert dashboard.legend("num_ctx {{num_ctx}}", {"num_ctx": "4096"}) == "num_ctx 4096"
