@@ -109,6 +109,22 @@ def test_the_page_holds_every_family_in_the_text_format() -> None:
     build = (("python", "3.11.7"), ("version", "0.1.0"))
     assert got[("sentinel_keeper_build_info", build)] == 1
     assert ("sentinel_keeper_model_expected_footprint_bytes", model) in got
+    # every reason and failure kind from zero, so that increase() sees the first of each
+    reasons = {
+        dict(k[1])["reason"]: v
+        for k, v in got.items()
+        if k[0] == "sentinel_keeper_model_loads_total" and dict(k[1])["model"] == X
+    }
+    assert reasons == dict.fromkeys(
+        ["after_restart", "evicted", "keep_alive_shortened", "not_loaded", "other_num_ctx",
+         "unloaded"], 0.0
+    )  # fmt: skip
+    kinds = {
+        dict(k[1])["kind"]: v
+        for k, v in got.items()
+        if k[0] == "sentinel_keeper_model_load_failures_total" and dict(k[1])["model"] == A
+    }
+    assert kinds == {"ollama_error": 0, "timeout": 1, "unreachable": 0, "does_not_fit": 0}
     # the histograms: every bucket, +Inf last
     buckets = [s for s in parse(text) if s.name == "sentinel_keeper_pass_duration_seconds_bucket"]
     assert buckets[-1].labels["le"] == "+Inf"

@@ -102,6 +102,10 @@ class Counts:
         return self.outage_seconds + (max(mono - since, 0.0) if since is not None else 0.0)
 
 
+# The ``kind`` labels of failed loads: Failure's values, and a load's own timeout.
+FAILURE_KINDS = ("ollama_error", "timeout", "unreachable", "does_not_fit")
+
+
 def failure_kind(outcome: Outcome) -> str:
     """The ``kind`` label of a failed load: a timeout is told apart from Ollama going away."""
     if outcome.failure is Failure.UNREACHABLE and not outcome.ollama_gone:

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from sentinel_keeper.metrics.counts import Counts, Histogram
+from sentinel_keeper.causes import LoadCause
+from sentinel_keeper.metrics.counts import FAILURE_KINDS, Counts, Histogram
 from sentinel_keeper.observation import Observation
 from sentinel_keeper.plan import FindingKind, expected_footprint
 from sentinel_keeper.policy import Policy
@@ -217,10 +218,11 @@ def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
         put(RESIDENT_SECONDS, labels, entry.resident_seconds_at(mono))
         if entry.resident_since_unix is not None:
             put(RESIDENT_SINCE, labels, entry.resident_since_unix)
-        for reason, number in sorted(entry.loads.items()):
-            put(LOADS, (*labels, reason), number)
-        for kind, number in sorted(entry.failures.items()):
-            put(LOAD_FAILURES, (*labels, kind), number)
+        # every reason and kind from zero, so that increase() sees the first of each
+        for reason in sorted({*entry.loads, *(cause.value for cause in LoadCause)}):
+            put(LOADS, (*labels, reason), entry.loads.get(reason, 0))
+        for kind in sorted({*entry.failures, *FAILURE_KINDS}):
+            put(LOAD_FAILURES, (*labels, kind), entry.failures.get(kind, 0))
         put(EVICTIONS, labels, entry.evictions)
         histograms[LOAD_DURATION.name].append((labels, entry.load_seconds))
         for ctx, number in sorted(entry.client_reloads.items()):

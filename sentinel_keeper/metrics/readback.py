@@ -57,7 +57,8 @@ def read_figures(samples: Iterable[Sample]) -> DaemonFigures:
         out: dict[str, dict[str, int]] = {}
         for sample in by_name.get(spec.series_names[0], ()):
             model = out.setdefault(sample.labels.get("model", ""), {})
-            model[sample.labels.get(label, "")] = int(sample.value)
+            if sample.value:  # the page lists every reason and kind, most at zero
+                model[sample.labels.get(label, "")] = int(sample.value)
         return out
 
     since = {s.labels.get("model", ""): s.value for s in by_name.get(f.RESIDENT_SINCE.name, ())}
