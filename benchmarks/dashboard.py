@@ -89,6 +89,8 @@ def write_policy(path: Path, url: str, metrics_port: int, interval: float) -> Pa
         f"interval: {_harness.format_seconds(interval)}",
         "ready: pinned",
         "startup_timeout: 2m",
+        # the second reload by a client with another num_ctx puts that model on hold
+        "reload_backoff: {after: 2}",
         "metrics:",
         f"  listen: {HOST}:{metrics_port}",
         "models:",
@@ -220,7 +222,8 @@ class Prometheus:
 
 def drive(double: OllamaDouble, timeline: Timeline, gap: float) -> None:
     """The clients' and Ollama's doings, ``gap`` seconds apart. Each client event happens
-    twice: increase() cannot see the first count of a labelled counter's new series."""
+    twice; the second reload with another num_ctx puts that model on hold (the policy's
+    reload_backoff says after: 2), until Ollama's restart empties the GPU."""
     first: PinnedModel = MODELS[0]
     second: PinnedModel = MODELS[1]
     name = first.model.name

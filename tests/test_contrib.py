@@ -37,6 +37,7 @@ TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every s
 ALERTS = {
     "SentinelKeeperPinnedModelNotResident",
     "SentinelKeeperOllamaDown",
+    "SentinelKeeperOllamaNotLoading",
     "SentinelKeeperRewarmStorm",
     "SentinelKeeperStalled",
     "SentinelKeeperMetricsAbsent",
