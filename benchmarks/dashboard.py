@@ -10,7 +10,8 @@ a half minutes clients and Ollama do what the dashboard is about:
 - a client unloads a pinned model (``keep_alive: 0``);
 - a client loads it with a short ``keep_alive`` (30 s) and the policy's num_ctx;
 - a client loads the other pinned model with another num_ctx;
-- the three again (``increase()`` does not see a labelled counter's first count);
+- the three again: the second reload with another num_ctx puts that model on hold (the
+  policy's ``reload_backoff: {after: 2}``), so the keeper stops reloading it back;
 - Ollama restarts (down for 5 s);
 - a client loads a model the policy does not name, for a minute.
 
