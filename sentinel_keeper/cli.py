@@ -6,11 +6,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from sentinel_keeper import __version__
+from sentinel_keeper import __version__, context
 from sentinel_keeper.bench import bench_json, bench_table, run_bench
 from sentinel_keeper.daemon.service import run_daemon
 from sentinel_keeper.errors import (
@@ -21,6 +21,7 @@ from sentinel_keeper.errors import (
     PolicyError,
     SentinelError,
 )
+from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.logs import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -200,6 +201,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             "(add `- name: MODEL` entries)",
             _WARNING,
         )
+    _context_notes(policy, _gpu_total(policy))
     version, problems = _online_problems(policy) if args.online else ("", [])
     for problem in problems:
         _err(f"{policy.source}: {problem}")
@@ -210,6 +212,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     online = f"ollama {version} at {url}" if args.online else f"ollama at {url}"
     _out(f"{policy.source}: ok ({pinned} pinned, {extras} extras; {online})")
     return EXIT_OK
+
+
+def _gpu_total(policy: Policy) -> int | None:
+    """Total GPU memory as NVML tells (local; no Ollama needed), None without NVML."""
+    probe = GpuProbe(policy.vram.gpu_indices)
+    try:
+        return probe.snapshot().total
+    finally:
+        probe.close()
+
+
+def _context_notes(
+    policy: Policy, total_vram: int | None, trained: Mapping[str, int] | None = None
+) -> None:
+    """Pinned models that clients sending no num_ctx would reload, and what align_context
+    can or cannot do about it (warnings: the policy is valid)."""
+    problem = context.alignment(policy).problem
+    if problem is not None:
+        _err(f"warning: {policy.source}: ollama.{problem}", _WARNING)
+    for mismatch in context.mismatches(policy, total_vram, trained):
+        _err(f"warning: {policy.source}: {context.advice(mismatch)}", _WARNING)
 
 
 def _online_problems(policy: Policy) -> tuple[str, list[str]]:
@@ -337,6 +360,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         _out(f"also loaded, not in the policy (left alone): {', '.join(foreign)}")
     for line in daemon_lines(policy, daemon, observation.at.astimezone()):
         _out(line)
+    trained = {
+        name: d.context_length for name, d in observation.details.items() if d.context_length
+    }
+    for mismatch in context.mismatches(policy, observation.gpu.total, trained):
+        _out(f"{'note':<9} {context.advice(mismatch)}")
     for name in missing:
         _err(f"sentinel-keeper: pinned {name} is not installed (run `ollama pull {name}`)")
     if absent:
@@ -444,11 +472,14 @@ def cmd_apply_override(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     ollama = policy.ollama
     try:
+        problem = context.alignment(policy).problem
+        if problem is not None and not args.remove:
+            _err(f"warning: {policy.source}: ollama.{problem}", _WARNING)
         report = apply_override(
             policy_path=policy.source,
             unit=ollama.unit,
             keep_alive=ollama.keep_alive,
-            environment=ollama.environment,
+            environment=context.environment(policy),
             restart=ollama.restart,
             dropin_dir=args.dropin_dir,
             reload=not args.no_reload,

@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from sentinel_keeper import context
 from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails, Observation
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.units import format_duration, format_size
@@ -24,9 +25,6 @@ if TYPE_CHECKING:  # client_reloads uses this module's context rule
 # of the free VRAM; otherwise it evicts (see shared ollama-facts, server/sched.go).
 OLLAMA_FIT_FRACTION = 0.8
 OLLAMA_MODELS_PER_GPU = 3
-OLLAMA_DEFAULT_NUM_CTX = 4096
-# Without num_ctx or OLLAMA_CONTEXT_LENGTH, Ollama picks the default context by total VRAM.
-OLLAMA_NUM_CTX_BY_VRAM = ((47 * 1024**3, 262144), (23 * 1024**3, 32768))
 # Ollama's automatic num_batch grows with the context, and the compute graph with it.
 BATCH_SURCHARGE = ((32768, 2 * 1024**3), (4096, 768 * 1024**2))
 # Without a remembered size or architecture details, assume this share of the file size
@@ -109,7 +107,8 @@ def endpoint_for(model: ModelPolicy, observation: Observation) -> Endpoint:
 
 
 def _environment_int(policy: Policy, name: str) -> int | None:
-    value = policy.ollama.environment.get(name)
+    """A variable of Ollama's environment as the drop-in sets it (align_context included)."""
+    value = context.environment(policy).get(name)
     try:
         return int(value) if value is not None else None
     except ValueError:
@@ -173,12 +172,7 @@ def expected_footprint(model: ModelPolicy, policy: Policy, observation: Observat
 
 def default_num_ctx(observation: Observation) -> int:
     """Ollama's automatic num_ctx: by total VRAM when NVML knows it, else the smallest."""
-    total = observation.gpu.total
-    if total is not None:
-        for least, ctx in OLLAMA_NUM_CTX_BY_VRAM:
-            if total >= least:
-                return ctx
-    return OLLAMA_DEFAULT_NUM_CTX
+    return context.automatic_num_ctx(observation.gpu.total)
 
 
 def expected_context_length(model: ModelPolicy, details: ModelDetails | None) -> int | None:

@@ -131,7 +131,7 @@ models:
         "p.yaml:2:8: ollama.url: must be an http:// or https:// URL or a host[:port], "
         'got "ftp://example"',
         "p.yaml:3:3: ollama.bogus: unknown key (known keys: url, unit, keep_alive, environment, "
-        "restart, load_timeout, request_timeout)",
+        "restart, load_timeout, request_timeout, align_context)",
         'p.yaml:4:15: ollama.keep_alive: must be a duration such as "15s", "5m", "1h30m" or '
         'whole seconds (-1 = forever), got "1d"; there is no "d": write "24h"',
         "p.yaml:5:11: interval: must be longer than zero, got 0",

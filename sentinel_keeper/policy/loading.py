@@ -140,6 +140,23 @@ def _check_environment(data: Any, problems: list[tuple[Path, str, bool]]) -> Non
             problems.append((path, problem, False))
 
 
+def _check_align_context(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
+    """align_context writes OLLAMA_CONTEXT_LENGTH: the policy cannot set it as well."""
+    section = data.get("ollama") if isinstance(data, dict) else None
+    if not isinstance(section, dict) or section.get("align_context") is not True:
+        return
+    environment = section.get("environment")
+    if isinstance(environment, dict) and "OLLAMA_CONTEXT_LENGTH" in environment:
+        problems.append(
+            (
+                ("ollama", "align_context"),
+                "align_context writes OLLAMA_CONTEXT_LENGTH from the pinned models' num_ctx, "
+                "and ollama.environment sets it too: keep one of the two",
+                True,
+            )
+        )
+
+
 def _check_metrics(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
     """The metrics endpoint listens on loopback unless the policy says allow_remote: true."""
     section = data.get("metrics") if isinstance(data, dict) else None
@@ -184,6 +201,7 @@ def parse_policy(text: str, source: str) -> Policy:
     _check_models(data, problems)
     _check_environment(data, problems)
     _check_metrics(data, problems)
+    _check_align_context(data, problems)
     policy: Policy | None = None
     try:
         policy = Policy.model_validate(data)

@@ -227,6 +227,10 @@ class OllamaSection(_Section):
     request_timeout: Duration = Field(
         5.0, description="timeout for the small observation requests (/api/ps, /api/tags...)"
     )
+    align_context: Bool = Field(
+        False,
+        description="write the pinned models' num_ctx as OLLAMA_CONTEXT_LENGTH (when they agree)",
+    )
 
 
 class VramSection(_Section):
