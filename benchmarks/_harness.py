@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sentinel_keeper.policy.schema import ReloadBackoffSection
 from tests.support import ollama_double
 from tests.support.daemon import DaemonProcess, NotifySocket
 from tests.support.ollama_double import FakeModel, GiB, MiB
@@ -136,10 +137,19 @@ def write_policy(
     models: Sequence[PinnedModel] = PINNED,
     ready: str = "pinned",
     metrics: str | None = None,
+    time_scale: float = 1.0,
 ) -> Path:
-    """``metrics``: the listen address of the metrics endpoint, None to turn it off."""
+    """``metrics``: the listen address of the metrics endpoint, None to turn it off.
+    ``time_scale``: the daemon runs against a double that many times faster than real time,
+    so the policy's durations about Ollama's clock (the reload back-off's) are divided by it,
+    as the interval is by the caller."""
+    backoff = ReloadBackoffSection()
     lines = [
         f"metrics: {{listen: {metrics or 'null'}}}",
+        "reload_backoff:",
+        f"  within: {format_seconds(backoff.within / time_scale)}",
+        f"  cool_down: {format_seconds(backoff.cool_down / time_scale)}",
+        f"  quiet: {format_seconds(backoff.quiet / time_scale)}",
         "ollama:",
         f"  url: {url}",
         "  keep_alive: -1",

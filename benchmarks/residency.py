@@ -422,7 +422,12 @@ class Keeper(Strategy):
 
     def setup(self, double: OllamaDouble, workdir: Path, scale: float) -> None:
         real_interval = self.interval / scale if self.scaled else self.interval
-        policy = write_policy(workdir / "policy.yaml", double.url, interval=real_interval)
+        policy = write_policy(
+            workdir / "policy.yaml",
+            double.url,
+            interval=real_interval,
+            time_scale=scale if self.scaled else 1.0,
+        )
         self.notify = NotifySocket(workdir / "notify.sock")
         constants_scale = scale if self.scaled and not self.stock else 1.0
         self.daemon = DaemonProcess(

@@ -1,17 +1,21 @@
-"""Not fighting a client: when clients keep reloading a policy model with another num_ctx,
-the keeper stops reloading it back for a cool-down instead of playing ping-pong (each reload
-is a full load, and a reload with other options while requests are in flight can hang
-Ollama's scheduler). Pure: a function of what the keeper remembers, the policy, and the
-previous and current looks at /api/ps.
+"""Not fighting a client: when a client loads a policy model with another num_ctx, the keeper
+does not reload it back while that client is using it, and stops reloading it back for a
+cool-down when clients keep doing it (each reload is a full load, and a reload with other
+options while requests are in flight can hang Ollama's scheduler). Pure: a function of what
+the keeper remembers, the policy, and the previous and current looks at /api/ps.
 
 The rule, per policy model that sets a num_ctx:
 
 - a client reload is the model listed with another context length than the policy's where the
   previous look had it at another one (or not at all);
-- ``after`` such reloads within ``within`` put the model on hold until ``cool_down`` has
-  passed: the planner neither reloads it nor reasserts its keep_alive (both send the policy's
-  options, which reload it), and reports why with what to set, once;
-- the hold ends at once when the clients stop: the model seen with the policy's context again,
+- busy: while the clients use that instance the keeper leaves it to them. Ollama moves an
+  instance's expires_at at the end of each request (and leaves it in the past while a request
+  outlives its keep_alive), so the instance counts as in use until its expires_at has stayed
+  put for ``quiet``; then it is reloaded with the policy's options;
+- back-off: ``after`` client reloads within ``within``, or clients keeping the model busy for
+  ``within``, put it on hold until ``cool_down`` has passed, reported once as a warning that
+  names the clients' num_ctx and what to set;
+- a hold ends at once when the clients stop: the model seen with the policy's context again,
   its timer run out, or missing from two looks in a row (a model a client is reloading is
   missing from /api/ps until the reload is done, so one look is no proof); client reloads
   older than ``within`` are forgotten;
@@ -24,10 +28,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sentinel_keeper.observation import Observation
 from sentinel_keeper.plan import expected_context_length
 from sentinel_keeper.policy import Policy
+
+HoldKind = Literal["busy", "backoff"]
 
 
 @dataclass(frozen=True)
@@ -36,9 +43,12 @@ class Tally:
 
     reloads: tuple[datetime, ...] = ()  # client reloads seen, within the window
     client_ctx: int | None = None  # the context length the clients use, as last seen
-    hold_until: datetime | None = None
+    hold_until: datetime | None = None  # the back-off's cool-down
     relapse_until: datetime | None = None  # a client reload before this holds again at once
     missing: int = 0  # looks in a row that did not list the model while it was on hold
+    expiry: datetime | None = None  # the clients' instance's expires_at, as last seen
+    used_at: datetime | None = None  # when the clients last used it, as far as looks tell
+    since: datetime | None = None  # when the clients' instance was first seen
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,8 @@ class Hold:
     client_ctx: int
     policy_ctx: int
     reloads: int
-    until: datetime
+    until: datetime | None  # the cool-down's end; None: while the clients use it
+    kind: HoldKind = "backoff"
     # after a cool-down: the keeper reloads it once, and a client reload before ``until``
     # puts it back on hold (reported as the same condition, not a new one)
     trying: bool = False
@@ -68,6 +79,7 @@ def judge(
     on hold."""
     rule = policy.reload_backoff
     within = timedelta(seconds=rule.within)
+    quiet = timedelta(seconds=rule.quiet)
     at = now.at
     listed = now.loaded_by_name()
     listed_before = before.loaded_by_name() if before is not None else {}
@@ -80,13 +92,15 @@ def judge(
             continue
         tally = memory.get(name, Tally())
         instance, earlier = listed.get(name), listed_before.get(name)
+        busy = False
         if instance is None:
-            if tally.hold_until is not None:
+            if _held(tally, at, quiet):
                 remaining = earlier.remaining(at) if earlier is not None else None
                 ran_out = remaining is not None and remaining.total_seconds() <= 0
                 tally = replace(tally, missing=tally.missing + 1)
                 if ran_out or tally.missing >= 2:
                     tally = Tally()  # the clients stopped, or it stays gone: load it again
+                busy = _held(tally, at, quiet) and tally.hold_until is None
         elif instance.context_length == wanted or instance.context_length is None:
             # as the policy says (the keeper's reload, or a client that uses the policy's
             # context): nothing to hold; the reloads seen are forgotten as the window passes,
@@ -104,24 +118,60 @@ def judge(
             tally = replace(tally, missing=0, client_ctx=ctx)
             if earlier is None or earlier.context_length != ctx:
                 reloads = (*(r for r in tally.reloads if at - r < within), at)
-                tally = replace(tally, reloads=reloads)
+                tally = replace(
+                    tally, reloads=reloads, since=at, used_at=at, expiry=instance.expires_at
+                )
                 soon = tally.relapse_until is not None and at < tally.relapse_until
                 if tally.hold_until is None and (len(reloads) >= rule.after or soon):
-                    tally = replace(
-                        tally, hold_until=at + timedelta(seconds=rule.cool_down), relapse_until=None
-                    )
+                    tally = _cool_down(tally, at, rule.cool_down)
+            else:
+                remaining = instance.remaining(at)
+                running = remaining is not None and remaining.total_seconds() <= 0
+                if instance.expires_at != tally.expiry or running:
+                    # a request ended since the last look, or one is running past its
+                    # keep_alive (Ollama leaves expires_at in the past until it ends)
+                    tally = replace(tally, expiry=instance.expires_at, used_at=at)
+            busy = tally.used_at is not None and quiet.total_seconds() > 0
+            busy = busy and at - (tally.used_at or at) < quiet
+            if (
+                busy
+                and tally.hold_until is None
+                and tally.since is not None
+                and at - tally.since >= within
+            ):
+                tally = _cool_down(tally, at, rule.cool_down)  # kept busy that long: say so
             if tally.hold_until is not None and at >= tally.hold_until:
-                # the cool-down is over: reload once; a client that reloads it again soon
-                # puts it back on hold at once
-                tally = replace(tally, hold_until=None, relapse_until=at + within, reloads=())
+                # the cool-down is over: reload once (when idle); a client that reloads it
+                # again soon puts it back on hold at once
+                tally = replace(
+                    tally, hold_until=None, relapse_until=at + within, reloads=(), since=None
+                )
         if tally != Tally():
             out[name] = tally
-        if tally.client_ctx is None:
-            continue
-        if tally.hold_until is not None:
-            holds[name] = Hold(name, tally.client_ctx, wanted, len(tally.reloads), tally.hold_until)
-        elif tally.relapse_until is not None and at < tally.relapse_until:
-            holds[name] = Hold(
-                name, tally.client_ctx, wanted, len(tally.reloads), tally.relapse_until, trying=True
-            )
+        hold = _hold(name, tally, wanted, at, busy)
+        if hold is not None:
+            holds[name] = hold
     return Judgement(out, holds)
+
+
+def _cool_down(tally: Tally, at: datetime, seconds: float) -> Tally:
+    return replace(tally, hold_until=at + timedelta(seconds=seconds), relapse_until=None)
+
+
+def _held(tally: Tally, at: datetime, quiet: timedelta) -> bool:
+    busy = tally.used_at is not None and at - tally.used_at < quiet
+    return tally.hold_until is not None or busy
+
+
+def _hold(name: str, tally: Tally, wanted: int, at: datetime, busy: bool) -> Hold | None:
+    ctx = tally.client_ctx
+    if ctx is None:
+        return None
+    reloads = len(tally.reloads)
+    if tally.hold_until is not None:
+        return Hold(name, ctx, wanted, reloads, tally.hold_until)
+    if tally.relapse_until is not None and at < tally.relapse_until:
+        return Hold(name, ctx, wanted, reloads, tally.relapse_until, trying=not busy)
+    if busy:
+        return Hold(name, ctx, wanted, reloads, None, kind="busy")
+    return None

@@ -69,6 +69,7 @@ class FindingKind(StrEnum):
     EXTRA_SKIPPED = "extra_skipped"
     NO_MEMORY_INFO = "no_memory_info"
     RELOAD_HELD = "client_reload_backoff"
+    CLIENT_BUSY = "model_left_to_client"
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,16 @@ def _resident_actions(
 def _held(hold: Hold, policy: Policy, observation: Observation) -> Finding:
     """Why a model is left as its clients load it, and what to set so that it need not be."""
     name, ctx, wanted = hold.model, hold.client_ctx, hold.policy_ctx
+    if hold.kind == "busy":
+        quiet = format_duration(policy.reload_backoff.quiet)
+        return Finding(
+            FindingKind.CLIENT_BUSY,
+            name,
+            f"a client uses {name} with num_ctx {ctx}: left to it until it has been idle for "
+            f"{quiet}, then loaded with the policy's {wanted}",
+            warning=False,
+            data={"num_ctx": ctx, "policy_num_ctx": wanted, "on_hold": 1},
+        )
     automatic = _environment_int(policy, "OLLAMA_CONTEXT_LENGTH") or default_num_ctx(observation)
     advice = (
         f"set options.num_ctx: {ctx} for {name} in the policy, or make the clients send {wanted}"
@@ -258,26 +269,27 @@ def _held(hold: Hold, policy: Policy, observation: Observation) -> Finding:
     if ctx == automatic:
         advice += (
             f"; clients that send no num_ctx (every /v1 request) get {ctx}: "
-            f"OLLAMA_CONTEXT_LENGTH: {wanted} in ollama.environment makes that {wanted}"
+            f"ollama.align_context: true makes that {wanted}"
         )
     window = format_duration(policy.reload_backoff.within)
+    until = hold.until
+    when = f"{until:%H:%M:%S %Z}" if until is not None else "they stop"
     what = (
         f"reloaded it with the policy's {wanted} after a cool-down; it goes back on hold if a "
-        f"client reloads it again before {hold.until:%H:%M:%S %Z}"
+        f"client reloads it again before {when}"
         if hold.trying
-        else f"not reloading it with the policy's {wanted} until {hold.until:%H:%M:%S %Z}, so "
-        "as not to fight them"
+        else f"not reloading it with the policy's {wanted} until {when}, so as not to fight them"
     )
     return Finding(
         FindingKind.RELOAD_HELD,
         name,
-        f"clients reloaded {name} with num_ctx {ctx} {hold.reloads} times within {window}; "
-        f"{what}: {advice}",
+        f"clients reloaded {name} with num_ctx {ctx} {hold.reloads} times, or kept using it so, "
+        f"within {window}; {what}: {advice}",
         data={
             "num_ctx": ctx,
             "policy_num_ctx": wanted,
             "reloads": hold.reloads,
-            "until": hold.until.isoformat(),
+            "until": until.isoformat() if until is not None else None,
             "on_hold": 0 if hold.trying else 1,
         },
     )

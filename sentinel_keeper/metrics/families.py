@@ -119,7 +119,8 @@ BACKOFFS = _spec(
 HELD = _spec(
     "model_reload_held",
     "gauge",
-    "1 while the keeper leaves the policy model as its clients load it (reload back-off)",
+    "1 while the keeper leaves the policy model as its clients load it (in use by a client "
+    "with another num_ctx, or the reload back-off)",
     MODEL,
 )
 FOREIGN = _spec(
@@ -233,7 +234,8 @@ def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
         on_hold = {
             f.model
             for f in report.plan.findings
-            if f.kind is FindingKind.RELOAD_HELD and f.data.get("on_hold") == 1
+            if f.kind in (FindingKind.RELOAD_HELD, FindingKind.CLIENT_BUSY)
+            and f.data.get("on_hold") == 1
         }
         for policy_model in view.policy.models:
             labels = (policy_model.name, policy_model.tier)

@@ -301,6 +301,11 @@ class ReloadBackoffSection(_Section):
     cool_down: Duration = Field(
         1800.0, description="how long the keeper leaves the model to its clients"
     )
+    quiet: Duration = Field(
+        120.0,
+        description="a client's instance untouched this long is idle: reloaded with the "
+        "policy's options",
+    )
 
 
 class MetricsSection(_Section):
