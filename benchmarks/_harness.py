@@ -138,15 +138,17 @@ def write_policy(
     ready: str = "pinned",
     metrics: str | None = None,
     time_scale: float = 1.0,
+    backoff_after: int | None = None,
 ) -> Path:
     """``metrics``: the listen address of the metrics endpoint, None to turn it off.
     ``time_scale``: the daemon runs against a double that many times faster than real time,
     so the policy's durations about Ollama's clock (the reload back-off's) are divided by it,
-    as the interval is by the caller."""
+    as the interval is by the caller. ``backoff_after``: the reload back-off's ``after``."""
     backoff = ReloadBackoffSection()
     lines = [
         f"metrics: {{listen: {metrics or 'null'}}}",
         "reload_backoff:",
+        f"  after: {backoff.after if backoff_after is None else backoff_after}",
         f"  within: {format_seconds(backoff.within / time_scale)}",
         f"  cool_down: {format_seconds(backoff.cool_down / time_scale)}",
         f"  quiet: {format_seconds(backoff.quiet / time_scale)}",

@@ -81,26 +81,15 @@ def free_port() -> int:
 
 
 def write_policy(path: Path, url: str, metrics_port: int, interval: float) -> Path:
-    lines = [
-        "ollama:",
-        f"  url: {url}",
-        "  keep_alive: -1",
-        "  request_timeout: 5s",
-        "  load_timeout: 2m",
-        f"interval: {_harness.format_seconds(interval)}",
-        "ready: pinned",
-        "startup_timeout: 2m",
-        # the second reload by a client with another num_ctx puts that model on hold
-        "reload_backoff: {after: 2}",
-        "metrics:",
-        f"  listen: {HOST}:{metrics_port}",
-        "models:",
-    ]
-    for pinned in MODELS:
-        lines.append(f"  - name: {pinned.model.name}")
-        lines.append(f"    options: {{num_ctx: {pinned.num_ctx}}}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    # the second reload by a client with another num_ctx puts that model on hold
+    return _harness.write_policy(
+        path,
+        url,
+        interval=interval,
+        models=MODELS,
+        metrics=f"{HOST}:{metrics_port}",
+        backoff_after=2,
+    )
 
 
 def write_prometheus_config(path: Path, metrics_port: int) -> Path:
