@@ -294,6 +294,13 @@ class Reconciler:
                 error_reason=reason,
             )
         self._note_together(observation)
+        stall = self._stall
+        if (
+            stall is not None
+            and observation.at >= stall.retry_at
+            and stall.model in observation.loaded_by_name()
+        ):
+            self._stall = None  # its load finished after all: Ollama is loading again
         judged = judge(self._client_reloads, self.policy, self._last_look, observation)
         self._client_reloads = judged.memory
         the_plan = plan(self.policy, observation, observation.at, holds=judged.holds)

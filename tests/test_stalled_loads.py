@@ -5,6 +5,8 @@ that it has not seen loaded; when a load returns again, it says that too."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from datetime import UTC, datetime
 
 from sentinel_keeper.events import History, advance, pass_events
@@ -84,3 +86,37 @@ def test_a_stuck_scheduler_is_reported_once_and_not_fed_more_loads() -> None:
     ]
     assert said[0].fields["model"] == A
     assert "Ollama's scheduler is stuck" in str(said[0].fields["why"])
+
+
+def test_a_stalled_model_that_shows_up_after_the_retry_time_ends_the_stall() -> None:
+    """Its load finished after all (a slow load, not a hang): listed at the retry time, it
+    is resident and nothing is loaded again."""
+    clock = ManualClock(1_800_000_000.0)
+    with OllamaDouble([FakeModel(A, size=1 * GiB)], clock=clock, vram_total=24 * GiB) as double:
+        double.hang_limit = 3.0
+        policy = parse_policy(f"ollama: {{url: '{double.url}'}}\nmodels:\n  - name: {A}\n", "p")
+        client = OllamaClient(double.url, timeout=2, load_timeout=1)
+        reconciler = Reconciler(
+            policy, client, clock=lambda: datetime.fromtimestamp(double.now(), UTC)
+        )
+        double.hang_scheduler()
+        double.advance(15)
+        assert reconciler.run_pass().stall is not None
+        double.hang_scheduler(False)
+        _load(double.url)  # the load completes (another client's request, here)
+        double.advance(5)
+        early = reconciler.run_pass()
+        assert early.stall is not None and early.resident((A,)) == ()  # before the retry time
+        double.advance(30)
+        late = reconciler.run_pass()
+        client.close()
+    assert late.stall is None
+    assert late.resident((A,)) == (A,)
+    assert not [o for o in late.outcomes if o.attempted]
+
+
+def _load(url: str) -> None:
+    body = json.dumps({"model": A, "keep_alive": -1}).encode()
+    request = urllib.request.Request(url + "/api/generate", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        answer.read()
