@@ -38,6 +38,7 @@ class LoadCause(StrEnum):
     KEEP_ALIVE_SHORTENED = "keep_alive_shortened"  # a client's keep_alive: reasserted, or ran out
     OTHER_NUM_CTX = "other_num_ctx"  # a client reloaded it with another num_ctx
     AFTER_RESTART = "after_restart"  # Ollama restarted, was upgraded, or unloaded everything
+    WINDOW_OPENED = "window_opened"  # one of its time windows opened (or is about to)
 
 
 def gone_how(before: Observation, now: Observation, name: str) -> Gone:

@@ -48,10 +48,13 @@ from sentinel_keeper.report import (
     status_line,
     status_table,
     unreachable_json,
+    window_lines,
+    windows_json,
 )
 from sentinel_keeper.runtime import make_client, open_reconciler
 from sentinel_keeper.state import default_state_dir
 from sentinel_keeper.timings import Timings
+from sentinel_keeper.windows import in_force, zone_of
 
 # Exit codes (sysexits.h where one fits). Documented in --help and the README.
 EXIT_OK = 0
@@ -342,12 +345,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             data["daemon"] = daemon_json(_daemon_view(policy))
             _out(json.dumps(data, indent=2))
         return _unreachable(policy, str(exc))
-    missing, absent = pinned_health(policy, observation)
+    # a pinned model outside its time windows is not expected to be resident now
+    active, _ = in_force(policy.models, zone_of(policy.timezone), observation.at)
+    now_in_force = policy.model_copy(update={"models": active})
+    missing, absent = pinned_health(now_in_force, observation)
     code = EXIT_NOT_INSTALLED if missing else EXIT_PINNED_NOT_RESIDENT if absent else EXIT_OK
     daemon = _daemon_view(policy)
     if args.json:
-        data = status_json(policy, observation)
+        data = status_json(policy, observation, in_force=now_in_force)
         data["daemon"] = daemon_json(daemon)
+        data["windows"] = windows_json(policy, observation.at)
         _out(json.dumps(data, indent=2))
         return code
     _out(f"ollama {observation.ollama_version} at {policy.ollama.url}")
@@ -365,6 +372,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     }
     for mismatch in context.mismatches(policy, observation.gpu.total, trained):
         _out(f"{'note':<9} {context.advice(mismatch)}")
+    for line in window_lines(policy, observation.at):
+        _out(line)
     for name in missing:
         _err(f"sentinel-keeper: pinned {name} is not installed (run `ollama pull {name}`)")
     if absent:

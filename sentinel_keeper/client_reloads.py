@@ -7,7 +7,8 @@ the keeper remembers, the policy, and the previous and current looks at /api/ps.
 The rule, per policy model that sets a num_ctx:
 
 - a client reload is the model listed with another context length than the policy's where the
-  previous look had it at another one (or not at all);
+  previous look had it at another one (or not at all); a keeper's first look (`once`, a new
+  daemon) has nothing to compare with, and reloads it;
 - busy: while the clients use that instance the keeper leaves it to them. Ollama moves an
   instance's expires_at at the end of each request (and leaves it in the past while a request
   outlives its keep_alive), so the instance counts as in use until its expires_at has stayed
@@ -113,6 +114,8 @@ def judge(
                 client_ctx=tally.client_ctx if reloads or trying else None,
                 relapse_until=relapse if trying else None,
             )
+        elif before is None and name not in memory:
+            pass  # a first look (a new keeper, `once`): no sign of a client using it yet
         else:
             ctx = instance.context_length
             tally = replace(tally, missing=0, client_ctx=ctx)

@@ -227,6 +227,8 @@ def _outcome_event(report: PassReport, outcome: Outcome) -> LogEvent:
             return LogEvent("model_pull_failed", "error", failed)
         if action.kind is ActionKind.UNLOAD:
             return LogEvent("extra_shed_failed", "warning", failed)
+        if action.kind is ActionKind.RETIRE:
+            return LogEvent("model_unload_failed", "warning", failed)
         return LogEvent(
             "model_load_failed", "error" if action.tier == "pinned" else "warning", failed
         )
@@ -269,6 +271,8 @@ def _outcome_event(report: PassReport, outcome: Outcome) -> LogEvent:
         )
     if action.kind is ActionKind.UNLOAD:
         return LogEvent("extra_shed", "info", {**base, "reason": action.reason})
+    if action.kind is ActionKind.RETIRE:
+        return LogEvent("model_window_closed", "info", {**base, "reason": action.reason})
     return LogEvent("model_pulled", "info", {**base, **seconds})
 
 

@@ -7,7 +7,7 @@ actions out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -41,6 +41,7 @@ class ActionKind(StrEnum):
     REFRESH = "refresh"  # finite keep_alive running out: renew the timer
     UNLOAD = "unload"  # shed an extra to give back memory
     PULL = "pull"  # not installed and the policy says pull: true
+    RETIRE = "retire"  # outside its windows with outside: unload: unload it (once idle)
 
 
 @dataclass(frozen=True)
@@ -311,15 +312,29 @@ def plan(
     now: datetime,
     *,
     holds: Mapping[str, Hold] | None = None,
+    retire: Sequence[ModelPolicy] = (),
 ) -> Plan:
-    """What to do now so that the policy holds. Pure. ``holds``: models left to their
-    clients for now (:mod:`sentinel_keeper.client_reloads`): neither loaded, reloaded nor
-    reasserted."""
+    """What to do now so that the policy holds. Pure. ``policy``: the models in force now
+    (inside their windows); ``holds``: models left to their clients for now
+    (:mod:`sentinel_keeper.client_reloads`): neither loaded, reloaded nor reasserted;
+    ``retire``: models outside their windows that the policy unloads there."""
     loaded = observation.loaded_by_name()
     installed = observation.installed_by_name()
     actions: list[Action] = []
     findings: list[Finding] = [_held(h, policy, observation) for h in (holds or {}).values()]
     held = {name for name, hold in (holds or {}).items() if not hold.trying}
+    for model in retire:
+        if model.name in loaded:
+            actions.append(
+                Action(
+                    ActionKind.RETIRE,
+                    model.name,
+                    model.tier,
+                    f"outside its windows ({', '.join(model.windows or ())}); outside: unload "
+                    "(Ollama unloads it once its requests are done)",
+                    endpoint="generate",
+                )
+            )
     pinned_pending = False
     pinned_spilled = False
 

@@ -35,6 +35,7 @@ from sentinel_keeper.policy import Policy
 from sentinel_keeper.text import escape_unprintable
 from sentinel_keeper.timings import Timings
 from sentinel_keeper.units import format_duration
+from sentinel_keeper.windows import in_force, zone_of
 
 MAX_VERSION_CHARS = 100
 # `once` runs passes until one has nothing left to do (the pinned models load first, the
@@ -224,6 +225,7 @@ class Reconciler:
         self._client_reloads: Mapping[str, Tally] = {}
         self._last_look: Observation | None = None
         self._stall: Stall | None = None
+        self._zone = zone_of(policy.timezone)  # the models' windows are in this time zone
 
     # -- observe ---------------------------------------------------------------------------
 
@@ -277,8 +279,10 @@ class Reconciler:
         report says what went wrong."""
         started = self.clock()
         begun = self.monotonic()
-        pinned = tuple(m.name for m in self.policy.pinned)
-        extras = tuple(m.name for m in self.policy.extras)
+        active, outside = in_force(self.policy.models, self._zone, started)
+        in_force_now = self.policy.model_copy(update={"models": active})
+        pinned = tuple(m.name for m in in_force_now.pinned)
+        extras = tuple(m.name for m in in_force_now.extras)
         try:
             observation = self.observe()
         except OllamaError as exc:
@@ -301,15 +305,18 @@ class Reconciler:
             and stall.model in observation.loaded_by_name()
         ):
             self._stall = None  # its load finished after all: Ollama is loading again
-        judged = judge(self._client_reloads, self.policy, self._last_look, observation)
+        judged = judge(self._client_reloads, in_force_now, self._last_look, observation)
         self._client_reloads = judged.memory
-        the_plan = plan(self.policy, observation, observation.at, holds=judged.holds)
+        retire = [m for m in outside if m.outside == "unload"]
+        the_plan = plan(
+            in_force_now, observation, observation.at, holds=judged.holds, retire=retire
+        )
         outcomes = self._act(the_plan.actions, stop)
         final: Observation | None = observation
         timed_out = next((o for o in outcomes if _timed_out_load(o)), None)
         if timed_out is not None or any(o.ok and not o.skipped for o in outcomes):
             final = self._reobserve(observation)
-            outcomes = self._blame_evictions(observation, final, outcomes)
+            outcomes = self._blame_evictions(in_force_now, observation, final, outcomes)
             self._note_together(final)
         for outcome in outcomes:
             if outcome.action.is_load and not outcome.skipped and not outcome.ollama_gone:
@@ -432,7 +439,11 @@ class Reconciler:
         )
 
     def _blame_evictions(
-        self, before: Observation, after: Observation | None, outcomes: tuple[Outcome, ...]
+        self,
+        policy: Policy,
+        before: Observation,
+        after: Observation | None,
+        outcomes: tuple[Outcome, ...],
     ) -> tuple[Outcome, ...]:
         """A pinned model whose load made Ollama unload a pinned model listed before it in
         the policy failed: the two do not fit in memory together. Counted as a failed load
@@ -440,7 +451,8 @@ class Reconciler:
         this, the two would evict each other at every pass, a full load each time."""
         if after is None:
             return outcomes
-        order = {m.name: i for i, m in enumerate(self.policy.pinned)}
+        # the pinned models in force now: one unloaded outside its windows is no victim
+        order = {m.name: i for i, m in enumerate(policy.pinned)}
         loaded = {o.action.model for o in outcomes if o.ok and not o.skipped and o.action.is_load}
         present = after.loaded_by_name()
         gone = [
@@ -498,7 +510,7 @@ class Reconciler:
                     load_duration=result.load_duration,
                     endpoint=result.endpoint,
                 )
-            if action.kind is ActionKind.UNLOAD:
+            if action.kind in (ActionKind.UNLOAD, ActionKind.RETIRE):
                 self.client.unload(action.model, endpoint=action.endpoint)
             elif action.kind is ActionKind.PULL:
                 self.client.pull(action.model)

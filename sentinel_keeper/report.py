@@ -12,6 +12,7 @@ from sentinel_keeper.plan import FindingKind, expected_context_length
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.reconcile import Outcome, PassReport
 from sentinel_keeper.units import format_duration, format_size
+from sentinel_keeper.windows import WindowState, window_state, zone_of
 
 if TYPE_CHECKING:  # metrics.readback imports (through the catalog) what imports this module
     from sentinel_keeper.metrics.readback import DaemonFigures
@@ -183,8 +184,11 @@ def pinned_health(policy: Policy, observation: Observation) -> tuple[list[str], 
     return missing, absent
 
 
-def status_json(policy: Policy, observation: Observation) -> dict[str, Any]:
-    missing, absent = pinned_health(policy, observation)
+def status_json(
+    policy: Policy, observation: Observation, *, in_force: Policy | None = None
+) -> dict[str, Any]:
+    """``in_force``: the policy's models inside their windows now, whose health counts."""
+    missing, absent = pinned_health(in_force or policy, observation)
     return {
         "reachable": True,
         "ollama": {"url": policy.ollama.url, "version": observation.ollama_version},
@@ -306,4 +310,43 @@ def daemon_json(view: DaemonView) -> dict[str, Any]:
             }
             for name, life in figures.models.items()
         },
+    }
+
+
+def _windows(policy: Policy, now: datetime) -> list[tuple[ModelPolicy, WindowState]]:
+    zone = zone_of(policy.timezone)
+    out = []
+    for model in policy.models:
+        state = window_state(model, zone, now)
+        if state is not None:
+            out.append((model, state))
+    return out
+
+
+def window_lines(policy: Policy, now: datetime) -> list[str]:
+    """For `status`: each model with windows, in force now or not, and its next edge."""
+    zone = zone_of(policy.timezone)
+    lines = []
+    for model, state in _windows(policy, now):
+        edge = state.next_edge
+        when = f"{edge.astimezone(zone):%a %Y-%m-%d %H:%M %Z}" if edge is not None else None
+        if state.open:
+            what = f"in force until {when}" if when else "in force at every hour"
+        else:
+            what = f"outside its windows until {when}" if when else "outside its windows"
+        if not state.open and model.outside == "unload":
+            what += " (unloaded there)"
+        lines.append(f"{'window':<9} {model.name}: {what} ({'; '.join(model.windows or ())})")
+    return lines
+
+
+def windows_json(policy: Policy, now: datetime) -> dict[str, Any]:
+    return {
+        model.name: {
+            "windows": list(model.windows or ()),
+            "open": state.open,
+            "next_edge": state.next_edge.isoformat() if state.next_edge is not None else None,
+            "outside": model.outside,
+        }
+        for model, state in _windows(policy, now)
     }

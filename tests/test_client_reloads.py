@@ -57,7 +57,7 @@ def walk(*looks: Observation) -> list[Judgement]:
     model is on hold, else the keeper's own load (a reload or a load with the policy's
     options)."""
     memory: Mapping[str, Tally] = {}
-    before: Observation | None = None
+    before: Observation | None = ours(-15)  # the keeper had it as the policy says
     out = []
     for now in looks:
         judged = judge(memory, POLICY, before, now)
@@ -247,3 +247,12 @@ def test_a_client_that_always_sends_another_num_ctx_is_not_fought_for_an_hour(
         assert warnings[0].level == "warning"
     else:
         assert keeper_loads > 100  # the ping-pong the back-off prevents
+
+
+def test_a_first_look_has_nothing_to_compare_with() -> None:
+    """`once` and a daemon's first pass reload a model found at another num_ctx."""
+    first = judge({}, POLICY, None, theirs(0))
+    assert first.holds == {} and first.memory == {}
+    assert [a.kind for a in plan(POLICY, theirs(0), NOW, holds=first.holds).actions] == [
+        ActionKind.RELOAD
+    ]

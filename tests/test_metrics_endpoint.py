@@ -117,7 +117,7 @@ def test_the_page_holds_every_family_in_the_text_format() -> None:
     }
     assert reasons == dict.fromkeys(
         ["after_restart", "evicted", "keep_alive_shortened", "not_loaded", "other_num_ctx",
-         "unloaded"], 0.0
+         "unloaded", "window_opened"], 0.0
     )  # fmt: skip
     kinds = {
         dict(k[1])["kind"]: v

@@ -1,7 +1,8 @@
 """When passes are due, through APScheduler's public API: the interval (with its jitter), the
 watch between passes, and a one-off probe while Ollama does not answer. Every job only asks
-the pass worker for work, so the scheduler's own thread pool never runs a pass; the time
-windows of a policy will add cron triggers here."""
+the pass worker for work, so the scheduler's own thread pool never runs a pass; and a cron
+trigger for each edge of the models' time windows, so that a pass runs as a window opens (or
+``warm_before`` ahead) and closes, not up to an interval later."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from sentinel_keeper.policy import Policy
 from sentinel_keeper.timings import Timings
+from sentinel_keeper.windows import DAYS, cron_edges, zone_of
 
 PASS_JOB, WATCH_JOB, PROBE_JOB = "pass", "watch", "probe"
+EDGE_JOB = "edge-"  # + a number: one job per window edge
 
 
 class Schedule:
@@ -44,8 +49,10 @@ class Schedule:
             seconds=interval, jitter=self._timings.jitter(interval), timezone=UTC
         )
 
-    def start(self, interval: float) -> None:
+    def start(self, interval: float, policy: Policy | None = None) -> None:
         self._scheduler.add_job(self._request_pass, self._interval(interval), id=PASS_JOB)
+        if policy is not None:
+            self.set_windows(policy)
         self._scheduler.add_job(
             self._request_watch,
             IntervalTrigger(seconds=self._timings.watch, timezone=UTC),
@@ -65,6 +72,26 @@ class Schedule:
             id=PROBE_JOB,
             replace_existing=True,
         )
+
+    def set_windows(self, policy: Policy) -> None:
+        """A pass at every edge of the policy's windows (replacing the previous policy's)."""
+        for job in self._scheduler.get_jobs():
+            if job.id.startswith(EDGE_JOB):
+                job.remove()
+        zone = zone_of(policy.timezone)
+        number = 0
+        for model in policy.models:
+            for window in model.parsed_windows():
+                for edge in cron_edges(window, model.warm_before):
+                    trigger = CronTrigger(
+                        day_of_week=",".join(DAYS[d] for d in sorted(edge.days)),
+                        hour=edge.hour,
+                        minute=edge.minute,
+                        second=edge.second,
+                        timezone=zone,
+                    )
+                    self._scheduler.add_job(self._request_pass, trigger, id=f"{EDGE_JOB}{number}")
+                    number += 1
 
     def shutdown(self) -> None:
         self._scheduler.shutdown(wait=False)

@@ -193,7 +193,7 @@ class Daemon:
         self._file_risks()
         self._metrics()
         self.notifier.status(self._status_text())
-        self.schedule.start(self.policy.interval)
+        self.schedule.start(self.policy.interval, self.policy)
         self.worker.start()
         self.worker.request_pass()  # the first pass now, not one interval after the start
 
@@ -293,6 +293,7 @@ class Daemon:
             self.engines.replace(decision.policy)
             if decision.interval_changed:
                 self.schedule.change_interval(decision.policy.interval)
+            self.schedule.set_windows(decision.policy)
             self._file_risks()
             self.worker.request_pass()
         self._metrics()

@@ -191,6 +191,15 @@ def count_pass(
                 ctx = instance.context_length or 0
                 reloads = {**entry.client_reloads, ctx: entry.client_reloads.get(ctx, 0) + 1}
                 entry = replace(entry, client_reloads=reloads)
+        last = history.last
+        opened = (
+            model.windows
+            and last is not None
+            and name not in (*last.pinned, *last.extras)
+            and name in (*report.pinned, *report.extras)
+        )
+        if opened:
+            entry = replace(entry, gone=LoadCause.WINDOW_OPENED)
         for outcome in report.outcomes:
             if outcome.action.model == name and outcome.attempted:
                 entry = _count_outcome(entry, outcome)
@@ -204,7 +213,7 @@ def count_pass(
 def _count_outcome(entry: ModelCounts, outcome: Outcome) -> ModelCounts:
     kind = outcome.action.kind
     if not outcome.ok:
-        if kind is ActionKind.PULL or kind is ActionKind.UNLOAD:
+        if kind in (ActionKind.PULL, ActionKind.UNLOAD, ActionKind.RETIRE):
             return entry
         return replace(entry, failures=_add(entry.failures, failure_kind(outcome)))
     if kind is ActionKind.LOAD:

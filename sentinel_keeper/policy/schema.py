@@ -10,7 +10,14 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    WithJsonSchema,
+)
 
 from sentinel_keeper.listen import DEFAULT_METRICS_LISTEN, ListenAddress, parse_listen
 from sentinel_keeper.names import normalize_model_name
@@ -19,6 +26,7 @@ from sentinel_keeper.text import show
 from sentinel_keeper.unitname import MAX_UNIT_NAME, UNIT_NAME_PATTERN, unit_name_problem
 from sentinel_keeper.units import parse_duration, parse_size
 from sentinel_keeper.urls import DEFAULT_OLLAMA_URL, normalize_ollama_url
+from sentinel_keeper.windows import Window, parse_window, time_zone_problem
 
 DEFAULT_POLICY_PATH = "/etc/sentinel/policy.yaml"
 PINNED_KEEP_ALIVE = -1.0
@@ -114,6 +122,25 @@ def _environment(value: object) -> dict[str, str]:
     return result
 
 
+def _window(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f'must be a string such as "mon-fri 08:00-19:00", got {show(value)}')
+    return parse_window(value).text
+
+
+def _time_zone(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f'must be an IANA time zone such as "Europe/Berlin", got {show(value)}')
+    zone_problem = time_zone_problem(value.strip())
+    if zone_problem is not None:
+        raise ValueError(f"{zone_problem}, got {show(value)}")
+    return value.strip()
+
+
+def _warm_before(value: object) -> float:
+    return parse_duration(value, allow_zero=True)
+
+
 def _listen(value: object) -> str:
     return str(parse_listen(value))
 
@@ -164,6 +191,32 @@ AnyInt = Annotated[
     WithJsonSchema({"type": "integer"}),
 ]
 Bool = Annotated[bool, BeforeValidator(_boolean), WithJsonSchema({"type": "boolean"})]
+
+
+def _gpus(value: object) -> str | list[int]:
+    """ "all", or a non-empty list of NVML indices: one rule, one message."""
+    if value == "all":
+        return "all"
+    index = _integer(0, "an integer >= 0")
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            f'must be "all" or a list of GPU indices such as [0, 1], got {show(value)}'
+        )
+    return [index(item) for item in value]
+
+
+Gpus = Annotated[
+    Literal["all"] | list[int],
+    BeforeValidator(_gpus),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"const": "all"},
+                {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            ]
+        }
+    ),
+]
 ModelName = Annotated[
     str,
     BeforeValidator(model_name),
@@ -177,6 +230,13 @@ UnitName = Annotated[
 OllamaUrl = Annotated[
     str, BeforeValidator(normalize_ollama_url), WithJsonSchema({"type": "string"})
 ]
+WindowText = Annotated[
+    str,
+    BeforeValidator(_window),
+    WithJsonSchema({"type": "string", "description": "[DAYS] HH:MM-HH:MM"}),
+]
+TimeZone = Annotated[str, BeforeValidator(_time_zone), WithJsonSchema({"type": "string"})]
+WarmBefore = Annotated[float, BeforeValidator(_warm_before), WithJsonSchema(_DURATION_SCHEMA)]
 Listen = Annotated[
     str,
     BeforeValidator(_listen),
@@ -236,9 +296,7 @@ class OllamaSection(_Section):
 class VramSection(_Section):
     """GPU memory rules for extra models."""
 
-    gpus: Literal["all"] | list[NonNegativeInt] = Field(
-        "all", description='"all" or a list of NVML GPU indices'
-    )
+    gpus: Gpus = Field("all", description='"all" or a list of NVML GPU indices')
     headroom: Size = Field(512 * 1024**2, description="free memory to keep after loading an extra")
     budget: Size | None = Field(
         None, description="without NVML: memory the models may use in total"
@@ -278,6 +336,20 @@ class ModelPolicy(_Section):
     )
     priority: AnyInt = Field(0, description="extras load highest first and are shed lowest first")
     pull: Bool = Field(False, description="pull the model when it is not installed")
+    windows: list[WindowText] | None = Field(
+        None,
+        description='when it must be warm, e.g. ["mon-fri 08:00-19:00"]; default: always',
+    )
+    outside: Literal["ignore", "unload"] = Field(
+        "ignore",
+        description="outside its windows: ignore (left alone) or unload (once idle)",
+    )
+    warm_before: WarmBefore = Field(
+        0.0, description="start loading this long before a window opens"
+    )
+
+    def parsed_windows(self) -> tuple[Window, ...]:
+        return tuple(parse_window(w) for w in self.windows or ())
 
     @property
     def pinned(self) -> bool:
@@ -335,6 +407,9 @@ class Policy(_Section):
 
     ollama: OllamaSection = Field(default_factory=OllamaSection)
     interval: Duration = Field(15.0, description="how often a reconcile pass runs")
+    timezone: TimeZone | None = Field(
+        None, description="the time zone of the models' windows (IANA); default: the host's"
+    )
     ready: Literal["pinned", "started"] = Field(
         "pinned", description="when the daemon tells systemd it is ready"
     )
