@@ -22,7 +22,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from sentinel_keeper.errors import MetricsError
 from sentinel_keeper.listen import ListenAddress
 
-MAX_CONNECTIONS = 4  # served at once; more wait in the listen backlog
+MAX_CONNECTIONS = 4  # served at once; another waits SOCKET_TIMEOUT for a slot, or is dropped
 SOCKET_TIMEOUT = 5.0  # a request must arrive, and its answer be taken, within this
 MAX_PAGE_BYTES = 4 * 1024**2  # what `status` reads of a page at most
 INDEX = b"sentinel-keeper: Prometheus metrics at /metrics\n"
