@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import re
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -299,3 +300,16 @@ def test_bad_listen_addresses_are_refused(text: object) -> None:
 
 def test_the_catalog_module_knows_every_spec() -> None:
     assert {spec.name for spec in CATALOG} >= {f.RESIDENT.name, f.LOADS.name, f.BUILD.name}
+
+
+def test_a_scraper_that_resets_the_connection_leaves_no_traceback(
+    server: MetricsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(3):
+        rude = socket.create_connection(("127.0.0.1", server.port))
+        rude.sendall(b"GET /met")
+        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        rude.close()  # a reset, in the middle of the request line
+    time.sleep(0.3)
+    assert "sentinel_keeper_build_info" in scrape(ListenAddress("127.0.0.1", server.port))
+    assert "Traceback" not in capsys.readouterr().err

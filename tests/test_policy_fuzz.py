@@ -204,7 +204,9 @@ def valid_policies(draw: st.DrawFn) -> dict[str, Any]:
                 "vram": st.fixed_dictionaries(
                     {},
                     optional={
-                        "gpus": st.one_of(st.just("all"), st.lists(st.integers(0, 7), max_size=3)),
+                        "gpus": st.one_of(
+                            st.just("all"), st.lists(st.integers(0, 7), min_size=1, max_size=3)
+                        ),
                         "headroom": SIZE,
                         "budget": st.one_of(st.none(), SIZE),
                     },
