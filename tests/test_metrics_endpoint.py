@@ -260,10 +260,11 @@ def test_idle_connections_do_not_shut_out_a_scrape(server: MetricsServer) -> Non
             target=lambda: done.append(scrape(ListenAddress("127.0.0.1", server.port), timeout=30))
         )
         thread.start()
-        thread.join(timeout=4 * SOCKET_TIMEOUT)
+        thread.join(timeout=6 * SOCKET_TIMEOUT)
         took = time.monotonic() - begun
         assert done and "sentinel_keeper_build_info" in done[0]
-        assert took < 3 * SOCKET_TIMEOUT, took
+        # the idle ones time out in two rounds of MAX_CONNECTIONS, then the scrape is served
+        assert took < 4 * SOCKET_TIMEOUT, took
     finally:
         for connection in idle:
             connection.close()

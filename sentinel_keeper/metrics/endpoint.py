@@ -23,7 +23,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from sentinel_keeper.errors import MetricsError
 from sentinel_keeper.listen import ListenAddress
 
-MAX_CONNECTIONS = 4  # served at once; another waits SOCKET_TIMEOUT for a slot, or is dropped
+MAX_CONNECTIONS = 4  # served at once; others wait in the listen backlog
 SOCKET_TIMEOUT = 5.0  # a request must arrive, and its answer be taken, within this
 MAX_PAGE_BYTES = 4 * 1024**2  # what `status` reads of a page at most
 INDEX = b"sentinel-keeper: Prometheus metrics at /metrics\n"
@@ -90,9 +90,9 @@ class _Server(ThreadingMixIn, WSGIServer):
         super().__init__((host, address.port), _Quiet)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(timeout=SOCKET_TIMEOUT):
-            self.shutdown_request(request)  # every slot held that long: drop this one
-            return
+        # every slot held: wait (later connections queue in the listen backlog) until a
+        # handler is done, which its socket timeout bounds for a client that sends nothing
+        self._slots.acquire()
         try:
             super().process_request(request, client_address)
         except BaseException:

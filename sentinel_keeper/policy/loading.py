@@ -81,9 +81,16 @@ def _describe(error: Mapping[str, Any], path: Path) -> tuple[str, bool]:
         return f"must be one of {expected}, got {show(value)}", False
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         if _model_at(path) is ModelPolicy and isinstance(value, str):
+            # the value goes into the hint only when it can be a model name (no control
+            # characters on the user's terminal); show() quotes it safely either way
+            try:
+                model_name(value)
+                name = value.strip()
+            except ValueError:
+                name = "MODEL"
             return (
-                f"a model is a mapping, not a bare name: write `- name: {value}` "
-                f"(or `- {{name: {value}}}`), got {show(value)}"
+                f"a model is a mapping, not a bare name: write `- name: {name}` "
+                f"(or `- {{name: {name}}}`), got {show(value)}"
             ), False
         return f"must be a mapping of keys to values, got {show(value)}", False
     if kind == "list_type":
