@@ -455,7 +455,7 @@ def test_textfile_paths_are_absolute_prom_files(path: str) -> None:
 def test_a_bare_model_name_hint_never_echoes_control_characters() -> None:
     found = errors('models:\n  - "\\x1f"\n  - llama3\n')
     assert found[0] == (
-        'p.yaml:2:5: models[0]: a model is a mapping, not a bare name: write `- name: MODEL` '
+        "p.yaml:2:5: models[0]: a model is a mapping, not a bare name: write `- name: MODEL` "
         '(or `- {name: MODEL}`), got "\\u001f"'
     )
     assert "write `- name: llama3`" in found[1]
