@@ -219,7 +219,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _gpu_total(policy: Policy) -> int | None:
     """Total GPU memory as NVML tells (local; no Ollama needed), None without NVML."""
-    probe = GpuProbe(policy.vram.gpu_indices)
+    probe = GpuProbe(policy.vram.gpu_selection)
     try:
         return probe.snapshot().total
     finally:

@@ -25,7 +25,7 @@ def make_client(policy: Policy) -> OllamaClient:
 def open_reconciler(policy: Policy, state_dir: str | None) -> Iterator[Reconciler]:
     """A Reconciler on real I/O; the HTTP client and NVML are closed on exit."""
     client = make_client(policy)
-    gpu = GpuProbe(policy.vram.gpu_indices)
+    gpu = GpuProbe(policy.vram.gpu_selection)
     try:
         yield Reconciler(
             policy,

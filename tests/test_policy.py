@@ -107,7 +107,7 @@ def test_durations_sizes_and_keep_alive_forms() -> None:
     assert policy.ollama.load_timeout == 0.5
     assert policy.vram.headroom == 1_500_000_000
     assert policy.vram.budget == 3 * 1024**3
-    assert policy.vram.gpu_indices == (0, 2)
+    assert policy.vram.gpu_selection == (0, 2)
     assert [m.effective_keep_alive for m in policy.models] == [-1, 300]
 
 
@@ -316,6 +316,7 @@ def test_schema_is_json_schema_with_every_section() -> None:
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert set(schema["properties"]) == {
         "ollama",
+        "instances",
         "interval",
         "timezone",
         "ready",

@@ -193,7 +193,7 @@ class Engines:
                 client = old.client
             else:
                 _close(old.client)
-            if old.policy.vram.gpu_indices == policy.vram.gpu_indices:
+            if old.policy.vram.gpu_selection == policy.vram.gpu_selection:
                 gpu = old.gpu
             else:
                 _close(old.gpu)

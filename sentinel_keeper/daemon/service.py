@@ -103,7 +103,7 @@ class Daemon:
             timings=self.timings,
             state_dir=state_dir,
             make_ollama=make_ollama,
-            make_gpu=make_gpu or (lambda p: GpuProbe(p.vram.gpu_indices)),
+            make_gpu=make_gpu or (lambda p: GpuProbe(p.vram.gpu_selection)),
         )
         self.worker = PassWorker(self._pass, self._watch, lambda exc: self._post(_Crash(exc)))
         self.schedule = Schedule(

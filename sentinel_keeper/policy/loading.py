@@ -15,7 +15,14 @@ from pydantic import BaseModel, ValidationError
 from sentinel_keeper.errors import Diagnostic, PolicyError
 from sentinel_keeper.listen import parse_listen
 from sentinel_keeper.ollama_env import name_problem, value_problem
-from sentinel_keeper.policy.schema import LoadOptions, ModelPolicy, Policy, model_name
+from sentinel_keeper.policy.schema import (
+    DEFAULT_INSTANCE,
+    LoadOptions,
+    ModelPolicy,
+    Policy,
+    instance_name,
+    model_name,
+)
 from sentinel_keeper.policy.yamlsource import (
     MAX_FILE_BYTES,
     Path,
@@ -25,6 +32,8 @@ from sentinel_keeper.policy.yamlsource import (
     load_yaml,
 )
 from sentinel_keeper.text import show
+from sentinel_keeper.unitname import unit_name_problem
+from sentinel_keeper.urls import DEFAULT_OLLAMA_URL, normalize_ollama_url
 
 
 def _model_at(path: Path) -> type[BaseModel] | None:
@@ -98,38 +107,197 @@ def _describe(error: Mapping[str, Any], path: Path) -> tuple[str, bool]:
     return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {show(value)}", False
 
 
+def _instance_names(data: Any) -> list[str] | None:
+    """The instances' names as written (None: the policy has no instances: list)."""
+    instances = data.get("instances") if isinstance(data, dict) else None
+    if not isinstance(instances, list):
+        return None
+    names = [i.get("name") for i in instances if isinstance(i, dict)]
+    return [n for n in names if isinstance(n, str) and _valid_instance_name(n)]
+
+
+def _valid_instance_name(name: str) -> bool:
+    try:
+        instance_name(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_models(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, list):
         return
-    seen: dict[str, int] = {}
+    names = _instance_names(data)
+    only = names[0] if names is not None and len(names) == 1 else None
+    seen: dict[tuple[str | None, str], int] = {}
     for index, entry in enumerate(models):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        if not isinstance(entry, dict):
+            continue
+        instance = entry.get("instance")
+        _check_model_instance(index, entry, names, problems)
+        if not isinstance(entry.get("name"), str):
             continue
         try:
             name = model_name(entry["name"])
         except ValueError:
             continue  # reported by the schema
-        if name in seen:
+        key = (instance if isinstance(instance, str) else only, name)
+        if key in seen:
+            on = f" on instance {key[0]}" if names is not None and key[0] is not None else ""
             problems.append(
-                ((("models", index, "name")), f"duplicate of models[{seen[name]}] ({name})", False)
+                (
+                    (("models", index, "name")),
+                    f"duplicate of models[{seen[key]}] ({name}{on})",
+                    False,
+                )
             )
         else:
-            seen[name] = index
+            seen[key] = index
+
+
+def _check_model_instance(
+    index: int,
+    entry: dict[Any, Any],
+    names: list[str] | None,
+    problems: list[tuple[Path, str, bool]],
+) -> None:
+    """A model names an instance the policy has; it must when the policy has several."""
+    instance = entry.get("instance")
+    path: Path = ("models", index, "instance")
+    if names is None:
+        if isinstance(instance, str) and instance != DEFAULT_INSTANCE:
+            problems.append(
+                (
+                    path,
+                    f"no instance named {show(instance)}: without instances:, the only "
+                    f"instance is {DEFAULT_INSTANCE} (the ollama section)",
+                    False,
+                )
+            )
+        return
+    listed = ", ".join(names)
+    if instance is None and len(names) > 1 and "instance" not in entry:
+        problems.append(
+            (
+                ("models", index),
+                f"which instance keeps it? the policy has several: add instance: with one of "
+                f"{listed}",
+                False,
+            )
+        )
+    elif isinstance(instance, str) and names and instance not in names:
+        close = difflib.get_close_matches(instance, names, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        problems.append(
+            (path, f"no instance named {show(instance)}{hint} (instances: {listed})", False)
+        )
+
+
+def _check_instances(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
+    """instances: replaces the ollama section and vram.gpus; each instance is its own Ollama:
+    its own name, address and unit."""
+    if not isinstance(data, dict) or "instances" not in data or data["instances"] is None:
+        return
+    instances = data["instances"]
+    if "ollama" in data:
+        problems.append(
+            (
+                ("ollama",),
+                "instances: replaces the ollama section: move its keys (url, unit, "
+                "keep_alive, ...) into each instance",
+                True,
+            )
+        )
+    vram = data.get("vram")
+    if isinstance(vram, dict) and "gpus" in vram:
+        problems.append(
+            (
+                ("vram", "gpus"),
+                "with instances:, each instance names its own gpus (instances[N].gpus)",
+                True,
+            )
+        )
+    if not isinstance(instances, list):
+        return  # reported by the schema
+    if not instances:
+        problems.append(
+            (
+                ("instances",),
+                "must list at least one instance (or leave instances: out and use the "
+                "ollama section)",
+                False,
+            )
+        )
+    seen: dict[str, dict[str, int]] = {"name": {}, "url": {}, "unit": {}}
+    for index, entry in enumerate(instances):
+        if not isinstance(entry, dict):
+            continue
+        values: dict[str, str | None] = {
+            "name": entry.get("name") if isinstance(entry.get("name"), str) else None,
+            "url": _same_url(entry.get("url", DEFAULT_OLLAMA_URL)),
+            "unit": _same_unit(entry.get("unit", "ollama.service")),
+        }
+        for key, value in values.items():
+            if value is None:
+                continue
+            first = seen[key].setdefault(value, index)
+            if first != index:
+                default = "" if key in entry else " (the default)"
+                problems.append(
+                    (
+                        ("instances", index, key) if key in entry else ("instances", index),
+                        f"instances[{first}] has this {key} too ({value}{default}): each "
+                        f"instance is its own ollama serve, with its own {key}",
+                        False,
+                    )
+                )
+
+
+def _same_url(value: object) -> str | None:
+    try:
+        return normalize_ollama_url(value)
+    except ValueError:
+        return None  # reported by the schema
+
+
+def _same_unit(value: object) -> str | None:
+    return str(value) if unit_name_problem(value) is None else None
+
+
+def _ollama_sections(data: Any) -> list[tuple[Path, dict[Any, Any]]]:
+    """Where the policy configures an Ollama: the ollama section and each instance."""
+    if not isinstance(data, dict):
+        return []
+    found: list[tuple[Path, dict[Any, Any]]] = []
+    if isinstance(data.get("ollama"), dict):
+        found.append((("ollama",), data["ollama"]))
+    instances = data.get("instances")
+    if isinstance(instances, list):
+        found += [(("instances", i), e) for i, e in enumerate(instances) if isinstance(e, dict)]
+    return found
 
 
 def _check_environment(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
-    section = data.get("ollama") if isinstance(data, dict) else None
-    environment = section.get("environment") if isinstance(section, dict) else None
+    for where, section in _ollama_sections(data):
+        _check_one_environment(where, section, problems)
+
+
+def _check_one_environment(
+    where: Path, section: dict[Any, Any], problems: list[tuple[Path, str, bool]]
+) -> None:
+    environment = section.get("environment")
     if not isinstance(environment, dict):
         return
     for key, value in environment.items():
-        path: Path = ("ollama", "environment", str(key))
+        path: Path = (*where, "environment", str(key))
         if not isinstance(key, str):
             problems.append((path, f"variable names must be strings, got {show(key)}", True))
             continue
         if key == "OLLAMA_KEEP_ALIVE":
-            problems.append((path, "set it with ollama.keep_alive, not here", True))
+            problems.append(
+                (path, f"set it with {format_path((*where, 'keep_alive'))}, not here", True)
+            )
             continue
         if isinstance(value, bool):
             text = "true" if value else "false"
@@ -149,19 +317,20 @@ def _check_environment(data: Any, problems: list[tuple[Path, str, bool]]) -> Non
 
 def _check_align_context(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
     """align_context writes OLLAMA_CONTEXT_LENGTH: the policy cannot set it as well."""
-    section = data.get("ollama") if isinstance(data, dict) else None
-    if not isinstance(section, dict) or section.get("align_context") is not True:
-        return
-    environment = section.get("environment")
-    if isinstance(environment, dict) and "OLLAMA_CONTEXT_LENGTH" in environment:
-        problems.append(
-            (
-                ("ollama", "align_context"),
-                "align_context writes OLLAMA_CONTEXT_LENGTH from the pinned models' num_ctx, "
-                "and ollama.environment sets it too: keep one of the two",
-                True,
+    for where, section in _ollama_sections(data):
+        if section.get("align_context") is not True:
+            continue
+        environment = section.get("environment")
+        if isinstance(environment, dict) and "OLLAMA_CONTEXT_LENGTH" in environment:
+            problems.append(
+                (
+                    (*where, "align_context"),
+                    "align_context writes OLLAMA_CONTEXT_LENGTH from the pinned models' "
+                    f"num_ctx, and {format_path((*where, 'environment'))} sets it too: keep "
+                    "one of the two",
+                    True,
+                )
             )
-        )
 
 
 def _check_metrics(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
@@ -205,6 +374,7 @@ def parse_policy(text: str, source: str) -> Policy:
             ],
         )
     problems: list[tuple[Path, str, bool]] = []
+    _check_instances(data, problems)
     _check_models(data, problems)
     _check_environment(data, problems)
     _check_metrics(data, problems)

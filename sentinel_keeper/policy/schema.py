@@ -193,29 +193,71 @@ AnyInt = Annotated[
 Bool = Annotated[bool, BeforeValidator(_boolean), WithJsonSchema({"type": "boolean"})]
 
 
-def _gpus(value: object) -> str | list[int]:
-    """ "all", or a non-empty list of NVML indices: one rule, one message."""
+# NVML's spelling of a GPU's UUID ("GPU-5a0c8b6e-...") or of a MIG device's ("MIG-...")
+_GPU_UUID = re.compile(r"(GPU|MIG)-[A-Za-z0-9][A-Za-z0-9/-]{0,95}")
+
+
+def _gpu(value: object) -> int | str:
+    if isinstance(value, str) and _GPU_UUID.fullmatch(value.strip()):
+        return value.strip()
+    if isinstance(value, str | bool) or not isinstance(value, int):
+        raise ValueError(
+            'must be an NVML GPU index such as 0 or a UUID such as "GPU-5a0c8b6e-..." '
+            f"(`nvidia-smi -L` lists both), got {show(value)}"
+        )
+    return _integer(0, "an integer >= 0")(value)
+
+
+def _gpus(value: object) -> str | list[int | str]:
+    """ "all", or a non-empty list of NVML indices or UUIDs: one rule, one message."""
     if value == "all":
         return "all"
-    index = _integer(0, "an integer >= 0")
     if not isinstance(value, list) or not value:
         raise ValueError(
-            f'must be "all" or a list of GPU indices such as [0, 1], got {show(value)}'
+            f'must be "all" or a list of GPU indices or UUIDs such as [0, 1], got {show(value)}'
         )
-    return [index(item) for item in value]
+    return [_gpu(item) for item in value]
 
 
 Gpus = Annotated[
-    Literal["all"] | list[int],
+    Literal["all"] | list[int | str],
     BeforeValidator(_gpus),
     WithJsonSchema(
         {
             "anyOf": [
                 {"const": "all"},
-                {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+                {
+                    "type": "array",
+                    "items": {
+                        "anyOf": [
+                            {"type": "integer", "minimum": 0},
+                            {"type": "string", "pattern": _GPU_UUID.pattern},
+                        ]
+                    },
+                    "minItems": 1,
+                },
             ]
         }
     ),
+]
+# An instance's name: a log field, a metrics label and a directory name
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+DEFAULT_INSTANCE = "default"
+
+
+def instance_name(value: object) -> str:
+    if not isinstance(value, str) or not _INSTANCE_NAME.fullmatch(value):
+        raise ValueError(
+            'must be a name such as "gpu0" (a letter or digit first, then letters, digits, '
+            f"_ and - only, at most 63), got {show(value)}"
+        )
+    return value
+
+
+InstanceName = Annotated[
+    str,
+    BeforeValidator(instance_name),
+    WithJsonSchema({"type": "string", "pattern": _INSTANCE_NAME.pattern}),
 ]
 ModelName = Annotated[
     str,
@@ -293,17 +335,29 @@ class OllamaSection(_Section):
     )
 
 
+class InstanceSection(OllamaSection):
+    """One Ollama server (one `ollama serve`, its own unit, port and GPUs): the keys of the
+    ollama section, a name, and the GPUs it uses."""
+
+    name: InstanceName = Field(description="the instance's name in logs, metrics and models")
+    gpus: Gpus = Field(
+        "all",
+        description='its GPUs: NVML indices or UUIDs (`nvidia-smi -L`), or "all"',
+    )
+
+
 class VramSection(_Section):
     """GPU memory rules for extra models."""
 
-    gpus: Gpus = Field("all", description='"all" or a list of NVML GPU indices')
+    gpus: Gpus = Field("all", description='"all" or a list of NVML GPU indices or UUIDs')
     headroom: Size = Field(512 * 1024**2, description="free memory to keep after loading an extra")
     budget: Size | None = Field(
         None, description="without NVML: memory the models may use in total"
     )
 
     @property
-    def gpu_indices(self) -> tuple[int, ...] | None:
+    def gpu_selection(self) -> tuple[int | str, ...] | None:
+        """The GPUs to read (NVML indices or UUIDs); None: all of them."""
         return None if self.gpus == "all" else tuple(self.gpus)
 
 
@@ -327,6 +381,9 @@ class ModelPolicy(_Section):
     """One model to keep warm."""
 
     name: ModelName
+    instance: InstanceName | None = Field(
+        None, description="the instance that keeps it (default: the only one)"
+    )
     tier: Literal["pinned", "extra"] = Field(
         "pinned", description="pinned: always resident; extra: only when it fits"
     )
@@ -406,6 +463,10 @@ class Policy(_Section):
     """The whole policy file."""
 
     ollama: OllamaSection = Field(default_factory=OllamaSection)
+    instances: list[InstanceSection] | None = Field(
+        None,
+        description="several Ollama servers (one per GPU, say), instead of the ollama section",
+    )
     interval: Duration = Field(15.0, description="how often a reconcile pass runs")
     timezone: TimeZone | None = Field(
         None, description="the time zone of the models' windows (IANA); default: the host's"
@@ -422,11 +483,53 @@ class Policy(_Section):
     models: list[ModelPolicy] = Field(default_factory=list)
 
     _source: str = PrivateAttr(default="<policy>")
+    _instance: str = PrivateAttr(default=DEFAULT_INSTANCE)
+    _instance_key: str = PrivateAttr(default="ollama")
 
     @property
     def source(self) -> str:
         """The file this policy was read from."""
         return self._source
+
+    @property
+    def instance(self) -> str:
+        """The name of the instance this policy is about (see :meth:`split`)."""
+        return self._instance
+
+    @property
+    def instance_key(self) -> str:
+        """Where the instance's settings are in the file, for messages: "ollama" or
+        "instances[1]"."""
+        return self._instance_key
+
+    @property
+    def instance_names(self) -> tuple[str, ...]:
+        if self.instances is None:
+            return (self._instance,)
+        return tuple(i.name for i in self.instances)
+
+    def split(self) -> tuple[Policy, ...]:
+        """One policy per Ollama instance, each a single-instance policy as without
+        ``instances:``: its ollama section is the instance's, vram.gpus its GPUs, its models
+        those that name it. Everything that runs against one Ollama takes one of these. A
+        policy without ``instances:`` is its own only part, the instance ``default``."""
+        if self.instances is None:
+            return (self,)
+        only = self.instances[0].name if len(self.instances) == 1 else None
+        parts = []
+        for index, section in enumerate(self.instances):
+            part = self.model_copy(
+                update={
+                    "ollama": section,
+                    "instances": None,
+                    "vram": self.vram.model_copy(update={"gpus": section.gpus}),
+                    "models": [m for m in self.models if (m.instance or only) == section.name],
+                }
+            )
+            part._instance = section.name
+            part._instance_key = f"instances[{index}]"
+            parts.append(part)
+        return tuple(parts)
 
     @property
     def pinned(self) -> tuple[ModelPolicy, ...]:
