@@ -24,6 +24,18 @@ def default_state_dir() -> str:
     return configured or "/var/lib/sentinel-keeper"
 
 
+INSTANCES_DIR = "instances"
+
+
+def instance_state_dir(state_dir: str, instance: str) -> str:
+    """Where an Ollama instance's state lives: the state directory itself for the instance
+    ``default`` (a policy without instances:, as before instances existed), a directory of
+    its own under ``instances/`` for any other."""
+    if instance == "default":
+        return state_dir
+    return os.path.join(state_dir, INSTANCES_DIR, instance)
+
+
 class StateStore:
     """Footprints by model name, read once and written atomically only when they change."""
 

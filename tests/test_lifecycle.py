@@ -81,7 +81,7 @@ def test_readiness(
 def test_the_ready_event_names_what_is_missing() -> None:
     ready = Ready("pinned models not installed", "warning")
     event = lifecycle.ready_event(
-        ready, elapsed=2.34567, report=reached("a:1b", not_installed=("b:1b",))
+        ready, elapsed=2.34567, reports=[("default", reached("a:1b", not_installed=("b:1b",)))]
     )
     assert (event.event, event.level) == ("ready", "warning")
     assert dict(event.fields) == {
@@ -89,7 +89,9 @@ def test_the_ready_event_names_what_is_missing() -> None:
         "after": 2.346,
         "missing": ["b:1b"],
     }
-    quiet = lifecycle.ready_event(Ready("pinned resident"), elapsed=1, report=reached(*PINNED))
+    quiet = lifecycle.ready_event(
+        Ready("pinned resident"), elapsed=1, reports=[("default", reached(*PINNED))]
+    )
     assert "missing" not in quiet.fields
 
 
