@@ -363,12 +363,11 @@ class Daemon:
         if ready is not None:
             self._ready_sent = True
             self.notifier.ready(self._status_text())
-            loops = list(self.loops.values())
             self._event(
                 lifecycle.ready_event(
                     ready,
                     elapsed=elapsed,
-                    missing=[(loop.name, loop.last) for loop in loops if loop.last is not None],
+                    reports=[(loop.name, loop.last) for loop in self.loops.values()],
                 )
             )
         elif extend:
