@@ -60,13 +60,12 @@ class InstanceLoop:
         state_dir: str | None,
         make_ollama: Callable[[Policy], OllamaClient],
         make_gpu: Callable[[Policy], GpuProbe],
-        stop: threading.Event,
         post: Callable[[str, Posted], None],
     ) -> None:
         self.name = part.instance
         self.policy = part  # the part in force, as the main thread knows it
         self.timings = timings
-        self._stop = stop
+        self._stop = threading.Event()  # read by a pass between its actions
         self._post = post
         self.progress = Progress(between_calls=timings.between_calls)
         self.engines = Engines(
@@ -128,8 +127,10 @@ class InstanceLoop:
         self.worker.request_pass()
 
     def stop(self) -> None:
-        """Take no more work. A pass stuck in a call keeps its client (the process exit, or
-        the garbage collector, closes its socket); an idle one is closed now."""
+        """Take no more work; a pass under way stops before its next action. A pass stuck in
+        a call keeps its client (the process exit, or the garbage collector, closes its
+        socket); an idle one is closed now."""
+        self._stop.set()
         self.worker.stop()
         self.schedule.shutdown()
         if self.worker.idle:

@@ -31,7 +31,6 @@ import queue
 import select
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -85,7 +84,6 @@ class Daemon:
         self._state_dir = state_dir
         self._make_ollama = make_ollama
         self._make_gpu = make_gpu or (lambda p: GpuProbe(p.vram.gpu_selection))
-        self._stop = threading.Event()  # read by a pass between its actions
         self._results: queue.SimpleQueue[tuple[str, Posted]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -115,7 +113,6 @@ class Daemon:
             state_dir=self._state_dir,
             make_ollama=self._make_ollama,
             make_gpu=self._make_gpu,
-            stop=self._stop,
             post=self._post,
         )
 
@@ -173,7 +170,6 @@ class Daemon:
         name = signal.Signals(signum).name if signum is not None else "crash"
         running = any(loop.progress.running for loop in self.loops.values())
         self.notifier.stopping("stopping" + (" (abandoning a load)" if running else ""))
-        self._stop.set()
         for loop in self.loops.values():
             loop.stop()
         self._event(LogEvent("stopping", "info", {"signal": name, "pass_running": running}))
