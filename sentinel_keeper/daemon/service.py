@@ -46,8 +46,8 @@ from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.events import LogEvent, advance, pass_events
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.logs import LEVEL_NUMBERS
-from sentinel_keeper.metrics.counts import Counts, ReloadResult, count_pass, count_reload
-from sentinel_keeper.metrics.families import MetricsView
+from sentinel_keeper.metrics.counts import ReloadResult, add_reload, count_pass
+from sentinel_keeper.metrics.families import InstanceView, MetricsView
 from sentinel_keeper.notify import Notifier
 from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
@@ -102,7 +102,7 @@ class Daemon:
         self._crash: BaseException | None = None
         # what the metrics count (always, so that turning them on by a reload shows the
         # daemon's whole life) and publish (only when the policy turns them on)
-        self._reloads = Counts()
+        self._reloads: dict[str, int] = {}  # policy reloads by result
         self._started_unix = time.time()
         self._exporter: Exporter | None = None
 
@@ -255,7 +255,7 @@ class Daemon:
             if decision.policy == self.policy
             else ReloadResult.APPLIED
         )
-        self._reloads = count_reload(self._reloads, result)
+        self._reloads = add_reload(self._reloads, result)
         if decision.policy is not None:
             self.policy = decision.policy
             self._apply_parts(decision.policy.split())
@@ -297,11 +297,12 @@ class Daemon:
         section = self.policy.metrics
         if self._exporter is None and not section.enabled:
             return  # prometheus_client is not even imported
-        first = next(iter(self.loops.values()))
         view = MetricsView(
-            policy=first.policy,
-            counts=first.counts,
-            report=first.last,
+            instances=tuple(
+                InstanceView(loop.name, loop.policy, loop.counts, loop.last)
+                for loop in self.loops.values()
+            ),
+            reloads=self._reloads,
             version=__version__,
             python=platform.python_version(),
             started_unix=self._started_unix,
