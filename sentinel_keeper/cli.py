@@ -93,7 +93,7 @@ _EXIT_MEANINGS: tuple[tuple[int, frozenset[str] | None, str], ...] = (
     (
         EXIT_UNAVAILABLE,
         frozenset({"check", "once", "status", "bench"}),
-        "Ollama is unreachable (check: only with --online)",
+        "Ollama (any of its instances) is unreachable (check: only with --online)",
     ),
     (EXIT_UNAVAILABLE, frozenset({"apply-override"}), "systemctl failed"),
     (EXIT_SOFTWARE, None, "internal error"),
@@ -814,7 +814,12 @@ def build_parser() -> argparse.ArgumentParser:
     _instance_option(once)
     status = command("status", cmd_status, "show each policy model, GPU memory and Ollama")
     _instance_option(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help='machine-readable output; with several instances {"instances": [one object '
+        'per instance, each with its "instance" and "windows"], "daemon": {...}}',
+    )
     command("schema", cmd_schema, "print the policy's JSON Schema (for editors)", policy=False)
     bench = command(
         "bench",
@@ -826,7 +831,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         metavar="NAME",
-        help="bench this model (repeatable; default: every model of the policy)",
+        help="bench this model (repeatable; default: every model of the policy); on each "
+        "instance that keeps it, or on each instance when none does",
     )
     bench.add_argument(
         "--runs", type=_at_least_one, default=5, help="warm requests per model (default 5)"
@@ -842,7 +848,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also unload models that other clients seem to be using",
     )
-    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument(
+        "--json",
+        action="store_true",
+        help='machine-readable output; with several instances {"instances": [one object '
+        'per instance, each with its "instance"]}',
+    )
     _instance_option(bench)
     run = command("run", cmd_run, "the daemon: keep the policy's models warm (under systemd)")
     run.add_argument(
