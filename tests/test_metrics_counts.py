@@ -16,7 +16,6 @@ from sentinel_keeper.metrics.counts import (
     ReloadResult,
     add_reload,
     count_pass,
-    count_reload,
 )
 from sentinel_keeper.observation import LoadedModel, Observation
 from sentinel_keeper.plan import Action, ActionKind, Plan
@@ -297,12 +296,12 @@ def test_counters_survive_a_policy_without_the_model() -> None:
 
 def test_passes_policy_reloads_and_the_version_are_counted() -> None:
     counts = run(seen(look(RESIDENT)), seen(look(RESIDENT, version="0.34.0")))
-    counts = count_reload(count_reload(counts, ReloadResult.APPLIED), ReloadResult.REJECTED)
-    counts = count_reload(counts, ReloadResult.APPLIED)
+    reloads = add_reload(add_reload({}, ReloadResult.APPLIED), ReloadResult.REJECTED)
+    reloads = add_reload(reloads, ReloadResult.APPLIED)
     assert counts.passes == 2
     assert counts.pass_seconds.count == 2
     assert counts.ollama_version == "0.34.0"
-    assert dict(counts.policy_reloads) == {"applied": 2, "rejected": 1}
+    assert reloads == {"applied": 2, "rejected": 1}
     assert counts.last_pass_unix == NOW.timestamp() + 0.5
 
 

@@ -183,9 +183,15 @@ def test_an_instance_named_twice_is_refused() -> None:
 
 def test_a_single_instance_view_is_the_instance_default() -> None:
     policy = parse_policy(f"models: [{{name: {SHARED}}}]\n", "p.yaml")
-    counts = Counts(passes=3, policy_reloads={"rejected": 1})
+    counts = Counts(passes=3)
     view = MetricsView.single(
-        policy, counts, None, version="0.1.0", python="3.12.1", started_unix=5.0
+        policy,
+        counts,
+        None,
+        version="0.1.0",
+        python="3.12.1",
+        started_unix=5.0,
+        reloads={"rejected": 1},
     )
     assert [(i.name, i.policy, i.counts) for i in view.instances] == [("default", policy, counts)]
     got = values(page(view))

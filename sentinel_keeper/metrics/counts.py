@@ -95,7 +95,6 @@ class Counts:
     outage_since: float | None = None  # monotonic start of the outage going on
     restarts: int = 0
     ollama_version: str | None = None  # as last observed
-    policy_reloads: Mapping[str, int] = field(default_factory=dict)  # ReloadResult value
 
     def outage_seconds_at(self, mono: float) -> float:
         since = self.outage_since
@@ -123,10 +122,6 @@ def load_seconds(outcome: Outcome) -> float:
 def add_reload(reloads: Mapping[str, int], result: ReloadResult) -> dict[str, int]:
     """The daemon's policy reloads by result, ``result`` counted."""
     return _add(reloads, result.value)
-
-
-def count_reload(counts: Counts, result: ReloadResult) -> Counts:
-    return replace(counts, policy_reloads=add_reload(counts.policy_reloads, result))
 
 
 def count_pass(

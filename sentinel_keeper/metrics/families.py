@@ -256,12 +256,12 @@ class MetricsView:
         version: str,
         python: str,
         started_unix: float,
+        reloads: Mapping[str, int] | None = None,
     ) -> MetricsView:
-        """The view of a daemon that keeps one instance (the policy's own), its reloads in
-        ``counts``."""
+        """The view of a daemon that keeps one instance (the policy's own)."""
         return cls(
             (InstanceView(policy.instance, policy, counts, report),),
-            reloads=counts.policy_reloads,
+            reloads=reloads or {},
             version=version,
             python=python,
             started_unix=started_unix,
