@@ -102,7 +102,9 @@ def assert_clean(path: Path, data: bytes) -> int:
     name = str(path)
     if code == 0:
         assert re.fullmatch(
-            rf"{re.escape(name)}: ok \(\d+ pinned, \d+ extras; ollama at \S+\)\n", out
+            rf"{re.escape(name)}: ok \(\d+ pinned, \d+ extras; "
+            rf"(ollama at \S+|\d+ instances: (\S+ ollama at \S+(, )?)+)\)\n",
+            out,
         ), out
         # the warnings an accepted policy may get: it keeps nothing warm (issue 16), a pinned
         # model's num_ctx that clients sending none would reload, align_context unable to
@@ -110,7 +112,8 @@ def assert_clean(path: Path, data: bytes) -> int:
         for line in err.splitlines():
             assert line == f"warning: {name}: {EMPTY_MODELS}" or re.fullmatch(
                 rf"warning: {re.escape(name)}: (\S+: options\.num_ctx \d+ differs from what a "
-                r"client that sends no num_ctx gets, .*|ollama\.align_context: .*)",
+                r"client that sends no num_ctx gets, .*"
+                r"|(ollama|instances\[\d+\])\.align_context: .*)",
                 line,
             ), line
         return code
@@ -217,11 +220,39 @@ def valid_policies(draw: st.DrawFn) -> dict[str, Any]:
         )
     )
     empty_sections: bool = draw(st.booleans())
-    if ollama or empty_sections:
+    if draw(st.booleans()):
+        _as_instances(draw, policy, ollama, models)
+    elif ollama or empty_sections:
         policy["ollama"] = ollama
     if models or empty_sections:
         policy["models"] = models
     return policy
+
+
+GPU_ID = st.one_of(
+    st.integers(0, 7), st.sampled_from(["GPU-5a0c8b6e-1d2f-4c3b-9a8e-7f6d5c4b3a21", "MIG-1/2/0"])
+)
+
+
+def _as_instances(
+    draw: st.DrawFn, policy: dict[str, Any], ollama: dict[str, Any], models: list[dict[str, Any]]
+) -> None:
+    """The same policy with instances: in place of the ollama section: each instance its own
+    name, port and unit, each model one of them (named, or left out when there is one)."""
+    count = draw(st.integers(1, 3))
+    instances = []
+    for number in range(count):
+        instance = {k: v for k, v in ollama.items() if k not in ("url", "unit")}
+        instance["name"] = draw(st.sampled_from(["gpu", "big", "a-1", "B_2"])) + str(number)
+        instance["url"] = f"http://127.0.0.1:{11434 + number}"
+        instance["unit"] = f"ollama-{number}.service"
+        instance["gpus"] = draw(st.one_of(st.just("all"), st.lists(GPU_ID, min_size=1, max_size=2)))
+        instances.append(instance)
+    policy["instances"] = instances
+    policy.get("vram", {}).pop("gpus", None)
+    for model in models:
+        if count > 1 or draw(st.booleans()):
+            model["instance"] = draw(st.sampled_from([i["name"] for i in instances]))
 
 
 def _huge(digits: int, sign: int) -> int:
@@ -444,11 +475,17 @@ def test_valid_policies_load_as_written(workdir: Path, policy: dict[str, Any]) -
         assert model.tier == entry.get("tier", "pinned")
         assert model.priority == entry.get("priority", 0)
         assert model.options.as_request() == entry.get("options", {})
-    ollama = policy.get("ollama", {})
-    assert loaded.ollama.unit == ollama.get("unit", "ollama.service")
-    assert loaded.ollama.environment == {
-        k: str(v) for k, v in ollama.get("environment", {}).items()
-    }
+    sections = policy.get("instances") or [policy.get("ollama", {})]
+    parts = loaded.split()
+    assert len(parts) == len(sections)
+    for section, part in zip(sections, parts, strict=True):
+        assert part.instance == section.get("name", "default")
+        assert part.ollama.unit == section.get("unit", "ollama.service")
+        assert part.ollama.environment == {
+            k: str(v) for k, v in section.get("environment", {}).items()
+        }
+        on = [m for m in models if m.get("instance", part.instance) == part.instance]
+        assert [m.name for m in part.models] == [normalize_model_name(m["name"]) for m in on]
 
 
 @pytest.mark.slow
