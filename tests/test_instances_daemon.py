@@ -221,3 +221,25 @@ def test_a_reload_adds_and_removes_instances(
     assert b.instance(PINNED_B) is None
     assert a.load_count == loads_a  # a was never disturbed
     assert not [x for x in daemon.lines(since=since) if "instance=b" in x and "model_" in x]
+
+
+@pytest.mark.slow
+def test_each_instance_costs_one_thread(
+    tmp_path: Path, notify: NotifySocket, spawn: Callable[..., DaemonProcess]
+) -> None:
+    """The unit's TasksMax= must hold for a machine with many GPUs: the instances share the
+    scheduler and its executor; each adds its pass worker only."""
+    sections = "".join(
+        f"  - {{name: i{n}, url: 'http://127.0.0.1:{n + 1}', unit: o{n}.service}}\n"
+        for n in range(6)
+    )
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        f"metrics: {{listen: null}}\nready: started\ninstances:\n{sections}models: []\n"
+    )
+    daemon = spawn(policy)
+    notify.wait_for("READY", "1")
+    for n in range(6):
+        daemon.wait_line(rf"^<4>ollama_unreachable .*instance=i{n}$")
+    threads = len(list(Path(f"/proc/{daemon.pid}/task").iterdir()))
+    assert threads <= 3 + 6, threads  # main, scheduler, its executor; a worker per instance

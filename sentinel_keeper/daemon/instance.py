@@ -1,8 +1,9 @@
 """One Ollama instance's passes, independent of the other instances': its policy part
 (:meth:`Policy.split`), its engine (client, GPU probe, reconciler, state), its pass worker
-thread, its schedule and its progress record; and what the main thread remembers of its
-passes. An instance that does not answer, or a load that takes minutes on one, holds up no
-pass of another instance: each has its own thread and its own HTTP client.
+thread, its jobs on the daemon's scheduler and its progress record; and what the main
+thread remembers of its passes. An instance that does not answer, or a load that takes
+minutes on one, holds up no pass of another instance: each has its own thread and its own
+HTTP client.
 
 The worker side (:meth:`_pass`, :meth:`_watch`) runs on the instance's pass worker thread
 and hands what it found to the main thread through ``post``; every other attribute is the
@@ -14,6 +15,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from sentinel_keeper.daemon.engine import Engines
 from sentinel_keeper.daemon.lifecycle import Ready
@@ -61,6 +64,7 @@ class InstanceLoop:
         make_ollama: Callable[[Policy], OllamaClient],
         make_gpu: Callable[[Policy], GpuProbe],
         post: Callable[[str, Posted], None],
+        scheduler: BackgroundScheduler,
     ) -> None:
         self.name = part.instance
         self.policy = part  # the part in force, as the main thread knows it
@@ -83,7 +87,11 @@ class InstanceLoop:
             name=f"sentinel-pass-{self.name}",
         )
         self.schedule = Schedule(
-            timings, request_pass=self.worker.request_pass, request_watch=self.worker.request_watch
+            timings,
+            request_pass=self.worker.request_pass,
+            request_watch=self.worker.request_watch,
+            scheduler=scheduler,
+            prefix=f"{self.name}/",
         )
         # the main thread's record of this instance's passes
         self.history = History()

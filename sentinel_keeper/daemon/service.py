@@ -41,6 +41,7 @@ from sentinel_keeper import __version__
 from sentinel_keeper.daemon import lifecycle
 from sentinel_keeper.daemon.instance import InstanceLoop, Posted, WatchAsked
 from sentinel_keeper.daemon.progress import Stuck
+from sentinel_keeper.daemon.schedule import new_scheduler
 from sentinel_keeper.daemon.signals import SignalFlags
 from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.events import LogEvent, advance, pass_events
@@ -89,6 +90,7 @@ class Daemon:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._signals = SignalFlags(self._wake_w.fileno())
+        self._scheduler = new_scheduler()  # the instances' schedules share it
         # one loop of passes per Ollama instance, in the policy's order
         self.loops: dict[str, InstanceLoop] = {
             part.instance: self._loop(part) for part in policy.split()
@@ -114,6 +116,7 @@ class Daemon:
             make_ollama=self._make_ollama,
             make_gpu=self._make_gpu,
             post=self._post,
+            scheduler=self._scheduler,
         )
 
     def _post(self, instance: str, item: Posted) -> None:
@@ -164,6 +167,7 @@ class Daemon:
         self.notifier.status(self._status_text())
         for loop in self.loops.values():
             loop.start()
+        self._scheduler.start()
 
     def _shutdown(self) -> None:
         signum = self._signals.stop
@@ -172,6 +176,7 @@ class Daemon:
         self.notifier.stopping("stopping" + (" (abandoning a load)" if running else ""))
         for loop in self.loops.values():
             loop.stop()
+        self._scheduler.shutdown(wait=False)
         self._event(LogEvent("stopping", "info", {"signal": name, "pass_running": running}))
         if self._exporter is not None:
             self._exporter.close()
