@@ -27,7 +27,7 @@ from sentinel_keeper.policy.loading import parse_policy
 from tests.support.daemon import free_port
 from tests.support.fake_nvml import FakeGpu, FakeNvml, library_dir, nvml_env
 from tests.support.ollama_double import FakeModel, OllamaDouble
-from tests.support.ollama_fixtures import NOMIC
+from tests.support.ollama_fixtures import CLI_MODELS
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +36,7 @@ MiB = 1024**2
 ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = [
-    FakeModel("llama3.2:1b", size=1300 * MiB),
-    NOMIC,
-    FakeModel(
-        "qwen2.5:0.5b",
-        size=400 * MiB,
-        block_count=24,
-        head_count_kv=2,
-        embedding_length=896,
-        head_count=14,
-    ),
+    *CLI_MODELS,
     FakeModel(
         "qwen2.5:1.5b",
         size=1000 * MiB,

@@ -16,26 +16,14 @@ import pytest
 
 from sentinel_keeper.override.render import DROPIN_NAME
 from tests.support.fake_nvml import FakeGpu, FakeNvml, library_dir, nvml_env
-from tests.support.ollama_double import FakeModel, OllamaDouble
-from tests.support.ollama_fixtures import NOMIC
+from tests.support.ollama_double import OllamaDouble
+from tests.support.ollama_fixtures import CLI_MODELS
 
 pytestmark = pytest.mark.slow
 
 GiB = 1024**3
-MiB = 1024**2
 
-MODELS = [
-    FakeModel("llama3.2:1b", size=1300 * MiB),
-    NOMIC,
-    FakeModel(
-        "qwen2.5:0.5b",
-        size=400 * MiB,
-        block_count=24,
-        head_count_kv=2,
-        embedding_length=896,
-        head_count=14,
-    ),
-]
+MODELS = list(CLI_MODELS)
 
 STAND_IN_SYSTEMCTL = """#!/bin/sh
 printf '%s\\n' "$*" >> "$SYSTEMCTL_LOG"

@@ -84,6 +84,15 @@ def _policy(
     return text + extra
 
 
+def _run(
+    tmp_path: Path, spawn: Callable[..., DaemonProcess], text: str
+) -> tuple[Path, DaemonProcess]:
+    """The daemon on the policy ``text``, with the two fake GPUs."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(text)
+    return policy, spawn(policy, **_nvml(tmp_path))
+
+
 def _resident(double: OllamaDouble, *names: str) -> bool:
     return all(double.instance(n) is not None for n in names)
 
@@ -96,9 +105,7 @@ def test_each_instance_keeps_its_models_and_admits_extras_by_its_own_gpu(
     spawn: Callable[..., DaemonProcess],
 ) -> None:
     a, b = doubles
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(_policy(a, b))
-    daemon = spawn(policy, **_nvml(tmp_path))
+    _, daemon = _run(tmp_path, spawn, _policy(a, b))
     ready = notify.wait_for("READY", "1")
     assert _resident(a, PINNED_A) and _resident(b, PINNED_B)
     status = ready.fields["STATUS"]
@@ -132,9 +139,7 @@ def test_one_instance_restarting_is_rewarmed_while_the_other_is_still_loading(
     spawn: Callable[..., DaemonProcess],
 ) -> None:
     a, b = doubles
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(_policy(a, b))
-    daemon = spawn(policy, **_nvml(tmp_path))
+    policy, daemon = _run(tmp_path, spawn, _policy(a, b))
     notify.wait_for("READY", "1")
     # a long load on a: b's passes must not wait for it
     a.load_seconds = 8.0
@@ -177,9 +182,7 @@ def test_ready_waits_for_every_instance(
 ) -> None:
     a, b = doubles
     b.stop()  # b's Ollama is not up yet
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(_policy(a, b))
-    daemon = spawn(policy, **_nvml(tmp_path))
+    _, daemon = _run(tmp_path, spawn, _policy(a, b))
     wait_until("a's pinned model", lambda: _resident(a, PINNED_A))
     daemon.wait_line(r"^<4>ollama_unreachable .*instance=b")
     time.sleep(1.0)
@@ -201,9 +204,7 @@ def test_a_reload_adds_and_removes_instances(
     spawn: Callable[..., DaemonProcess],
 ) -> None:
     a, b = doubles
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(_policy(a, b, with_b=False))
-    daemon = spawn(policy, **_nvml(tmp_path))
+    policy, daemon = _run(tmp_path, spawn, _policy(a, b, with_b=False))
     notify.wait_for("READY", "1")
     assert b.load_count == 0
     policy.write_text(_policy(a, b))

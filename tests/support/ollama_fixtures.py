@@ -43,6 +43,19 @@ NOMIC = FakeModel(
     context_length=2048,
 )
 EMBED = replace(NOMIC, size=274_302_450, parameter_size="137M", quantization_level="F16")
+# The CLI tests' three models: round sizes, the small qwen's real KV cache shape.
+CLI_MODELS = (
+    FakeModel("llama3.2:1b", size=1300 * MiB),
+    NOMIC,
+    FakeModel(
+        "qwen2.5:0.5b",
+        size=400 * MiB,
+        block_count=24,
+        head_count_kv=2,
+        embedding_length=896,
+        head_count=14,
+    ),
+)
 
 
 def tiny(name: str, size: int, **kw: Any) -> FakeModel:
