@@ -317,6 +317,7 @@ def test_schema_is_json_schema_with_every_section() -> None:
     assert set(schema["properties"]) == {
         "ollama",
         "instances",
+        "gateway",
         "interval",
         "timezone",
         "ready",

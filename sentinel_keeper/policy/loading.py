@@ -334,21 +334,61 @@ def _check_align_context(data: Any, problems: list[tuple[Path, str, bool]]) -> N
 
 
 def _check_metrics(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
-    """The metrics endpoint listens on loopback unless the policy says allow_remote: true."""
-    section = data.get("metrics") if isinstance(data, dict) else None
-    if not isinstance(section, dict) or section.get("allow_remote") is True:
+    """The metrics endpoint and the gateway listen on loopback unless the policy says
+    allow_remote: true."""
+    for name, what in (
+        ("metrics", "anyone who can reach it reads the figures"),
+        ("gateway", "anyone who can reach it uses Ollama through it"),
+    ):
+        section = data.get(name) if isinstance(data, dict) else None
+        if not isinstance(section, dict) or section.get("allow_remote") is True:
+            continue
+        try:
+            address = parse_listen(section.get("listen"))
+        except ValueError:
+            continue  # absent, null (off), or reported by the schema
+        if not address.loopback:
+            problems.append(
+                (
+                    (name, "listen"),
+                    f"{address} is reachable from other hosts: set {name}.allow_remote: true "
+                    f"to mean it ({what}), or listen on 127.0.0.1",
+                    False,
+                )
+            )
+
+
+def _check_gateway(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
+    """The gateway fronts one instance: the policy's only one, or the one it names."""
+    section = data.get("gateway") if isinstance(data, dict) else None
+    if not isinstance(section, dict) or section.get("listen") is None:
         return
-    try:
-        address = parse_listen(section.get("listen"))
-    except ValueError:
-        return  # absent, null (off), or reported by the schema
-    if not address.loopback:
+    names = _instance_names(data)
+    instance = section.get("instance")
+    if names is None:
+        if isinstance(instance, str) and instance != DEFAULT_INSTANCE:
+            problems.append(
+                (
+                    ("gateway", "instance"),
+                    f"no instance named {show(instance)}: without instances:, the only "
+                    f"instance is {DEFAULT_INSTANCE}",
+                    False,
+                )
+            )
+        return
+    if instance is None and len(names) > 1:
         problems.append(
             (
-                ("metrics", "listen"),
-                f"{address} is reachable from other hosts: set metrics.allow_remote: true "
-                "to mean it (anyone who can reach it reads the figures), or listen on "
-                "127.0.0.1",
+                ("gateway",),
+                f"which instance does it front? add instance: with one of {', '.join(names)}",
+                True,
+            )
+        )
+    elif isinstance(instance, str) and names and instance not in names:
+        problems.append(
+            (
+                ("gateway", "instance"),
+                f"no instance named {show(instance)} (instances: {', '.join(names)})",
                 False,
             )
         )
@@ -378,6 +418,7 @@ def parse_policy(text: str, source: str) -> Policy:
     _check_models(data, problems)
     _check_environment(data, problems)
     _check_metrics(data, problems)
+    _check_gateway(data, problems)
     _check_align_context(data, problems)
     policy: Policy | None = None
     try:

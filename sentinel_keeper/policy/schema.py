@@ -459,6 +459,47 @@ class MetricsSection(_Section):
         return self.listen is not None or self.textfile is not None
 
 
+class GatewaySection(_Section):
+    """An optional reverse proxy in front of one Ollama instance, on the request path: it
+    keeps pinned models' pins and options, and protects them from foreign models."""
+
+    listen: Listen | None = Field(
+        None, description="address the gateway listens on, e.g. 127.0.0.1:11435; null: off"
+    )
+    allow_remote: Bool = Field(False, description="allow a listen address other than loopback")
+    instance: InstanceName | None = Field(
+        None, description="the Ollama instance it fronts (default: the only one)"
+    )
+    pin_keep_alive: Bool = Field(
+        True, description="replace a client's keep_alive that would shorten a pinned model's"
+    )
+    allow_unload: Bool = Field(
+        False, description="honour a client's keep_alive 0 (unload) for a pinned model"
+    )
+    align_options: Bool = Field(
+        True,
+        description="raise a smaller num_ctx to the pinned one; align num_batch, num_thread, "
+        "use_mmap with the pinned model's",
+    )
+    foreign: Literal["evict", "queue", "cpu", "reject"] = Field(
+        "evict",
+        description="a model not in the policy that would not fit beside the pinned ones: "
+        "evict (Ollama's own way), queue (wait for memory), cpu (load it on the CPU), "
+        "reject (503)",
+    )
+    queue_timeout: Duration = Field(
+        30.0, description="foreign: queue waits this long for memory, then answers 503"
+    )
+    max_body: Size = Field(
+        16 * 1024**2,
+        description="largest JSON body of a generate, chat or embed request (larger: 413)",
+    )
+
+    @property
+    def address(self) -> ListenAddress | None:
+        return None if self.listen is None else parse_listen(self.listen)
+
+
 class Policy(_Section):
     """The whole policy file."""
 
@@ -480,6 +521,7 @@ class Policy(_Section):
     vram: VramSection = Field(default_factory=VramSection)
     reload_backoff: ReloadBackoffSection = Field(default_factory=ReloadBackoffSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
     models: list[ModelPolicy] = Field(default_factory=list)
 
     _source: str = PrivateAttr(default="<policy>")
@@ -507,6 +549,13 @@ class Policy(_Section):
         if self.instances is None:
             return (self._instance,)
         return tuple(i.name for i in self.instances)
+
+    @property
+    def gateway_instance(self) -> str | None:
+        """The instance the gateway fronts; None when the gateway is off."""
+        if self.gateway.listen is None:
+            return None
+        return self.gateway.instance or self.instance_names[0]
 
     def split(self) -> tuple[Policy, ...]:
         """One policy per Ollama instance, each a single-instance policy as without

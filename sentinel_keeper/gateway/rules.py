@@ -1,0 +1,317 @@
+"""What the gateway changes in a request on its way to Ollama, and why: a pure function of the
+request's path and JSON body, the policy in force for the instance the gateway fronts, and
+the keeper's last look at that Ollama. No I/O: the server (:mod:`.server`) reads the
+request, asks :func:`decide`, and forwards what comes back.
+
+The rules, each of which the policy can turn off (``gateway:``):
+
+- ``pin_keep_alive``: a pinned model keeps its pin. A client's keep_alive that would shorten
+  it (a number of seconds, a Go duration) is replaced by the policy's; so is a missing one
+  when Ollama's own default (the drop-in's OLLAMA_KEEP_ALIVE) is not the pin; keep_alive 0
+  (unload) only with ``allow_unload``.
+- ``align_options``: a request for a pinned model whose load-time options would reload it
+  gets the pinned model's where that cannot change the answer: a smaller num_ctx (or none,
+  when Ollama's default is smaller) is raised to the pinned one, num_batch, num_thread and
+  use_mmap take the pinned model's values. A request that truly needs more context is
+  passed as it is, and said (``reload_num_ctx``): it will reload the model.
+- ``foreign``: a model not in the policy, not loaded, that would not fit beside the pinned
+  models in the free GPU memory: ``evict`` forwards it (Ollama then evicts what it must),
+  ``queue`` waits for memory, ``cpu`` loads it with ``num_gpu: 0``, ``reject`` answers 503.
+
+A body the rules cannot read (not JSON, no model) is forwarded as it came, for Ollama to
+answer in its own way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sentinel_keeper import context
+from sentinel_keeper.names import normalize_model_name
+from sentinel_keeper.observation import Observation
+from sentinel_keeper.ollama_env.goparse import parse_go_duration
+from sentinel_keeper.plan import expected_footprint
+from sentinel_keeper.policy import ModelPolicy, Policy
+from sentinel_keeper.policy.schema import GatewaySection
+from sentinel_keeper.units import format_duration, format_size
+from sentinel_keeper.windows import in_force, zone_of
+
+# The endpoints whose JSON body names a model and carries keep_alive and options.
+NATIVE = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})
+# The OpenAI-compatible ones: a model, but neither keep_alive nor options.
+OPENAI = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+MODEL_PATHS = NATIVE | OPENAI
+# Load-time options that cannot change an answer, taken from the pinned model.
+ALIGNED = ("num_batch", "num_thread", "use_mmap")
+# Ollama loads a model beside others only within this share of free GPU memory.
+OLLAMA_FIT_SHARE = 0.8
+
+
+class Verdict(StrEnum):
+    FORWARD = "forward"
+    QUEUE = "queue"  # wait for memory, then decide again
+    REJECT = "reject"  # answer 503 with ``error``
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field the gateway changed: the value the client sent (None: none) and the value
+    forwarded (None: removed)."""
+
+    field: str  # "keep_alive", "options.num_ctx"...
+    before: object
+    after: object
+    why: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    model: str | None  # the model the request is for, as Ollama names it; None: no model
+    body: Mapping[str, Any] | None = None  # the body to forward; None: the request's own bytes
+    changes: tuple[Change, ...] = ()
+    verdict: Verdict = Verdict.FORWARD
+    error: str | None = None  # QUEUE and REJECT: why
+    # the request will reload a pinned model with this num_ctx (larger than the pinned one)
+    reload_num_ctx: int | None = None
+    pinned: bool = False
+
+
+@dataclass(frozen=True)
+class GatewayView:
+    """What the gateway knows of the instance it fronts: the policy (its part) and the
+    keeper's last look at that Ollama (None before the first)."""
+
+    policy: Policy
+    observation: Observation | None
+
+
+def _request_keep_alive(value: object) -> float | None:
+    """Seconds of a request's keep_alive as Ollama reads it (negative: forever), or None
+    when Ollama would refuse it or it is absent (then the gateway leaves it alone)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            return parse_go_duration(value) / 1e9
+        except ValueError:
+            return None
+    return None
+
+
+def _shorter(sent: float, wanted: float) -> bool:
+    """Whether a keep_alive of ``sent`` seconds keeps the model for less than ``wanted``."""
+    if wanted < 0:
+        return sent >= 0
+    return 0 <= sent < wanted
+
+
+def _keep_alive(
+    body: Mapping[str, Any], model: ModelPolicy, view: GatewayView, rules: GatewaySection
+) -> Change | None:
+    wanted = model.effective_keep_alive
+    after: object = -1 if wanted < 0 else int(wanted) if wanted.is_integer() else wanted
+    if "keep_alive" not in body:
+        default = view.policy.ollama.keep_alive  # what the drop-in makes Ollama use
+        if not _shorter(default, wanted):
+            return None
+        return Change(
+            "keep_alive",
+            None,
+            after,
+            f"none sent: Ollama would keep it {format_duration(default)} (OLLAMA_KEEP_ALIVE)",
+        )
+    sent = _request_keep_alive(body["keep_alive"])
+    if sent is None:
+        return None  # not one Ollama reads: its own 400 says so
+    if sent == 0:
+        if rules.allow_unload:
+            return None
+        why = "keep_alive 0 would unload a pinned model (gateway.allow_unload: true honours it)"
+        return Change("keep_alive", body["keep_alive"], after, why)
+    if not _shorter(sent, wanted):
+        return None
+    return Change(
+        "keep_alive",
+        body["keep_alive"],
+        after,
+        f"{format_duration(sent)} would shorten the pin ({format_duration(wanted)})",
+    )
+
+
+def _client_num_ctx(options: Mapping[str, Any], policy: Policy, view: GatewayView) -> int | None:
+    """The num_ctx the request loads with: its own, else Ollama's default (None: unknown)."""
+    sent = options.get("num_ctx")
+    if isinstance(sent, int) and not isinstance(sent, bool):
+        return sent
+    if "num_ctx" in options:
+        return None  # not an integer: Ollama's own error
+    total = view.observation.gpu.total if view.observation is not None else None
+    return context.client_default(policy, total).value
+
+
+def _options(
+    body: Mapping[str, Any], model: ModelPolicy, view: GatewayView
+) -> tuple[dict[str, Any] | None, list[Change], int | None]:
+    """The request's options aligned with the pinned model's: the new options (None:
+    unchanged), what changed, and the num_ctx of a reload the request will still cause."""
+    raw = body.get("options")
+    if raw is not None and not isinstance(raw, dict):
+        return None, [], None  # Ollama's own error
+    options: dict[str, Any] = dict(raw or {})
+    changes: list[Change] = []
+    reload_ctx: int | None = None
+    pinned = model.options
+    total = view.observation.gpu.total if view.observation is not None else None
+    target = pinned.num_ctx or context.client_default(view.policy, total).value
+    sent = _client_num_ctx(options, view.policy, view)
+    if target is not None and sent is not None and sent != target:
+        if sent < target:
+            if pinned.num_ctx is not None:
+                options["num_ctx"] = pinned.num_ctx
+                after: object = pinned.num_ctx
+            else:
+                options.pop("num_ctx", None)  # Ollama's default, as the pinned model
+                after = None
+            changes.append(
+                Change(
+                    "options.num_ctx",
+                    options_before(raw, "num_ctx"),
+                    after,
+                    f"{sent} is smaller than the pinned model's {target}: a larger context "
+                    "gives the same answer, and the model is not reloaded",
+                )
+            )
+        else:
+            reload_ctx = sent
+    for key in ALIGNED:
+        want = getattr(pinned, key)
+        if key not in options or options[key] == want:
+            continue
+        if want is None:
+            del options[key]
+        else:
+            options[key] = want
+        changes.append(
+            Change(
+                f"options.{key}",
+                options_before(raw, key),
+                want,
+                f"the pinned model is loaded with {key} "
+                f"{'as Ollama defaults' if want is None else want}: another value reloads it",
+            )
+        )
+    if not changes:
+        return None, [], reload_ctx
+    return options, changes, reload_ctx
+
+
+def options_before(raw: Mapping[str, Any] | None, key: str) -> object:
+    return None if raw is None else raw.get(key)
+
+
+def _foreign(
+    name: str, path: str, body: Mapping[str, Any], view: GatewayView, rules: GatewaySection
+) -> Decision:
+    """A model not in the policy: forwarded, unless it is not loaded, would not fit beside
+    the pinned models, and the policy says otherwise than ``evict``."""
+    observation = view.observation
+    if rules.foreign == "evict" or observation is None or name in observation.loaded_by_name():
+        return Decision(name)
+    room = _room(view.policy, observation)
+    installed = observation.installed_by_name().get(name)
+    if room is None or installed is None:
+        return Decision(name)  # memory unknown, or Ollama will answer "not found" itself
+    need = installed.size
+    if need <= OLLAMA_FIT_SHARE * room:
+        return Decision(name)
+    why = (
+        f"{name} is not loaded and does not fit beside the pinned models: it needs about "
+        f"{format_size(need)}, {format_size(room)} of GPU memory is left for it; loading "
+        "it would evict a pinned model"
+    )
+    if rules.foreign == "cpu" and path in NATIVE:
+        options = body.get("options")
+        if options is not None and not isinstance(options, dict):
+            return Decision(name)
+        new = dict(options or {})
+        before = new.get("num_gpu")
+        new["num_gpu"] = 0
+        change = Change("options.num_gpu", before, 0, f"{why}: loaded on the CPU instead")
+        return Decision(name, {**body, "options": new}, (change,))
+    if rules.foreign == "queue":
+        return Decision(name, verdict=Verdict.QUEUE, error=why)
+    hint = (
+        "set gateway.foreign: evict to let Ollama evict, or add it to the policy"
+        if rules.foreign == "reject"
+        else "the OpenAI-compatible endpoints cannot load it on the CPU (no options there)"
+    )
+    return Decision(name, verdict=Verdict.REJECT, error=f"{why} ({hint})")
+
+
+def _room(policy: Policy, observation: Observation) -> int | None:
+    """GPU memory a foreign model may take without evicting a pinned one: free memory, less
+    the headroom and the footprints of the pinned models not resident yet (None: unknown)."""
+    free = observation.gpu.free
+    if free is None:
+        if policy.vram.budget is None:
+            return None
+        free = policy.vram.budget - sum(m.size for m in observation.loaded)
+    loaded = observation.loaded_by_name()
+    missing = sum(
+        expected_footprint(m, policy, observation) or 0
+        for m in policy.pinned
+        if m.name not in loaded
+    )
+    return max(free - missing - policy.vram.headroom, 0)
+
+
+def decide(
+    path: str,
+    body: object,
+    view: GatewayView,
+    rules: GatewaySection,
+    now: datetime,
+) -> Decision:
+    """What to forward for a request to ``path`` with the JSON ``body`` (any parsed JSON,
+    or None when the body is not JSON), at ``now``."""
+    if path not in MODEL_PATHS or not isinstance(body, dict):
+        return Decision(None)
+    raw = body.get("model")
+    if not isinstance(raw, str) or not raw.strip():
+        return Decision(None)
+    name = normalize_model_name(raw)
+    active, _ = in_force(view.policy.models, zone_of(view.policy.timezone), now)
+    model = next((m for m in active if m.name == name), None)
+    if model is None:
+        if view.policy.model(name) is not None:
+            return Decision(name)  # a policy model outside its windows: left to its clients
+        return _foreign(name, path, body, view, rules)
+    if not model.pinned or path not in NATIVE:
+        return Decision(name, pinned=model.pinned)
+    changes: list[Change] = []
+    new = dict(body)
+    if rules.pin_keep_alive:
+        change = _keep_alive(body, model, view, rules)
+        if change is not None:
+            new["keep_alive"] = change.after
+            changes.append(change)
+    reload_ctx = None
+    if rules.align_options:
+        options, option_changes, reload_ctx = _options(body, model, view)
+        if options is not None:
+            new["options"] = options
+            changes += option_changes
+    return Decision(
+        name,
+        new if changes else None,
+        tuple(changes),
+        reload_num_ctx=reload_ctx,
+        pinned=True,
+    )
