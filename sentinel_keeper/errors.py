@@ -115,3 +115,7 @@ class SystemdError(SentinelError):
 
 class MetricsError(SentinelError):
     """The metrics endpoint cannot listen, or `status` cannot read it."""
+
+
+class GatewayError(SentinelError):
+    """The gateway cannot listen on its address."""

@@ -1,0 +1,163 @@
+"""The gateway as the daemon drives it: started when the policy turns it on, fed the
+keeper's last look at the instance it fronts after each pass, given the new policy at a
+reload, stopped at shutdown. Holds what the server's thread reads per request (the view:
+one reference, swapped whole) and what it reports (the figures, the log events).
+
+Imported by the daemon only when ``gateway.listen`` is set: it imports aiohttp.
+
+Logged once, not per request: each change the gateway makes, per client address, User-Agent,
+model and field (``gateway_changed``); an answer the gateway makes itself instead of Ollama
+(``gateway_upstream_unreachable``, ``gateway_rejected``) once per model a minute at most.
+A ``listen`` changed by a reload moves the server (the old socket closes first).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from sentinel_keeper.errors import GatewayError
+from sentinel_keeper.events import Level, LogEvent
+from sentinel_keeper.gateway.measure import GatewayFigures, RequestRecord, Tally
+from sentinel_keeper.gateway.rules import GatewayView
+from sentinel_keeper.gateway.server import HEADER_TIMEOUT, GatewayServer
+from sentinel_keeper.listen import ListenAddress
+from sentinel_keeper.observation import Observation
+from sentinel_keeper.policy import Policy
+
+CHANGES_REMEMBERED = 10_000  # (client, user agent, model, field) already logged
+REFUSED_EVERY = 60.0  # seconds between two log lines of the same refusal of one model
+
+
+class Gateway:
+    def __init__(
+        self,
+        part: Policy,
+        emit: Callable[[LogEvent], None],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        header_timeout: float = HEADER_TIMEOUT,
+    ) -> None:
+        self.instance = part.instance
+        self._view = GatewayView(part, None)
+        self._emit = emit
+        self._monotonic = monotonic
+        self._header_timeout = header_timeout
+        self.tally = Tally(part.instance)
+        self._server: GatewayServer | None = None
+        self._bind_error: str | None = None
+        self._lock = threading.Lock()  # the log-once memories, written from the server thread
+        self._logged: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
+        self._refused: dict[tuple[str, str], float] = {}
+
+    # -- the daemon's side ---------------------------------------------------------------
+
+    def start(self, part: Policy) -> None:
+        self.update(part, None)
+
+    def reconfigure(self, part: Policy) -> None:
+        """A policy reload: the new rules from the next request on; a new listen moves."""
+        self.update(part, self._view.observation)
+
+    def update(self, part: Policy, observation: Observation | None) -> None:
+        """The view from now on, and listening where the policy says (a failed bind is
+        retried at every call, logged once per distinct error)."""
+        self._view = GatewayView(part, observation)
+        wanted = part.gateway.address
+        server = self._server
+        if server is not None and server.address != wanted:
+            self._close("listen changed")
+            server = None
+        if server is None and wanted is not None:
+            self._listen(wanted)
+
+    def stop(self) -> None:
+        self._close("stopping")
+
+    @property
+    def port(self) -> int | None:
+        return self._server.port if self._server is not None else None
+
+    def figures(self) -> GatewayFigures:
+        return self.tally.figures(self._monotonic())
+
+    def _listen(self, address: ListenAddress) -> None:
+        server = GatewayServer(address, self, header_timeout=self._header_timeout)
+        try:
+            server.start()
+        except GatewayError as exc:
+            if str(exc) != self._bind_error:
+                self._log(
+                    "gateway_unavailable",
+                    "error",
+                    {"listen": str(address), "error": str(exc), "retry": "at every pass"},
+                )
+            self._bind_error = str(exc)
+            return
+        self._bind_error = None
+        self._server = server
+        self.tally.up = True
+        self._log(
+            "gateway_listening",
+            "info",
+            {
+                "listen": f"{address.connect_host}:{server.port}",
+                "ollama": self._view.policy.ollama.url,
+            },
+        )
+
+    def _close(self, why: str) -> None:
+        server, self._server = self._server, None
+        self.tally.up = False
+        if server is not None:
+            server.stop()
+            self._log("gateway_stopped", "info", {"listen": str(server.address), "why": why})
+
+    def _log(self, event: str, level: Level, fields: dict[str, object]) -> None:
+        self._emit(LogEvent(event, level, {**fields, "instance": self.instance}))
+
+    # -- the server's side (its thread) ----------------------------------------------------
+
+    def current(self) -> GatewayView:
+        return self._view
+
+    def record(self, record: RequestRecord) -> None:
+        self.tally.add(record, self._monotonic())
+        for change in record.changes:
+            key = (record.client, record.user_agent, record.model or "", change.field)
+            with self._lock:
+                if key in self._logged:
+                    continue
+                self._logged[key] = None
+                if len(self._logged) > CHANGES_REMEMBERED:
+                    self._logged.popitem(last=False)
+            self._log(
+                "gateway_changed",
+                "info",
+                {
+                    "client": record.client,
+                    "user_agent": record.user_agent,
+                    "model": record.model,
+                    "field": change.field,
+                    "before": _shown(change.before),
+                    "after": _shown(change.after),
+                    "why": change.why,
+                },
+            )
+
+    def refused(self, event: str, model: str | None, fields: dict[str, object]) -> None:
+        now = self._monotonic()
+        key = (event, model or "")
+        with self._lock:
+            last = self._refused.get(key)
+            if last is not None and now - last < REFUSED_EVERY:
+                return
+            self._refused[key] = now
+        self._log(event, "warning", {"model": model, **fields})
+
+
+def _shown(value: object) -> object:
+    """A change's value in the log: "none" for a field not sent or removed."""
+    return "none" if value is None else value
