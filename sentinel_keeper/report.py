@@ -15,7 +15,7 @@ from sentinel_keeper.units import format_duration, format_size
 from sentinel_keeper.windows import WindowState, window_state, zone_of
 
 if TYPE_CHECKING:  # metrics.readback imports (through the catalog) what imports this module
-    from sentinel_keeper.metrics.readback import DaemonFigures, Lifetime
+    from sentinel_keeper.metrics.readback import DaemonFigures, GatewayHour, Lifetime
 
 GIB = 1024**3
 
@@ -286,7 +286,21 @@ def daemon_lines(policy: Policy, view: DaemonView, now: datetime) -> list[str]:
             ctx = ", ".join(f"num_ctx {c} {n}x" for c, n in sorted(life.client_reloads.items()))
             parts.append(f"reloaded by clients with {ctx}")
         lines.append(f"  {model.name:<28} {'; '.join(parts)}")
+    hours = figures.gateway_of(policy.instance)
+    if hours:
+        lines.append("  through the gateway, last hour:")
+        for name, hour in sorted(hours.items()):
+            lines.append(
+                f"    {name:<26} {hour.requests} requests, {hour.cold} cold ({hour.share:.0%})"
+            )
     return lines
+
+
+def _gateway_json(hours: Mapping[str, GatewayHour]) -> dict[str, Any]:
+    return {
+        name: {"requests": hour.requests, "cold": hour.cold, "cold_share": hour.share}
+        for name, hour in hours.items()
+    }
 
 
 def _lifetimes_json(models: Mapping[str, Lifetime]) -> dict[str, Any]:
@@ -315,6 +329,7 @@ def daemon_json(view: DaemonView) -> dict[str, Any]:
         return {"source": view.source, "available": False, "error": view.error}
     instances = {name: _lifetimes_json(models) for name, models in figures.instances.items()}
     only = next(iter(instances.values())) if len(instances) == 1 else {}
+    gateway = {name: _gateway_json(hours) for name, hours in figures.gateway.items()}
     return {
         "source": view.source,
         "available": True,
@@ -324,6 +339,10 @@ def daemon_json(view: DaemonView) -> dict[str, Any]:
         "passes": figures.total_passes,
         "models": only,
         "instances": instances,
+        # the last hour through the gateway, per model of the instance it fronts (one
+        # gateway per daemon); gateway_instances: the same by instance
+        "gateway": next(iter(gateway.values())) if len(gateway) == 1 else {},
+        "gateway_instances": gateway,
     }
 
 

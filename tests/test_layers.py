@@ -25,12 +25,15 @@ PURE = (
     "sentinel_keeper.metrics.counts",
     "sentinel_keeper.metrics.families",
     "sentinel_keeper.metrics.readback",
+    "sentinel_keeper.gateway.rules",
+    "sentinel_keeper.gateway.measure",
 )
 # The one module allowed to import each I/O library.
 HOMES = {
     "httpx": "sentinel_keeper/ollama.py",
     "pynvml": "sentinel_keeper/gpu.py",
     "prometheus_client": "sentinel_keeper/metrics/exposition.py",
+    "aiohttp": "sentinel_keeper/gateway/server.py",
 }
 
 
@@ -62,6 +65,21 @@ def test_the_daemon_loads_prometheus_client_only_when_metrics_are_on() -> None:
     """With metrics off, the daemon's code (all but the exporter) costs no memory for them."""
     loaded = loaded_after_import(("sentinel_keeper.cli", "sentinel_keeper.daemon.service"))
     assert "prometheus_client" not in loaded
+
+
+def test_the_daemon_loads_aiohttp_only_when_the_gateway_is_on() -> None:
+    """Without a gateway, the daemon's code (and the metrics it publishes) costs no memory
+    for an HTTP server stack."""
+    loaded = loaded_after_import(
+        (
+            "sentinel_keeper.cli",
+            "sentinel_keeper.daemon.service",
+            "sentinel_keeper.metrics.exporter",
+            "sentinel_keeper.metrics.families",
+        )
+    )
+    assert "aiohttp" not in loaded
+    assert "aiohttp" in loaded_after_import(("sentinel_keeper.gateway.runner",))
 
 
 def test_pure_modules_load_no_yaml() -> None:

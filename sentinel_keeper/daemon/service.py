@@ -59,6 +59,7 @@ from sentinel_keeper.runtime import make_client
 from sentinel_keeper.timings import Timings
 
 if TYPE_CHECKING:
+    from sentinel_keeper.gateway.runner import Gateway
     from sentinel_keeper.metrics.exporter import Exporter
 
 CRASHES_BEFORE_EXIT = 3
@@ -107,6 +108,7 @@ class Daemon:
         self._reloads: dict[str, int] = {}  # policy reloads by result
         self._started_unix = time.time()
         self._exporter: Exporter | None = None
+        self._gateway: Gateway | None = None  # imported, with aiohttp, only when it is on
 
     def _loop(self, part: Policy) -> InstanceLoop:
         return InstanceLoop(
@@ -163,6 +165,7 @@ class Daemon:
             for loop in self.loops.values():
                 self._event(lifecycle.instance_event("instance_started", loop.policy))
         self._file_risks()
+        self._gateway_sync()
         self._metrics()
         self.notifier.status(self._status_text())
         for loop in self.loops.values():
@@ -178,6 +181,8 @@ class Daemon:
             loop.stop()
         self._scheduler.shutdown(wait=False)
         self._event(LogEvent("stopping", "info", {"signal": name, "pass_running": running}))
+        if self._gateway is not None:
+            self._gateway.stop()  # requests in flight get a second, then are cut
         if self._exporter is not None:
             self._exporter.close()
         self._wake_r.close()
@@ -225,6 +230,8 @@ class Daemon:
         )
         loop.history = advance(loop.history, report)
         loop.last = report
+        if loop.name == self.policy.gateway_instance:
+            self._gateway_sync()
         self._metrics(textfile=True)
         if report.reachable:
             loop.outage_since = None
@@ -265,6 +272,7 @@ class Daemon:
             self.policy = decision.policy
             self._apply_parts(decision.policy.split())
             self._file_risks()
+            self._gateway_sync()
         self._metrics()
         if announce:
             self.notifier.ready(self._status_text())
@@ -294,6 +302,31 @@ class Daemon:
         for event in lifecycle.risk_events(self.policy_path, risks):
             self._event(event)
 
+    # -- the gateway -------------------------------------------------------------------------
+
+    def _gateway_sync(self) -> None:
+        """Start, feed, move or stop the gateway as the policy says: its view is the part
+        and the last look of the instance it fronts (a failed bind is retried here, at each
+        pass of that instance)."""
+        name = self.policy.gateway_instance
+        loop = self.loops.get(name) if name is not None else None
+        if loop is None:
+            if self._gateway is not None:
+                self._gateway.stop()
+                self._gateway = None
+                if self._exporter is not None:
+                    self._exporter.live_gateway(None)
+            return
+        latest = loop.last.latest if loop.last is not None else None
+        if self._gateway is not None and self._gateway.instance != loop.name:
+            self._gateway.stop()  # it fronts another instance now: its figures start anew
+            self._gateway = None
+        if self._gateway is None:
+            from sentinel_keeper.gateway.runner import Gateway  # noqa: PLC0415 (lazy: aiohttp)
+
+            self._gateway = Gateway(loop.policy, self._event)
+        self._gateway.update(loop.policy, latest)
+
     # -- metrics -------------------------------------------------------------------------------
 
     def _metrics(self, *, textfile: bool = False) -> None:
@@ -311,12 +344,14 @@ class Daemon:
             version=__version__,
             python=platform.python_version(),
             started_unix=self._started_unix,
+            gateway=self._gateway.figures() if self._gateway is not None else None,
         )
         if self._exporter is None:
             from sentinel_keeper.metrics.exporter import Exporter  # noqa: PLC0415 (lazy)
 
             self._exporter = Exporter(view)
         self._exporter.publish(view)
+        self._exporter.live_gateway(self._gateway.figures if self._gateway is not None else None)
         events = self._exporter.apply(section)
         if textfile:
             events += self._exporter.write_textfile(section.textfile)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from sentinel_keeper.atomicfile import atomic_write
 from sentinel_keeper.errors import AtomicFileError, MetricsError
 from sentinel_keeper.events import LogEvent
+from sentinel_keeper.gateway.measure import GatewayFigures
 from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.metrics.endpoint import MetricsServer
 from sentinel_keeper.metrics.exposition import registry, render, wsgi_app
@@ -29,9 +31,17 @@ class Exporter:
         self._server: MetricsServer | None = None
         self._listen_error: str | None = None
         self._textfile_error: str | None = None
+        self._gateway: Callable[[], GatewayFigures] | None = None
 
     def families(self) -> tuple[Family, ...]:
-        return families(self._view, mono=self._monotonic())
+        view = self._view
+        if self._gateway is not None:
+            view = replace(view, gateway=self._gateway())  # its figures as of the scrape
+        return families(view, mono=self._monotonic())
+
+    def live_gateway(self, figures: Callable[[], GatewayFigures] | None) -> None:
+        """Where the gateway's figures come from at each scrape (None: the view's own)."""
+        self._gateway = figures
 
     def publish(self, view: MetricsView) -> None:
         """The figures from now on (one reference swap: a scrape sees the old or the new)."""

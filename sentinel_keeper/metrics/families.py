@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 from sentinel_keeper.causes import LoadCause
+from sentinel_keeper.gateway.measure import NO_MODEL, Cause, GatewayFigures
 from sentinel_keeper.metrics.counts import FAILURE_KINDS, Counts, Histogram
 from sentinel_keeper.observation import GpuInfo, Observation
 from sentinel_keeper.plan import FindingKind, expected_footprint
@@ -197,6 +198,50 @@ RELOADS = _spec(
     "Policy reloads (SIGHUP), by result: applied, unchanged, rejected",
     ("result",),
 )
+GATEWAY_UP = _spec("gateway_up", "gauge", "1 while the gateway listens", (INSTANCE,))
+GATEWAY_REQUESTS = _spec(
+    "gateway_requests",
+    "counter",
+    "Requests through the gateway, by model (empty: none named), endpoint and status code",
+    (INSTANCE, "model", "endpoint", "code"),
+)
+GATEWAY_COLD = _spec(
+    "gateway_cold_requests",
+    "counter",
+    "Requests through the gateway that waited for a load (Ollama's load_duration), by cause: "
+    "not_loaded, other_num_ctx, unknown",
+    (INSTANCE, "model", "cause"),
+)
+GATEWAY_TTFB = _spec(
+    "gateway_ttfb_seconds",
+    "histogram",
+    "Time from a request's arrival at the gateway to the first byte of Ollama's answer",
+    (INSTANCE, "model"),
+)
+GATEWAY_CHANGES = _spec(
+    "gateway_changes",
+    "counter",
+    "Fields of requests the gateway changed (keep_alive, options.num_ctx...), by model",
+    (INSTANCE, "model", "field"),
+)
+GATEWAY_COLD_SHARE = _spec(
+    "gateway_cold_share",
+    "gauge",
+    "Share of the model's requests through the gateway in the last hour that waited for a load",
+    (INSTANCE, "model"),
+)
+GATEWAY_RECENT = _spec(
+    "gateway_recent_requests",
+    "gauge",
+    "The model's requests through the gateway in the last hour",
+    (INSTANCE, "model"),
+)
+GATEWAY_RECENT_COLD = _spec(
+    "gateway_recent_cold_requests",
+    "gauge",
+    "The model's requests through the gateway in the last hour that waited for a load",
+    (INSTANCE, "model"),
+)
 BUILD = _spec("build_info", "gauge", "The keeper's version and Python's", ("version", "python"))
 START = _spec("start_time_seconds", "gauge", "When the daemon started (Unix time)")
 
@@ -207,6 +252,8 @@ CATALOG: tuple[Spec, ...] = (
     OLLAMA_UP, OLLAMA_INFO, STALLED, OUTAGES, OUTAGE_SECONDS, RESTARTS,
     GPU_TOTAL, GPU_USED, GPU_FREE, NVML,
     PASSES, PASS_DURATION, LAST_PASS, RELOADS, BUILD, START,
+    GATEWAY_UP, GATEWAY_REQUESTS, GATEWAY_COLD, GATEWAY_TTFB, GATEWAY_CHANGES,
+    GATEWAY_COLD_SHARE, GATEWAY_RECENT, GATEWAY_RECENT_COLD,
 )  # fmt: skip
 
 
@@ -240,6 +287,7 @@ class MetricsView:
     version: str
     python: str
     started_unix: float
+    gateway: GatewayFigures | None = None  # None: the gateway is off (no samples)
 
     def __post_init__(self) -> None:
         names = [instance.name for instance in self.instances]
@@ -287,6 +335,8 @@ def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
         put(RELOADS, (result,), number)
     put(BUILD, (view.version, view.python), 1)
     put(START, (), view.started_unix)
+    if view.gateway is not None:
+        _gateway(view.gateway, put, observed)
     return tuple(
         Family(spec, tuple(out[spec.name]), tuple(histograms.get(spec.name, ())))
         for spec in CATALOG
@@ -355,6 +405,26 @@ def _instance(view: InstanceView, mono: float, put: _Put, observed: _Observe) ->
     observed(PASS_DURATION, (name,), counts.pass_seconds)
     if counts.last_pass_unix is not None:
         put(LAST_PASS, (name,), counts.last_pass_unix)
+
+
+def _gateway(figures: GatewayFigures, put: _Put, observed: _Observe) -> None:
+    """The gateway's samples; every cause of each model from zero."""
+    name = figures.instance
+    put(GATEWAY_UP, (name,), 1 if figures.up else 0)
+    for (model, endpoint, code), number in sorted(figures.requests.items()):
+        put(GATEWAY_REQUESTS, (name, model, endpoint, code), number)
+    models = sorted({m for m, _, _ in figures.requests if m != NO_MODEL} | set(figures.recent))
+    for model in models:
+        for cause in Cause.ALL:
+            put(GATEWAY_COLD, (name, model, cause), figures.cold.get((model, cause), 0))
+    for model, histogram in sorted(figures.ttfb.items()):
+        observed(GATEWAY_TTFB, (name, model), histogram)
+    for (model, field), number in sorted(figures.changes.items()):
+        put(GATEWAY_CHANGES, (name, model, field), number)
+    for model, recent in sorted(figures.recent.items()):
+        put(GATEWAY_COLD_SHARE, (name, model), recent.share)
+        put(GATEWAY_RECENT, (name, model), recent.requests)
+        put(GATEWAY_RECENT_COLD, (name, model), recent.cold)
 
 
 def _model_gauges(view: InstanceView, latest: Observation, reachable: bool, put: _Put) -> None:

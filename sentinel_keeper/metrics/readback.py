@@ -37,11 +37,28 @@ class Lifetime:
 
 
 @dataclass(frozen=True)
+class GatewayHour:
+    """One model's requests through the gateway in the last hour."""
+
+    requests: int
+    cold: int
+
+    @property
+    def share(self) -> float:
+        return self.cold / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
 class DaemonFigures:
     version: str
     started: float  # Unix time
     passes: Mapping[str, int]  # instance -> passes
     instances: Mapping[str, Mapping[str, Lifetime]]  # instance -> model -> lifetime
+    # instance -> model -> its last hour through the gateway; empty: no gateway
+    gateway: Mapping[str, Mapping[str, GatewayHour]] = field(default_factory=dict)
+
+    def gateway_of(self, instance: str) -> Mapping[str, GatewayHour]:
+        return self.gateway.get(instance, {})
 
     @property
     def total_passes(self) -> int:
@@ -101,9 +118,16 @@ def read_figures(samples: Iterable[Sample]) -> DaemonFigures:
     passes: dict[str, int] = {}
     for sample in by_name.get(f.PASSES.series_names[0], ()):
         passes[_instance(sample)] = passes.get(_instance(sample), 0) + int(sample.value)
+    recent = {key(s): int(s.value) for s in by_name.get(f.GATEWAY_RECENT.name, ())}
+    recent_cold = {key(s): int(s.value) for s in by_name.get(f.GATEWAY_RECENT_COLD.name, ())}
+    gateway: dict[str, dict[str, GatewayHour]] = {}
+    for (instance, name), number in sorted(recent.items()):
+        hour = GatewayHour(number, recent_cold.get((instance, name), 0))
+        gateway.setdefault(instance, {})[name] = hour
     return DaemonFigures(
         version=build[0].labels.get("version", "?"),
         started=start[0].value,
         passes=passes,
         instances=instances,
+        gateway=gateway,
     )

@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -596,6 +596,7 @@ class OllamaDouble:
         self.embeddings_computed = 0
         self.load_count = 0
         self.aborted_loads = 0
+        self.blobs: dict[str, int] = {}  # "sha256:<hex>" -> size, as POST /api/blobs made them
         self.evictions: list[str] = []  # names, in eviction order (reloads included)
         self.completions: list[CompletionRecord] = []  # requests that generated tokens
         self.load_log: list[LoadRecord] = []  # every finished load, in order
@@ -1435,9 +1436,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch()
 
+    def do_PUT(self) -> None:
+        self._dispatch()
+
     def _dispatch(self) -> None:
         path = self.path.split("?", 1)[0]
-        raw = self._read_body() if self.command in ("POST", "DELETE") else b""
+        raw = self._read_body() if self.command in ("POST", "DELETE", "PUT") else b""
         body: Any = None
         parsed: Any = None
         bad_json: str | None = None
@@ -1477,6 +1481,17 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", "/api/embeddings"): self._embeddings,
             ("POST", "/api/pull"): self._pull,
         }
+        if path.startswith("/api/blobs/") and self.command in ("HEAD", "POST"):
+            self._blob(path.removeprefix("/api/blobs/"), raw)
+            return
+        if path in self.OPENAI_ROUTES and self.command == "POST":
+            try:
+                self.OPENAI_ROUTES[path](self, parsed, bad_json)
+            except _HTTPError as exc:
+                self._send_json(exc.status, _openai_error(exc.message))
+            except (_Aborted, BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            return
         handler = routes.get((self.command, path))
         if handler is None or path in d.missing_paths:
             self._send_bytes(404, b"404 page not found", "text/plain")
@@ -1503,6 +1518,170 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     # -- endpoints -----------------------------------------------------------------------
+
+    def _blob(self, digest: str, raw: bytes) -> None:
+        """server/routes.go HeadBlobHandler and CreateBlobHandler: HEAD 200 or 404 (no
+        body), POST stores the body when its sha256 is the digest (201, no body)."""
+        d = self.double
+        if not re.fullmatch(r"sha256[:-][0-9a-f]{64}", digest):
+            self._send_error(400, "invalid digest format")
+            return
+        digest = "sha256:" + digest[7:]
+        if self.command == "HEAD":
+            with d._lock:
+                known = digest in d.blobs
+            self._send_bytes(200 if known else 404, b"", "text/plain")
+            return
+        got = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if got != digest:
+            self._send_error(
+                400, f"digest mismatch, expected {_go_quote(digest)}, got {_go_quote(got)}"
+            )
+            return
+        with d._lock:
+            d.blobs[digest] = len(raw)
+        self._send_bytes(201, b"", "text/plain")
+
+    def _openai_chat(self, parsed: Any, bad_json: str | None) -> None:
+        """openai/openai.go ChatMiddleware: the request becomes an /api/chat one (no
+        keep_alive, no num_ctx: the server's defaults), the answer a chat.completion, or
+        chat.completion.chunk events (server-sent) ending with ``data: [DONE]``."""
+        req = self._openai_request(parsed, bad_json)
+        if not isinstance(req.get("messages"), list) or not req["messages"]:
+            raise _HTTPError(400, "[] is too short - 'messages'")
+        name = req["model"]
+        d = self.double
+        model = d.lookup(name)
+        if model is None:
+            raise _HTTPError(404, f"model {_go_quote(name)} not found, try pulling it first")
+        options: dict[str, Any] = {}
+        if isinstance(req.get("max_tokens"), int):
+            options["num_predict"] = req["max_tokens"]
+        inst, _ = d.acquire(model, options, None, self._alive, self.stop)
+        use = _Use(d, inst)
+        created = int(d.now())
+        ident = f"chatcmpl-{created % 1000}"
+        try:
+            stream = req.get("stream") is True
+            head = {
+                "id": ident,
+                "created": created,
+                "model": name,
+                "system_fingerprint": "fp_ollama",
+            }
+            if stream:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+            text = []
+            tokens = list(d.reply_tokens)
+            limit = options.get("num_predict")
+            if isinstance(limit, int) and limit >= 0:
+                tokens = tokens[:limit]
+            for i, token in enumerate(tokens):
+                d._sleep(
+                    d.first_token_seconds if i == 0 else d.token_seconds, self._alive, self.stop
+                )
+                d.add_tokens(1)
+                text.append(token)
+                if stream:
+                    delta = {"role": "assistant", "content": token}
+                    self._sse(
+                        {
+                            **head,
+                            "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                        }
+                    )
+            use.release()
+            if stream:
+                last = {"role": "assistant", "content": ""}
+                self._sse(
+                    {
+                        **head,
+                        "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": last, "finish_reason": "stop"}],
+                    }
+                )
+                self._stream_raw(b"data: [DONE]\n\n")
+                self._end_stream()
+                return
+            self._send_json(
+                200,
+                {
+                    **head,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(text)},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": 1,
+                        "completion_tokens": len(tokens),
+                        "total_tokens": len(tokens) + 1,
+                    },
+                },
+            )
+        finally:
+            use.release()
+
+    def _openai_embeddings(self, parsed: Any, bad_json: str | None) -> None:
+        """openai/openai.go EmbeddingsMiddleware: an /api/embed request, a list answer."""
+        req = self._openai_request(parsed, bad_json)
+        raw_input = req.get("input")
+        inputs = [raw_input] if isinstance(raw_input, str) else raw_input
+        if not isinstance(inputs, list) or not inputs:
+            raise _HTTPError(400, "invalid input")
+        d = self.double
+        model = d.lookup(req["model"])
+        if model is None:
+            raise _HTTPError(
+                404, f"model {_go_quote(req['model'])} not found, try pulling it first"
+            )
+        inst, _ = d.acquire(model, {}, None, self._alive, self.stop)
+        use = _Use(d, inst)
+        try:
+            with d._lock:
+                d.embeddings_computed += len(inputs)
+            use.release()
+            data = [
+                {"object": "embedding", "embedding": [0.125] * 8, "index": i}
+                for i in range(len(inputs))
+            ]
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": req["model"],
+                    "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+                },
+            )
+        finally:
+            use.release()
+
+    def _openai_request(self, parsed: Any, bad_json: str | None) -> dict[str, Any]:
+        if bad_json is not None or not isinstance(parsed, dict):
+            raise _HTTPError(400, bad_json or "invalid request")
+        if not isinstance(parsed.get("model"), str) or not parsed["model"]:
+            raise _HTTPError(400, "model is required")
+        return parsed
+
+    def _sse(self, obj: Any) -> None:
+        self._stream_raw(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+
+    def _stream_raw(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    OPENAI_ROUTES: ClassVar[dict[str, Callable[[_Handler, Any, str | None], None]]] = {
+        "/v1/chat/completions": _openai_chat,
+        "/v1/embeddings": _openai_embeddings,
+    }
 
     def _root(self, _req: dict[str, Any]) -> None:
         self._send_bytes(200, b"Ollama is running", "text/plain; charset=utf-8")
@@ -1785,6 +1964,13 @@ def _prompt_text(req: Mapping[str, Any], chat: bool) -> str:
         content = messages[-1].get("content")
         return content if isinstance(content, str) else ""
     return ""
+
+
+def _openai_error(message: str) -> dict[str, Any]:
+    """openai/openai.go NewError: the OpenAI shape of an error."""
+    return {
+        "error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    }
 
 
 def _json_kind(value: Any) -> str:
