@@ -3,12 +3,22 @@ each case is a request, the policy and the keeper's last look, and what must be 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sentinel_keeper.errors import PolicyError
-from sentinel_keeper.gateway.rules import Change, Decision, GatewayView, Verdict, decide
+from sentinel_keeper.gateway.rules import (
+    MODEL_PATHS,
+    Change,
+    Decision,
+    GatewayView,
+    Verdict,
+    decide,
+)
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import parse_policy
 from sentinel_keeper.policy.schema import GatewaySection
@@ -123,6 +133,7 @@ def test_a_models_name_is_read_as_ollama_writes_it() -> None:
         ("1d", False),  # not a Go duration: Ollama's 400
         (True, False),
         ({"x": 1}, False),
+        (10**400, False),  # past float64: Go's JSON decoding refuses it
         (-1, False),
     ],
 )
@@ -376,3 +387,49 @@ def test_the_gateway_fronts_the_only_or_the_named_instance() -> None:
     )
     assert two.gateway_instance == "b"
     assert two.gateway.foreign == "queue" and two.gateway.queue_timeout == 30
+
+
+# --- any JSON at all ----------------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+BODY = st.fixed_dictionaries(
+    {"model": st.sampled_from([PINNED, EXTRA, FOREIGN, SMALL, "x", ""]) | JSON},
+    optional={
+        "keep_alive": JSON | st.sampled_from(["5m", "-1", "0", "1h30m", -1, 0, 300]),
+        "options": st.dictionaries(
+            st.sampled_from(["num_ctx", "num_batch", "num_thread", "use_mmap", "num_gpu", "seed"]),
+            JSON | st.integers(-1, 70000),
+            max_size=4,
+        )
+        | JSON,
+        "prompt": JSON,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=BODY | JSON,
+    path=st.sampled_from(sorted(MODEL_PATHS) + ["/api/tags"]),
+    foreign=st.sampled_from(["evict", "queue", "cpu", "reject"]),
+)
+def test_any_json_gets_a_decision_that_changes_only_what_it_says(
+    body: object, path: str, foreign: str
+) -> None:
+    decision = run(body, path=path, foreign=foreign)
+    if decision.body is None:
+        assert decision.changes == ()
+        return
+    assert isinstance(body, dict)
+    json.dumps(decision.body, allow_nan=True)  # it can be sent
+    changed = {c.field.split(".")[0] for c in decision.changes}
+    assert changed <= {"keep_alive", "options"}
+    assert {k: v for k, v in decision.body.items() if k not in changed} == {
+        k: v for k, v in body.items() if k not in changed
+    }
