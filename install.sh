@@ -67,8 +67,8 @@ fi
 # --- uninstall ---------------------------------------------------------------------------------
 
 remove_dropins() {
-    # The drop-in of the policy's ollama.unit, through the installed command (it knows the
-    # unit and honours ollama.restart); then any of ours it could not handle, found by name
+    # The drop-in of each Ollama unit of the policy, through the installed command (it knows the
+    # units and honours their restart setting); then any of ours it could not handle, found by name
     # and by the first line that sentinel-keeper writes into it.
     if [[ -z $DESTDIR && -x $venv/bin/sentinel-keeper && -f $policy ]]; then
         local args=(--policy "$policy" apply-override --remove)

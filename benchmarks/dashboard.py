@@ -290,8 +290,13 @@ def load_panels(path: Path = DASHBOARD) -> list[Panel]:
 
 
 def substitute(expr: str) -> str:
-    """Grafana's variables as the picture uses them: every model, a 30 s rate interval."""
-    return expr.replace("$__rate_interval", RATE_INTERVAL).replace("$model", ".*")
+    """Grafana's variables as the picture uses them: every Ollama instance, every model, a
+    30 s rate interval."""
+    return (
+        expr.replace("$__rate_interval", RATE_INTERVAL)
+        .replace("$ollama", ".*")
+        .replace("$model", ".*")
+    )
 
 
 def legend(fmt: str, labels: dict[str, str]) -> str:

@@ -7,11 +7,12 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from sentinel_keeper import __version__, context
-from sentinel_keeper.bench import bench_json, bench_table, run_bench
+from sentinel_keeper.bench import BenchReport, bench_json, bench_table, run_bench
 from sentinel_keeper.daemon.service import run_daemon
 from sentinel_keeper.errors import (
     MetricsError,
@@ -29,8 +30,10 @@ from sentinel_keeper.logs import (
     daemon_logger,
     under_journal,
 )
-from sentinel_keeper.observation import GpuSnapshot
+from sentinel_keeper.names import normalize_model_name
+from sentinel_keeper.observation import GpuSnapshot, Observation
 from sentinel_keeper.override.apply import NoReload, OverrideReport, apply_override
+from sentinel_keeper.override.render import default_dropin_dir
 from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema
 from sentinel_keeper.policy.loading import load_policy
@@ -52,7 +55,7 @@ from sentinel_keeper.report import (
     windows_json,
 )
 from sentinel_keeper.runtime import make_client, open_reconciler
-from sentinel_keeper.state import default_state_dir
+from sentinel_keeper.state import default_state_dir, instance_state_dir
 from sentinel_keeper.timings import Timings
 from sentinel_keeper.windows import in_force, zone_of
 
@@ -90,7 +93,7 @@ _EXIT_MEANINGS: tuple[tuple[int, frozenset[str] | None, str], ...] = (
     (
         EXIT_UNAVAILABLE,
         frozenset({"check", "once", "status", "bench"}),
-        "Ollama is unreachable (check: only with --online)",
+        "Ollama (any of its instances) is unreachable (check: only with --online)",
     ),
     (EXIT_UNAVAILABLE, frozenset({"apply-override"}), "systemctl failed"),
     (EXIT_SOFTWARE, None, "internal error"),
@@ -135,6 +138,38 @@ def _load(args: argparse.Namespace) -> Policy:
     return policy
 
 
+class _UsageError(Exception):
+    """A command line that does not fit the policy (an unknown --instance...): exit 2."""
+
+
+def _several(policy: Policy) -> bool:
+    """Whether the policy has several Ollama instances: the output then says which is which
+    (also when --instance selects one of them, so that its shape does not depend on it)."""
+    return len(policy.instance_names) > 1
+
+
+def _parts(args: argparse.Namespace, policy: Policy) -> tuple[Policy, ...]:
+    """The single-instance policies the command runs on: every instance, or those named by
+    --instance (in the policy's order)."""
+    parts = policy.split()
+    wanted: list[str] | None = getattr(args, "instance", None)
+    if not wanted:
+        return parts
+    known = policy.instance_names
+    for name in wanted:
+        if name not in known:
+            raise _UsageError(
+                f"--instance {name}: {policy.source} has no such instance "
+                f"(instances: {', '.join(known)})"
+            )
+    return tuple(part for part in parts if part.instance in wanted)
+
+
+def _worst(codes: Sequence[int], order: Sequence[int]) -> int:
+    """The first of ``order`` that one of ``codes`` is, else EXIT_OK."""
+    return next((code for code in order if code in codes), EXIT_OK)
+
+
 def _unreachable_hint(policy: Policy) -> str:
     """What to look at when Ollama does not answer: the policy key, its value, the unit."""
     where = (
@@ -143,8 +178,8 @@ def _unreachable_hint(policy: Policy) -> str:
         else f"the default; {policy.source} does not set it"
     )
     return (
-        f"hint: ollama.url is {policy.ollama.url} ({where}); is Ollama running and "
-        f"listening there? try `systemctl status {policy.ollama.unit}`"
+        f"hint: {policy.instance_key}.url is {policy.ollama.url} ({where}); is Ollama running "
+        f"and listening there? try `systemctl status {policy.ollama.unit}`"
     )
 
 
@@ -197,23 +232,54 @@ def cmd_check(args: argparse.Namespace) -> int:
     policy = _load(args)
     _file_risks(policy.source)
     pinned, extras = len(policy.pinned), len(policy.extras)
-    url = policy.ollama.url
+    parts, several = policy.split(), _several(policy)
     if not policy.models:
         _err(
             f"warning: {policy.source}: models: is empty: there is nothing to keep warm "
             "(add `- name: MODEL` entries)",
             _WARNING,
         )
-    _context_notes(policy, _gpu_total(policy))
-    version, problems = _online_problems(policy) if args.online else ("", [])
-    for problem in problems:
+    for part in parts:
+        _context_notes(part, _gpu_total(part))
+    versions: dict[str, str] = {}
+    problems: list[tuple[Policy, str]] = []
+    unreachable: list[tuple[Policy, str]] = []
+    for part in parts if args.online else ():
+        try:
+            versions[part.instance], found = _online_problems(part, policy, several=several)
+        except OllamaUnreachable as exc:
+            unreachable.append((part, str(exc)))
+            continue
+        problems += [(part, problem) for problem in found]
+    for _, problem in problems:
         _err(f"{policy.source}: {problem}")
+    for part, error in unreachable:
+        _unreachable(part, error)
+    if unreachable:
+        return EXIT_UNAVAILABLE
     if problems:
         count = len(problems)
-        _err(f"{policy.source}: {count} problem{'s' if count != 1 else ''} with ollama at {url}")
+        with_problems = [part for part in parts if any(p is part for p, _ in problems)]
+        where = ", ".join(
+            f"instance {part.instance} (ollama at {part.ollama.url})"
+            if several
+            else f"ollama at {part.ollama.url}"
+            for part in with_problems
+        )
+        _err(f"{policy.source}: {count} problem{'s' if count != 1 else ''} with {where}")
         return EXIT_NOT_INSTALLED
-    online = f"ollama {version} at {url}" if args.online else f"ollama at {url}"
-    _out(f"{policy.source}: ok ({pinned} pinned, {extras} extras; {online})")
+    online = [
+        f"ollama {versions[part.instance]} at {part.ollama.url}"
+        if args.online
+        else f"ollama at {part.ollama.url}"
+        for part in parts
+    ]
+    if several:
+        each = ", ".join(f"{p.instance} {text}" for p, text in zip(parts, online, strict=True))
+        where = f"{len(parts)} instances: {each}"
+    else:
+        where = online[0]
+    _out(f"{policy.source}: ok ({pinned} pinned, {extras} extras; {where})")
     return EXIT_OK
 
 
@@ -233,23 +299,27 @@ def _context_notes(
     can or cannot do about it (warnings: the policy is valid)."""
     problem = context.alignment(policy).problem
     if problem is not None:
-        _err(f"warning: {policy.source}: ollama.{problem}", _WARNING)
+        _err(f"warning: {policy.source}: {policy.instance_key}.{problem}", _WARNING)
     for mismatch in context.mismatches(policy, total_vram, trained):
         _err(f"warning: {policy.source}: {context.advice(mismatch)}", _WARNING)
 
 
-def _online_problems(policy: Policy) -> tuple[str, list[str]]:
-    """What Ollama says against the policy: models not installed, num_ctx values above a
-    model's trained context. Raises OllamaUnreachable."""
+def _online_problems(policy: Policy, whole: Policy, *, several: bool) -> tuple[str, list[str]]:
+    """What the Ollama of ``policy`` (one part of ``whole``) says against it: models not
+    installed, num_ctx values above a model's trained context; each named by its place in
+    ``whole``. Raises OllamaUnreachable."""
     problems: list[str] = []
+    # split() keeps the model objects: their place in the whole policy's models list
+    places = {id(model): index for index, model in enumerate(whole.models)}
+    on = f" (instance {policy.instance})" if several else ""
     with make_client(policy) as client:
         version = client.version()
         installed = {m.name for m in client.tags()}
         for index, model in enumerate(policy.models):
-            where = f"models[{index}] {model.name}"
+            where = f"models[{places.get(id(model), index)}] {model.name}{on}"
             if model.name not in installed:
                 if model.pull:
-                    _out(f"{'note':<9} {model.name} is not installed; pull: true pulls it")
+                    _out(f"{'note':<9} {model.name}{on} is not installed; pull: true pulls it")
                 else:
                     problems.append(
                         f"{where}: not installed in Ollama (run `ollama pull {model.name}`, "
@@ -280,14 +350,39 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_once(args: argparse.Namespace) -> int:
     policy = _load(args)
-    with open_reconciler(policy, args.state_dir) as reconciler:
+    several = _several(policy)
+    codes = []
+    for count, part in enumerate(_parts(args, policy)):
+        if count:
+            _out()
+        state_dir = instance_state_dir(args.state_dir, part.instance)
+        codes.append(_once(part, state_dir, header=_header(part) if several else ""))
+    # an instance down does not stop the others being warmed: it is said last, in the code
+    return _worst(codes, (EXIT_UNAVAILABLE, EXIT_NOT_RESIDENT))
+
+
+def _header(part: Policy) -> str:
+    """What starts the first line of an instance's block when the policy has several."""
+    return f"instance {part.instance}: "
+
+
+def _down(part: Policy, error: str, header: str) -> int:
+    """An instance that does not answer: with several, a line in its block on stdout too."""
+    if header:
+        _out(f"{header}ollama at {part.ollama.url} is unreachable")
+    return _unreachable(part, error)
+
+
+def _once(policy: Policy, state_dir: str, *, header: str) -> int:
+    """Settle one instance and say what was done; its exit code."""
+    with open_reconciler(policy, state_dir) as reconciler:
         reports = reconciler.settle()
     report = reports[-1]
     observation = reports[0].observation
     if observation is None:
-        return _unreachable(policy, str(report.error))
+        return _down(policy, str(report.error), header)
     version, gpu = observation.ollama_version, gpu_summary(observation.gpu)
-    _out(f"ollama {version} at {policy.ollama.url}; {gpu}")
+    _out(f"{header}ollama {version} at {policy.ollama.url}; {gpu}")
     _gpu_notes(policy, observation.gpu, said=True)
     outcomes = [outcome for each in reports for outcome in each.outcomes]
     for outcome in outcomes:
@@ -336,28 +431,81 @@ def _daemon_view(policy: Policy) -> DaemonView:
 
 def cmd_status(args: argparse.Namespace) -> int:
     policy = _load(args)
-    try:
-        with open_reconciler(policy, None) as reconciler:
-            observation = reconciler.observe()
-    except OllamaUnreachable as exc:
-        if args.json:
-            data = unreachable_json(policy, str(exc), _unreachable_hint(policy))
-            data["daemon"] = daemon_json(_daemon_view(policy))
-            _out(json.dumps(data, indent=2))
-        return _unreachable(policy, str(exc))
-    # a pinned model outside its time windows is not expected to be resident now
-    active, _ = in_force(policy.models, zone_of(policy.timezone), observation.at)
-    now_in_force = policy.model_copy(update={"models": active})
-    missing, absent = pinned_health(now_in_force, observation)
-    code = EXIT_NOT_INSTALLED if missing else EXIT_PINNED_NOT_RESIDENT if absent else EXIT_OK
-    daemon = _daemon_view(policy)
+    several = _several(policy)
+    seen = [_observe(part) for part in _parts(args, policy)]
+    # the daemon's figures are read (once: one daemon keeps every instance) when shown
+    shown = args.json or any(observation is not None for _, observation, _ in seen)
+    daemon = _daemon_view(policy) if shown else DaemonView(None)
+    codes = [_status_code(part, observation) for part, observation, _ in seen]
     if args.json:
-        data = status_json(policy, observation, in_force=now_in_force)
-        data["daemon"] = daemon_json(daemon)
-        data["windows"] = windows_json(policy, observation.at)
-        _out(json.dumps(data, indent=2))
-        return code
-    _out(f"ollama {observation.ollama_version} at {policy.ollama.url}")
+        entries = [_status_entry(part, observation, error) for part, observation, error in seen]
+        if several:
+            now = datetime.now(UTC)
+            for entry, (part, observation, _) in zip(entries, seen, strict=True):
+                entry["windows"] = windows_json(part, observation.at if observation else now)
+            _out(json.dumps({"instances": entries, "daemon": daemon_json(daemon)}, indent=2))
+        else:
+            ((part, observation, _),) = seen
+            (data,) = entries
+            data["daemon"] = daemon_json(daemon)
+            if observation is not None:
+                data["windows"] = windows_json(part, observation.at)
+            _out(json.dumps(data, indent=2))
+        for part, observation, error in seen:
+            if observation is None:
+                _unreachable(part, str(error))
+        return _worst(codes, _STATUS_ORDER)
+    for count, (part, observation, error) in enumerate(seen):
+        if count:
+            _out()
+        header = _header(part) if several else ""
+        if observation is None:
+            _down(part, str(error), header)
+        else:
+            _status_text(part, observation, daemon, header)
+    return _worst(codes, _STATUS_ORDER)
+
+
+_STATUS_ORDER = (EXIT_UNAVAILABLE, EXIT_NOT_INSTALLED, EXIT_PINNED_NOT_RESIDENT)
+
+
+def _observe(part: Policy) -> tuple[Policy, Observation | None, OllamaUnreachable | None]:
+    """What the instance of ``part`` has now, or why it did not say."""
+    try:
+        with open_reconciler(part, None) as reconciler:
+            return part, reconciler.observe(), None
+    except OllamaUnreachable as exc:
+        return part, None, exc
+
+
+def _in_force(policy: Policy, observation: Observation) -> Policy:
+    """The policy with the models inside their time windows now: a pinned model outside
+    them is not expected to be resident."""
+    active, _ = in_force(policy.models, zone_of(policy.timezone), observation.at)
+    return policy.model_copy(update={"models": active})
+
+
+def _status_code(policy: Policy, observation: Observation | None) -> int:
+    if observation is None:
+        return EXIT_UNAVAILABLE
+    missing, absent = pinned_health(_in_force(policy, observation), observation)
+    return EXIT_NOT_INSTALLED if missing else EXIT_PINNED_NOT_RESIDENT if absent else EXIT_OK
+
+
+def _status_entry(
+    policy: Policy, observation: Observation | None, error: OllamaUnreachable | None
+) -> dict[str, Any]:
+    """`status --json` of one instance: its name first, then what status_json says."""
+    if observation is None:
+        data = unreachable_json(policy, str(error), _unreachable_hint(policy))
+    else:
+        data = status_json(policy, observation, in_force=_in_force(policy, observation))
+    return {"instance": policy.instance, **data}
+
+
+def _status_text(policy: Policy, observation: Observation, daemon: DaemonView, header: str) -> None:
+    missing, absent = pinned_health(_in_force(policy, observation), observation)
+    _out(f"{header}ollama {observation.ollama_version} at {policy.ollama.url}")
     _out(gpu_summary(observation.gpu))
     _gpu_notes(policy, observation.gpu, said=True)
     for line in status_table(policy, observation):
@@ -374,16 +522,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         _out(f"{'note':<9} {context.advice(mismatch)}")
     for line in window_lines(policy, observation.at):
         _out(line)
+    on = header.rstrip(" ")  # "instance gpu1:" or ""
     for name in missing:
-        _err(f"sentinel-keeper: pinned {name} is not installed (run `ollama pull {name}`)")
+        _err(
+            f"sentinel-keeper: {on + ' ' if on else ''}pinned {name} is not installed "
+            f"(run `ollama pull {name}`)"
+        )
     if absent:
-        _err(f"sentinel-keeper: pinned, not resident: {', '.join(absent)}")
-    return code
+        _err(f"sentinel-keeper: {on + ' ' if on else ''}pinned, not resident: {', '.join(absent)}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     policy = _load(args)
-    if not args.model and not policy.models:
+    parts, several = _parts(args, policy), _several(policy)
+    if not args.model and not any(part.models for part in parts):
         _err(
             f"sentinel-keeper: nothing to bench: {policy.source} names no models "
             "and no --model was given"
@@ -394,22 +546,86 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             _err(f"bench: {name} ...")
 
-    with make_client(policy) as client:
-        report = run_bench(
-            policy,
-            client,
-            args.model,
-            runs=args.runs,
-            tokens=args.tokens,
-            force=args.force,
-            on_model=progress,
-        )
+    results: list[tuple[Policy, BenchReport | OllamaUnreachable]] = []
+    for part, names in _bench_targets(parts, args.model):
+        try:
+            with make_client(part) as client:
+                report = run_bench(
+                    part,
+                    client,
+                    names,
+                    runs=args.runs,
+                    tokens=args.tokens,
+                    force=args.force,
+                    on_model=progress,
+                )
+        except OllamaUnreachable as exc:
+            results.append((part, exc))
+        else:
+            results.append((part, report))
+    codes = [
+        EXIT_UNAVAILABLE
+        if isinstance(result, OllamaUnreachable)
+        else EXIT_OK
+        if result.ok
+        else EXIT_BENCH_INCOMPLETE
+        for _, result in results
+    ]
     if args.json:
-        _out(json.dumps(bench_json(report), indent=2))
-    else:
-        for line in bench_table(report):
+        entries = [
+            {"instance": part.instance, **bench_json(result)}
+            if isinstance(result, BenchReport)
+            else {
+                "instance": part.instance,
+                "ollama": {"url": part.ollama.url, "version": None},
+                "ok": False,
+                "error": str(result),
+                "models": [],
+            }
+            for part, result in results
+        ]
+        if several:
+            _out(json.dumps({"instances": entries}, indent=2))
+        elif isinstance(results[0][1], BenchReport):
+            _out(json.dumps(bench_json(results[0][1]), indent=2))
+    for count, (part, result) in enumerate(results):
+        header = _header(part) if several else ""
+        if isinstance(result, OllamaUnreachable):
+            if args.json:
+                _unreachable(part, str(result))
+            else:
+                _down(part, str(result), header)
+            continue
+        if args.json:
+            continue
+        if count:
+            _out()
+        lines = bench_table(result)
+        lines[0] = header + lines[0]
+        for line in lines:
             _out(line)
-    return EXIT_OK if report.ok else EXIT_BENCH_INCOMPLETE
+    return _worst(codes, (EXIT_UNAVAILABLE, EXIT_BENCH_INCOMPLETE))
+
+
+def _bench_targets(
+    parts: Sequence[Policy], models: Sequence[str] | None
+) -> list[tuple[Policy, list[str] | None]]:
+    """Which instance benches what: each its own models; with --model, the instances that
+    keep each name (a name kept by none of them is benched on each)."""
+    if not models:
+        return [(part, None) for part in parts if part.models or len(parts) == 1]
+    kept = {model.name for part in parts for model in part.models}
+    targets: list[tuple[Policy, list[str] | None]] = []
+    for part in parts:
+        names = [
+            raw
+            for raw in models
+            if part.model(normalize_model_name(raw)) is not None
+            or normalize_model_name(raw) not in kept
+        ]
+        if names:
+            targets.append((part, names))
+    return targets
 
 
 def _at_least_one(text: str) -> int:
@@ -422,7 +638,7 @@ def _at_least_one(text: str) -> int:
     return value
 
 
-def _print_override(report: OverrideReport) -> None:
+def _print_override(report: OverrideReport, key: str) -> None:
     for conflict in report.conflicts:
         _err(f"warning: {conflict}", _WARNING)
     for note in report.notes:
@@ -454,7 +670,7 @@ def _print_override(report: OverrideReport) -> None:
     elif report.no_reload_reason is not None:
         _out(f"{report.no_reload_reason}; the change applies when {unit} next starts")
     elif report.systemd_error is None:
-        _out(f"the change applies at {unit}'s next restart (ollama.restart: never)")
+        _out(f"the change applies at {unit}'s next restart ({key}.restart: never)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -475,35 +691,68 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_apply_override(args: argparse.Namespace) -> int:
     policy = _load(args)
+    parts, several = _parts(args, policy), _several(policy)
+    if args.dropin_dir is not None and len(parts) > 1:
+        units = ", ".join(f"{part.instance}: {part.ollama.unit}" for part in parts)
+        raise _UsageError(
+            f"--dropin-dir holds the drop-in of one unit, and {len(parts)} instances are "
+            f"selected ({units}): choose one with --instance NAME"
+        )
     # --remove only deletes sentinel-keeper's own file: allowed, so that uninstalling works
     if _file_risks(policy.source) and not (args.dry_run or args.remove):
         _err(f"{policy.source}: refusing to write Ollama's drop-in as root from it")
         return EXIT_CONFIG
+    codes = []
+    for count, part in enumerate(parts):
+        if several:
+            if count:
+                _out()
+            _out(f"{_header(part)}{part.ollama.unit}")
+        # one instance failing does not stop the others
+        codes.append(_override(part, args))
+    return _worst(codes, (EXIT_CANTCREAT, EXIT_UNAVAILABLE))
+
+
+def _override(policy: Policy, args: argparse.Namespace) -> int:
+    """Write (or remove) the drop-in of one instance's unit; its exit code."""
     ollama = policy.ollama
     try:
         problem = context.alignment(policy).problem
         if problem is not None and not args.remove:
-            _err(f"warning: {policy.source}: ollama.{problem}", _WARNING)
+            _err(f"warning: {policy.source}: {policy.instance_key}.{problem}", _WARNING)
+        dropin_dir: Path | None = args.dropin_dir
+        if args.unit_dir is not None:
+            dropin_dir = default_dropin_dir(ollama.unit, args.unit_dir, key=policy.instance_key)
         report = apply_override(
             policy_path=policy.source,
             unit=ollama.unit,
             keep_alive=ollama.keep_alive,
             environment=context.environment(policy),
             restart=ollama.restart,
-            dropin_dir=args.dropin_dir,
+            dropin_dir=dropin_dir,
             reload=not args.no_reload,
             dry_run=args.dry_run,
             remove=args.remove,
+            key=policy.instance_key,
         )
     except OverrideError as exc:
         _err(f"sentinel-keeper: {exc}")
         return EXIT_CANTCREAT
-    _print_override(report)
+    _print_override(report, policy.instance_key)
     if report.systemd_error is not None:
         done = "removed" if report.status == "removed" else "wrote"
         _err(f"sentinel-keeper: {done} {report.path}, but {report.systemd_error}")
         return EXIT_UNAVAILABLE
     return EXIT_OK
+
+
+def _instance_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--instance",
+        action="append",
+        metavar="NAME",
+        help="only this Ollama instance of the policy's instances: (repeatable; default: all)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -556,14 +805,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also ask Ollama: models not installed, num_ctx above a model's trained context",
     )
-    command(
+    once = command(
         "once",
         cmd_once,
         "run reconcile passes until nothing is left to do (at most "
         f"{MAX_SETTLE_PASSES}), print what was done and why",
     )
+    _instance_option(once)
     status = command("status", cmd_status, "show each policy model, GPU memory and Ollama")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    _instance_option(status)
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help='machine-readable output; with several instances {"instances": [one object '
+        'per instance, each with its "instance" and "windows"], "daemon": {...}}',
+    )
     command("schema", cmd_schema, "print the policy's JSON Schema (for editors)", policy=False)
     bench = command(
         "bench",
@@ -575,7 +831,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         metavar="NAME",
-        help="bench this model (repeatable; default: every model of the policy)",
+        help="bench this model (repeatable; default: every model of the policy); on each "
+        "instance that keeps it, or on each instance when none does",
     )
     bench.add_argument(
         "--runs", type=_at_least_one, default=5, help="warm requests per model (default 5)"
@@ -591,7 +848,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also unload models that other clients seem to be using",
     )
-    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument(
+        "--json",
+        action="store_true",
+        help='machine-readable output; with several instances {"instances": [one object '
+        'per instance, each with its "instance"]}',
+    )
+    _instance_option(bench)
     run = command("run", cmd_run, "the daemon: keep the policy's models warm (under systemd)")
     run.add_argument(
         "--log-format",
@@ -605,12 +868,21 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_apply_override,
         "write the OLLAMA_KEEP_ALIVE drop-in of Ollama's unit from the policy (needs root)",
     )
-    override.add_argument(
+    where = override.add_mutually_exclusive_group()
+    where.add_argument(
         "--dropin-dir",
         metavar="DIR",
         type=Path,
-        help="directory of the drop-in (default: /etc/systemd/system/<ollama.unit>.d)",
+        help="directory of the drop-in (default: /etc/systemd/system/<ollama.unit>.d); "
+        "with several instances, only with one --instance",
     )
+    where.add_argument(
+        "--unit-dir",
+        metavar="DIR",
+        type=Path,
+        help="write each unit's drop-in to DIR/<unit>.d instead of /etc/systemd/system/<unit>.d",
+    )
+    _instance_option(override)
     override.add_argument(
         "--no-reload", action="store_true", help="write the file, but do not call systemctl"
     )
@@ -647,6 +919,9 @@ def main(argv: Sequence[str] | None = None, *, timings: Timings | None = None) -
     except SentinelError as exc:
         _err(f"sentinel-keeper: {exc}")
         return EXIT_SOFTWARE
+    except _UsageError as exc:
+        _err(f"sentinel-keeper: {exc}")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -94,7 +94,7 @@ def client_default(policy: Policy, total_vram: int | None) -> ClientDefault:
     env = _int(environment(policy).get(CONTEXT_LENGTH))
     if env:
         how = "align_context" if CONTEXT_LENGTH not in policy.ollama.environment else "environment"
-        return ClientDefault(env, f"OLLAMA_CONTEXT_LENGTH from ollama.{how}")
+        return ClientDefault(env, f"OLLAMA_CONTEXT_LENGTH from {policy.instance_key}.{how}")
     if total_vram is None:
         return ClientDefault(None, f"Ollama's automatic value: {AUTOMATIC_TEXT}")
     gib = total_vram / 1024**3
@@ -108,6 +108,7 @@ class Mismatch:
     model: str
     num_ctx: int  # the policy's
     default: ClientDefault
+    key: str = "ollama"  # where the instance's settings are: "ollama" or "instances[1]"
 
 
 def mismatches(
@@ -117,6 +118,7 @@ def mismatches(
     at the model's trained context where ``trained`` says it). With the default unknown, a
     model is listed unless its num_ctx is one of the automatic values."""
     default = client_default(policy, total_vram)
+    key = policy.instance_key
     automatic = {OLLAMA_DEFAULT_NUM_CTX, *(ctx for _, ctx in OLLAMA_NUM_CTX_BY_VRAM)}
     out = []
     for model in policy.pinned:
@@ -126,10 +128,10 @@ def mismatches(
         cap = (trained or {}).get(model.name)
         if default.value is None:
             if wanted not in automatic:
-                out.append(Mismatch(model.name, wanted, default))
+                out.append(Mismatch(model.name, wanted, default, key))
             continue
         if min(wanted, cap or wanted) != min(default.value, cap or default.value):
-            out.append(Mismatch(model.name, wanted, default))
+            out.append(Mismatch(model.name, wanted, default, key))
     return tuple(out)
 
 
@@ -140,6 +142,6 @@ def advice(mismatch: Mismatch) -> str:
     return (
         f"{mismatch.model}: options.num_ctx {mismatch.num_ctx} differs from what a client "
         f"that sends no num_ctx gets, {gets}: each such request (every /v1 one) reloads it. "
-        f"Set ollama.align_context: true (OLLAMA_CONTEXT_LENGTH={mismatch.num_ctx} in the "
+        f"Set {mismatch.key}.align_context: true (OLLAMA_CONTEXT_LENGTH={mismatch.num_ctx} in the "
         "drop-in), or the num_ctx your clients get"
     )

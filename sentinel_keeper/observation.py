@@ -72,13 +72,15 @@ class ModelDetails:
 
 @dataclass(frozen=True)
 class GpuInfo:
-    """Memory of one GPU as NVML reports it, in bytes."""
+    """Memory of one GPU as NVML reports it, in bytes, and its UUID (``GPU-...``, or
+    ``MIG-...``; None when the driver cannot tell it)."""
 
     index: int
     name: str
     total: int
     used: int
     free: int
+    uuid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,14 @@ class GpuSnapshot:
             head |= {"free": self.free, "total": self.total}
         return head | {
             "gpus": [
-                {"index": g.index, "name": g.name, "total": g.total, "used": g.used, "free": g.free}
+                {
+                    "index": g.index,
+                    "uuid": g.uuid,
+                    "name": g.name,
+                    "total": g.total,
+                    "used": g.used,
+                    "free": g.free,
+                }
                 for g in self.gpus
             ]
         }

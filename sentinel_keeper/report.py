@@ -15,7 +15,7 @@ from sentinel_keeper.units import format_duration, format_size
 from sentinel_keeper.windows import WindowState, window_state, zone_of
 
 if TYPE_CHECKING:  # metrics.readback imports (through the catalog) what imports this module
-    from sentinel_keeper.metrics.readback import DaemonFigures
+    from sentinel_keeper.metrics.readback import DaemonFigures, Lifetime
 
 GIB = 1024**3
 
@@ -251,17 +251,21 @@ def _counted(counter: Mapping[str, int]) -> str:
 
 
 def daemon_lines(policy: Policy, view: DaemonView, now: datetime) -> list[str]:
-    """The daemon's lifetime figures for `status`: since when each model is resident, how
-    often the daemon loaded it and why; or why they are unknown."""
+    """The daemon's lifetime figures of ``policy``'s instance (one part of
+    :meth:`Policy.split`) for `status`: since when each model is resident, how often the
+    daemon loaded it and why; or why they are unknown."""
     figures = view.figures
     if figures is None:
         return [f"daemon figures: not available: {view.error}"]
+    # a policy with instances: says which one; without, there is only the one
+    which = f" of instance {policy.instance}" if policy.instance_key != "ollama" else ""
     lines = [
-        f"daemon figures since it started {_when(figures.started, now)}, "
-        f"{figures.passes} passes (from {view.source}):"
+        f"daemon figures{which} since it started {_when(figures.started, now)}, "
+        f"{figures.passes_of(policy.instance)} passes (from {view.source}):"
     ]
+    seen = figures.models_of(policy.instance)
     for model in policy.models:
-        life = figures.models.get(model.name)
+        life = seen.get(model.name)
         if life is None:
             lines.append(f"  {model.name:<28} not seen by the daemon yet")
             continue
@@ -285,31 +289,41 @@ def daemon_lines(policy: Policy, view: DaemonView, now: datetime) -> list[str]:
     return lines
 
 
+def _lifetimes_json(models: Mapping[str, Lifetime]) -> dict[str, Any]:
+    return {
+        name: {
+            "resident_since": (
+                datetime.fromtimestamp(life.resident_since, tz=UTC).isoformat()
+                if life.resident_since is not None
+                else None
+            ),
+            "loads": dict(life.loads),
+            "evictions": life.evictions,
+            "load_failures": dict(life.failures),
+            "client_reloads": dict(life.client_reloads),
+        }
+        for name, life in models.items()
+    }
+
+
 def daemon_json(view: DaemonView) -> dict[str, Any]:
+    """``instances``: every instance's models; ``models``: those of the only instance (the
+    one a daemon without instances: reports), empty when there are several (the same model
+    can be kept by two); ``passes``: of every instance together."""
     figures = view.figures
     if figures is None:
         return {"source": view.source, "available": False, "error": view.error}
+    instances = {name: _lifetimes_json(models) for name, models in figures.instances.items()}
+    only = next(iter(instances.values())) if len(instances) == 1 else {}
     return {
         "source": view.source,
         "available": True,
         "error": None,
         "version": figures.version,
         "started": datetime.fromtimestamp(figures.started, tz=UTC).isoformat(),
-        "passes": figures.passes,
-        "models": {
-            name: {
-                "resident_since": (
-                    datetime.fromtimestamp(life.resident_since, tz=UTC).isoformat()
-                    if life.resident_since is not None
-                    else None
-                ),
-                "loads": dict(life.loads),
-                "evictions": life.evictions,
-                "load_failures": dict(life.failures),
-                "client_reloads": dict(life.client_reloads),
-            }
-            for name, life in figures.models.items()
-        },
+        "passes": figures.total_passes,
+        "models": only,
+        "instances": instances,
     }
 
 

@@ -3,14 +3,16 @@ loaded. A small JSON file in the state directory (systemd's StateDirectory=)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from sentinel_keeper.atomicfile import StepHook, atomic_write
+from sentinel_keeper.atomicfile import StepHook, atomic_write, fsync_dir
 from sentinel_keeper.errors import AtomicFileError, StateError
 from sentinel_keeper.observation import Footprint
+from sentinel_keeper.policy.schema import DEFAULT_INSTANCE
 
 STATE_FILE = "state.json"
 STATE_VERSION = 1
@@ -22,6 +24,29 @@ def default_state_dir() -> str:
     """$STATE_DIRECTORY (set by systemd's StateDirectory=), else /var/lib/sentinel-keeper."""
     configured = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     return configured or "/var/lib/sentinel-keeper"
+
+
+def instance_state_dir(state_dir: str, instance: str) -> str:
+    """Where ``instance`` keeps its state: the state directory itself for ``default`` (the
+    only instance of a policy without ``instances:``, so existing state keeps working),
+    ``instances/NAME`` under it for the others (the policy allows only plain names)."""
+    if instance == DEFAULT_INSTANCE:
+        return state_dir
+    return os.path.join(state_dir, "instances", instance)
+
+
+def _make_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each 0700 and fsynced into its parent
+    (os.makedirs gives the parents the umask's mode)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
+        fsync_dir(path.parent)
 
 
 class StateStore:
@@ -100,6 +125,9 @@ class StateStore:
             },
         }
         text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+        # when this fails, atomic_write fails too and says where
+        with contextlib.suppress(OSError):
+            _make_dirs(Path(self.directory))
         try:
             atomic_write(Path(self.path), text, mode=0o600, step_hook=self._step_hook)
         except AtomicFileError as exc:

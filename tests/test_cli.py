@@ -534,7 +534,9 @@ def test_each_command_help_lists_only_its_own_exit_codes(cli: Cli) -> None:
 
 def _figures_server(view_counts: Counts) -> MetricsServer:
     policy = parse_policy("models:\n  - name: llama3.2:1b\n", "p.yaml")
-    view = MetricsView(policy, view_counts, None, "0.1.0", "3.11.7", time.time() - 3700)
+    view = MetricsView.single(
+        policy, view_counts, None, version="0.1.0", python="3.11.7", started_unix=time.time() - 3700
+    )
     made = registry(lambda: families(view, mono=time.monotonic()), process=False)
     return MetricsServer(ListenAddress("127.0.0.1", free_port()), wsgi_app(made))
 

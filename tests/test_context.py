@@ -88,6 +88,20 @@ def test_advice_names_the_value_clients_get_and_what_to_set() -> None:
     )
 
 
+def test_advice_names_the_instance_whose_settings_to_change() -> None:
+    text = (
+        "instances:\n  - {name: a}\n"
+        "  - {name: b, url: '127.0.0.1:2', unit: b.service,"
+        " environment: {OLLAMA_CONTEXT_LENGTH: 8192}}\n"
+        "models:\n  - {name: m:1b, instance: b, options: {num_ctx: 2048}}\n"
+    )
+    _, second = parse_policy(text, "p.yaml").split()
+    (mismatch,) = context.mismatches(second, 16 * GiB)
+    advice = context.advice(mismatch)
+    assert "8192 (OLLAMA_CONTEXT_LENGTH from instances[1].environment)" in advice
+    assert "Set instances[1].align_context: true" in advice
+
+
 def test_align_context_and_an_explicit_variable_conflict() -> None:
     text = (
         "ollama:\n  align_context: true\n  environment:\n    OLLAMA_CONTEXT_LENGTH: 8192\n"

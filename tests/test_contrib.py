@@ -5,6 +5,9 @@ Every metric name in a panel's query, a template variable or a rule (its express
 annotations) is one of :func:`series_names`, and every label a query filters on, groups by,
 matches on or names in a legend is one that metric carries (its labels in the catalog, ``le``
 on a histogram's buckets, or the ``job`` and ``instance`` Prometheus adds when it scrapes).
+The keeper's own ``instance`` label (the Ollama instance) is read as Prometheus stores it
+with its default ``honor_labels: false``: ``exported_instance``; ``instance`` is the scrape
+target.
 ``promtool check rules`` and ``promtool test rules`` (the rule file's unit tests) run when
 promtool is installed (Debian: ``prometheus``); without it they are skipped, unless
 SENTINEL_E2E=require (CI sets it), where a missing promtool fails them.
@@ -34,6 +37,9 @@ RULE_TESTS = ROOT / "contrib" / "prometheus" / "sentinel-keeper-rules.test.yml"
 # prometheus_client's process collector, on the same endpoint; only these two are queried.
 PROCESS = frozenset({"process_resident_memory_bytes", "process_cpu_seconds_total"})
 TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every scraped series
+# the keeper's instance label, renamed by Prometheus as it clashes with its own (honor_labels:
+# false, the default)
+EXPORTED = "exported_instance"
 ALERTS = {
     "SentinelKeeperPinnedModelNotResident",
     "SentinelKeeperOllamaDown",
@@ -48,18 +54,27 @@ SELECTOR = re.compile(r"\b(sentinel_keeper_[a-z0-9_]+|process_[a-z_]+)\s*\{([^}]
 MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 LEGEND = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
-LABEL_VALUES = re.compile(r"label_values\(\s*([a-z0-9_]+)\s*,\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)")
+LABEL_VALUES = re.compile(
+    r"label_values\(\s*([a-z0-9_]+)\s*(?:\{[^}]*\})?\s*,\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)"
+)
 
 
 def labels_of(name: str) -> frozenset[str] | None:
-    """The labels of the series ``name``, target labels included; None: not exported."""
+    """The labels of the series ``name`` as Prometheus stores them: the keeper's instance
+    as exported_instance, the target labels; None: not exported."""
     if name in PROCESS:
         return TARGET_LABELS
     for spec in CATALOG:
         if name in spec.series_names:
             extra = {"le"} if spec.kind == "histogram" and name.endswith("_bucket") else set()
-            return frozenset(spec.labels) | extra | TARGET_LABELS
+            stored = {EXPORTED if label == "instance" else label for label in spec.labels}
+            return frozenset(stored) | extra | TARGET_LABELS
     return None
+
+
+def about_an_instance(expr: str) -> bool:
+    """Whether a metric of ``expr`` is about an Ollama instance."""
+    return any(EXPORTED in (labels_of(name) or ()) for name in NAME.findall(expr))
 
 
 def problems(expr: str, legend: str = "") -> list[str]:
@@ -124,6 +139,8 @@ def rules(data: dict[str, Any]) -> Iterable[dict[str, Any]]:
         ("sum by (reason) (sentinel_keeper_model_evictions_total)", "", "'reason'"),
         ("sum by (le) (rate(sentinel_keeper_model_resident[5m]))", "", "'le'"),
         ("sentinel_keeper_gpu_memory_used_bytes", "{{model}}", "'model'"),
+        ('sentinel_keeper_build_info{exported_instance="gpu0"}', "", "no label"),
+        ("sum by (exported_instance) (sentinel_keeper_policy_reloads_total)", "", "exported_"),
     ],
 )
 def test_the_checker_finds_what_is_not_exported(expr: str, legend: str, needle: str) -> None:
@@ -137,6 +154,12 @@ def test_the_checker_accepts_what_is_exported() -> None:
         'sentinel_keeper_model_load_duration_seconds_bucket{model=~"$model", tier="pinned"}[5m])))'
     )
     assert problems(expr, "{{model}}") == []
+    by_ollama = (
+        'max by (instance, exported_instance) (sentinel_keeper_ollama_up{exported_instance="a"})'
+    )
+    assert problems(by_ollama, "{{exported_instance}} {{instance}}") == []
+    assert about_an_instance(by_ollama)
+    assert not about_an_instance("sentinel_keeper_build_info")
 
 
 # --- the dashboard --------------------------------------------------------------------------
@@ -149,10 +172,17 @@ def test_dashboard_is_importable() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
+    ollama = variables["ollama"]
+    assert ollama["query"]["query"] == (
+        "label_values(sentinel_keeper_ollama_up, exported_instance)"
+    )
     model = variables["model"]
     assert model["type"] == "query"
-    assert model["query"]["query"] == "label_values(sentinel_keeper_model_resident, model)"
-    assert model["includeAll"] and model["allValue"] == ".*"
+    assert model["query"]["query"] == (
+        'label_values(sentinel_keeper_model_resident{exported_instance=~"$ollama"}, model)'
+    )
+    for variable in (ollama, model):
+        assert variable["includeAll"] and variable["allValue"] == ".*"
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
@@ -182,6 +212,19 @@ def test_dashboard_covers_the_keepers_story() -> None:
         "sentinel_keeper_pass_duration_seconds_bucket",
     ):
         assert re.search(rf"\b{name}\b", exprs), name
+
+
+def test_dashboard_shows_each_ollama_instance_apart() -> None:
+    """Every query of a metric about an Ollama instance filters on the instance variable,
+    and one that aggregates keeps the instance apart or sums a breakdown over instances."""
+    for title, target in targets(load_dashboard()):
+        expr = target["expr"]
+        if not about_an_instance(expr):
+            continue
+        assert 'exported_instance=~"$ollama"' in expr, title
+        grouped = [label.strip() for group in GROUPING.findall(expr) for label in group.split(",")]
+        breakdown = {"reason", "kind", "num_ctx"} & set(grouped)
+        assert not grouped or EXPORTED in grouped or breakdown, (title, expr)
 
 
 def test_dashboard_queries_only_what_the_keeper_exports() -> None:
@@ -228,6 +271,18 @@ def test_rules_query_only_what_the_keeper_exports() -> None:
             f"{rule['alert']} annotations: {p}" for p in problems(" ".join(NAME.findall(prose)))
         ]
     assert found == []
+
+
+def test_alerts_about_an_ollama_instance_name_it() -> None:
+    """With several Ollama instances an alert must say which: grouped by, and named in the
+    summary."""
+    for rule in rules(load_rules()):
+        if not about_an_instance(rule["expr"]) or rule["expr"].startswith("absent("):
+            continue  # absent() has no labels: there is no series of any instance
+        for group in GROUPING.findall(rule["expr"]):
+            assert EXPORTED in [label.strip() for label in group.split(",")], rule["alert"]
+        assert "{{ $labels.exported_instance }}" in rule["annotations"]["summary"], rule["alert"]
+        assert "{{ $labels.instance }}" in rule["annotations"]["summary"], rule["alert"]
 
 
 def promtool() -> str:

@@ -81,7 +81,7 @@ def test_readiness(
 def test_the_ready_event_names_what_is_missing() -> None:
     ready = Ready("pinned models not installed", "warning")
     event = lifecycle.ready_event(
-        ready, elapsed=2.34567, report=reached("a:1b", not_installed=("b:1b",))
+        ready, elapsed=2.34567, reports=[("default", reached("a:1b", not_installed=("b:1b",)))]
     )
     assert (event.event, event.level) == ("ready", "warning")
     assert dict(event.fields) == {
@@ -89,7 +89,9 @@ def test_the_ready_event_names_what_is_missing() -> None:
         "after": 2.346,
         "missing": ["b:1b"],
     }
-    quiet = lifecycle.ready_event(Ready("pinned resident"), elapsed=1, report=reached(*PINNED))
+    quiet = lifecycle.ready_event(
+        Ready("pinned resident"), elapsed=1, reports=[("default", reached(*PINNED))]
+    )
     assert "missing" not in quiet.fields
 
 
@@ -150,6 +152,101 @@ def test_status_of_an_ollama_that_answers_nonsense_keeps_the_whole_reason() -> N
     )
     text = lifecycle.status_text(StatusView(URL, report, outage_seconds=3))
     assert text == f"waiting for ollama at {URL}: /api/ps: bad JSON (3 s)"
+
+
+# --- several instances -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ready", "several", "expected"),
+    [
+        ([("default", None)], False, None),
+        ([("default", Ready("pinned resident"))], False, Ready("pinned resident")),
+        # one instance not ready holds READY back, whatever the others say
+        ([("a", Ready("pinned resident")), ("b", None)], True, None),
+        ([("a", None), ("b", Ready("pinned resident"))], True, None),
+        (
+            [("a", Ready("pinned resident")), ("b", Ready("pinned resident"))],
+            True,
+            Ready("a: pinned resident; b: pinned resident"),
+        ),
+        # the worst level wins: a timeout on one instance is worth a warning
+        (
+            [
+                ("a", Ready("pinned resident")),
+                ("b", Ready("startup_timeout 10m passed", "warning")),
+            ],
+            True,
+            Ready("a: pinned resident; b: startup_timeout 10m passed", "warning"),
+        ),
+        # instances: with one entry still names it
+        ([("gpu0", Ready("started"))], True, Ready("gpu0: started")),
+        ([], True, None),
+    ],
+)
+def test_ready_once_every_instance_is(
+    ready: list[tuple[str, Ready | None]], several: bool, expected: Ready | None
+) -> None:
+    assert lifecycle.all_ready(ready, several=several) == expected
+
+
+def test_the_ready_event_names_the_instance_of_what_is_missing() -> None:
+    event = lifecycle.ready_event(
+        Ready("a: pinned resident; b: startup_timeout 10m passed", "warning"),
+        elapsed=600,
+        reports=[("a", reached(*PINNED)), ("b", reached("a:1b")), ("c", None)],
+    )
+    assert event.fields["missing"] == ["b:1b@b"]
+
+
+def test_status_sums_up_each_instance() -> None:
+    views = [
+        ("a", StatusView(URL, reached(*PINNED))),
+        ("b", StatusView("http://127.0.0.1:11435", unreachable(), outage_seconds=4)),
+    ]
+    assert lifecycle.status_text_all(views, several=True, rejected=None) == (
+        "a: 2/2 pinned resident; GPU0 6.0 of 8.0 GiB free; ollama 0.33.0; "
+        "b: waiting for ollama at http://127.0.0.1:11435: GET /api/version: connection "
+        "refused (4 s)"
+    )
+    rejected = lifecycle.status_text_all(views[:1], several=True, rejected="policy rejected")
+    assert rejected.startswith("policy rejected; a: 2/2 pinned resident")
+    # one instance without instances: reads as before
+    single = lifecycle.status_text_all(views[:1], several=False, rejected="policy rejected")
+    assert single == lifecycle.status_text(
+        StatusView(URL, reached(*PINNED), rejected="policy rejected")
+    )
+
+
+def test_the_start_names_each_instance() -> None:
+    two = Policy.model_validate(
+        {
+            "instances": [
+                {"name": "a", "gpus": [0]},
+                {
+                    "name": "b",
+                    "url": "127.0.0.1:11435",
+                    "unit": "ollama-b.service",
+                    "gpus": [1, "GPU-x"],
+                },
+            ],
+            "models": [{"name": "m", "instance": "b"}],
+        }
+    )
+    start = lifecycle.starting_event(two, "p.yaml", "1.0", None)
+    assert start.fields["instances"] == "a,b" and "ollama" not in start.fields
+    a, b = two.split()
+    assert dict(lifecycle.instance_event("instance_started", b).fields) == {
+        "instance": "b",
+        "ollama": "http://127.0.0.1:11435",
+        "unit": "ollama-b.service",
+        "gpus": "1,GPU-x",
+        "pinned": 1,
+        "extras": 0,
+    }
+    assert lifecycle.instance_event("instance_removed", a).fields["gpus"] == "0"
+    single = lifecycle.starting_event(PINNED_POLICY, "p.yaml", "1.0", None)
+    assert single.fields["ollama"] == URL and "instances" not in single.fields
 
 
 # --- WATCHDOG=1 and EXTEND_TIMEOUT_USEC= ------------------------------------------------------

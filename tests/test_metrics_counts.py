@@ -14,6 +14,7 @@ from sentinel_keeper.metrics.counts import (
     Counts,
     Histogram,
     ReloadResult,
+    add_reload,
     count_pass,
     count_reload,
 )
@@ -303,6 +304,12 @@ def test_passes_policy_reloads_and_the_version_are_counted() -> None:
     assert counts.ollama_version == "0.34.0"
     assert dict(counts.policy_reloads) == {"applied": 2, "rejected": 1}
     assert counts.last_pass_unix == NOW.timestamp() + 0.5
+
+
+def test_the_daemons_reloads_are_counted_apart_from_any_instance() -> None:
+    reloads = add_reload(add_reload({}, ReloadResult.UNCHANGED), ReloadResult.UNCHANGED)
+    assert add_reload(reloads, ReloadResult.REJECTED) == {"unchanged": 2, "rejected": 1}
+    assert reloads == {"unchanged": 2}  # a new value, the old one unchanged
 
 
 def test_a_histogram_counts_each_value_in_the_first_bucket_that_holds_it() -> None:

@@ -24,6 +24,7 @@ from tests.support.ollama_double import FakeModel, GiB, MiB, OllamaDouble
 PINNED = "llama3.2:1b"
 FOREIGN = "big:70b"  # not in the policy; with it loaded, the pinned model does not fit
 Key = tuple[str, tuple[tuple[str, str], ...]]
+DEFAULT = ("instance", "default")  # a policy without instances: is the instance "default"
 
 
 def scrape(url: str) -> dict[Key, float]:
@@ -50,13 +51,14 @@ def until(what: str, url: str, check: Callable[[dict[Key, float]], bool]) -> dic
 def loads(figures: dict[Key, float], reason: str) -> float:
     key = (
         "sentinel_keeper_model_loads_total",
-        (("model", PINNED), ("reason", reason), ("tier", "pinned")),
+        (DEFAULT, ("model", PINNED), ("reason", reason), ("tier", "pinned")),
     )
     return figures.get(key, 0.0)
 
 
 def one(figures: dict[Key, float], name: str) -> float:
-    return figures.get((name, ()), float("nan"))
+    """The instance's one sample of ``name``."""
+    return figures.get((name, (DEFAULT,)), float("nan"))
 
 
 class TextfileReader:
@@ -123,14 +125,16 @@ def test_the_figures_follow_what_happens_to_ollama_and_the_gpu(
     reader = TextfileReader(textfile)
     try:
         start = until("the first load counted", url, lambda f: loads(f, "not_loaded") == 1)
-        resident = ("sentinel_keeper_model_resident", (("model", PINNED), ("tier", "pinned")))
+        resident = (
+            "sentinel_keeper_model_resident",
+            (DEFAULT, ("model", PINNED), ("tier", "pinned")),
+        )
         assert start[resident] == 1
         assert one(start, "sentinel_keeper_ollama_up") == 1
         assert one(start, "sentinel_keeper_nvml_available") == 1
-        gpu = (
-            "sentinel_keeper_gpu_memory_total_bytes",
-            (("gpu", "0"), ("name", "NVIDIA H100 80GB HBM3")),
-        )
+        (gpu,) = [k for k in start if k[0] == "sentinel_keeper_gpu_memory_total_bytes"]
+        assert dict(gpu[1])["instance"] == "default"
+        assert (dict(gpu[1])["gpu"], dict(gpu[1])["name"]) == ("0", "NVIDIA H100 80GB HBM3")
         assert start[gpu] == 24 * GiB
         first_seconds = start[("sentinel_keeper_model_resident_seconds_total", resident[1])]
 
@@ -197,6 +201,7 @@ def test_the_figures_follow_what_happens_to_ollama_and_the_gpu(
     )
     figures = json.loads(shown.stdout)["daemon"]
     assert figures["available"], figures
+    assert figures["instances"]["default"] == figures["models"]
     assert figures["models"][PINNED]["loads"] == {
         "not_loaded": 1,
         "unloaded": 1,

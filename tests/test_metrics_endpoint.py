@@ -50,7 +50,16 @@ COUNTS = Counts(
     restarts=1,
     ollama_version="0.33.0",
 )
-VIEW = MetricsView(POLICY, COUNTS, REPORT, "0.1.0", "3.11.7", 1_700_000_000.0)
+VIEW = MetricsView.single(
+    POLICY, COUNTS, REPORT, version="0.1.0", python="3.11.7", started_unix=1_700_000_000.0
+)
+DEFAULT = ("instance", "default")  # every series about an instance says which, first
+
+
+def view(report: PassReport | None = REPORT, counts: Counts = COUNTS) -> MetricsView:
+    """VIEW with another last pass or other counts."""
+    (only,) = VIEW.instances
+    return replace(VIEW, instances=(replace(only, report=report, counts=counts),))
 
 
 def values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -84,11 +93,11 @@ def test_the_page_holds_every_family_in_the_text_format() -> None:
         shown = spec.name if spec.kind != "counter" else f"{spec.name}_total"
         assert f"# TYPE {shown} {spec.kind}" in text, spec.name
     got = values(text)
-    model = (("model", A), ("tier", "pinned"))
+    model = (DEFAULT, ("model", A), ("tier", "pinned"))
     assert got[("sentinel_keeper_model_resident", model)] == 1
-    assert got[("sentinel_keeper_model_resident", (("model", X), ("tier", "extra")))] == 0
+    assert got[("sentinel_keeper_model_resident", (DEFAULT, ("model", X), ("tier", "extra")))] == 0
     assert (
-        got[("sentinel_keeper_model_loads_total", (*model[:1], ("reason", "evicted"), model[1]))]
+        got[("sentinel_keeper_model_loads_total", (*model[:2], ("reason", "evicted"), model[2]))]
         == 2
     )
     assert got[("sentinel_keeper_model_resident_seconds_total", model)] == 110.0  # 100 + 60 - 50
@@ -96,17 +105,22 @@ def test_the_page_holds_every_family_in_the_text_format() -> None:
     assert got[("sentinel_keeper_model_footprint_bytes", model)] == 2 * GiB
     assert got[("sentinel_keeper_model_context_length", model)] == 8192
     assert got[("sentinel_keeper_model_spilled", model)] == 0
-    assert got[("sentinel_keeper_client_reloads_total", (("model", A), ("num_ctx", "4096")))] == 3
-    assert got[("sentinel_keeper_foreign_model_loaded", (("model", FOREIGN),))] == 1
-    assert got[("sentinel_keeper_foreign_model_size_bytes", (("model", FOREIGN),))] == 3 * GiB
-    assert (
-        got[("sentinel_keeper_gpu_memory_free_bytes", (("gpu", "0"), ("name", "GPU 0")))] == 6 * GiB
+    reloads = (DEFAULT, ("model", A), ("num_ctx", "4096"))
+    assert got[("sentinel_keeper_client_reloads_total", reloads)] == 3
+    assert got[("sentinel_keeper_foreign_model_loaded", (DEFAULT, ("model", FOREIGN)))] == 1
+    assert got[("sentinel_keeper_foreign_model_size_bytes", (DEFAULT, ("model", FOREIGN)))] == (
+        3 * GiB
     )
-    assert got[("sentinel_keeper_nvml_available", ())] == 1
-    assert got[("sentinel_keeper_ollama_up", ())] == 1
-    assert got[("sentinel_keeper_ollama_info", (("version", "0.33.0"),))] == 1
-    assert got[("sentinel_keeper_ollama_restarts_total", ())] == 1
-    assert got[("sentinel_keeper_passes_total", ())] == 7
+    gpu = {"instance": "default", "gpu": "0", "name": "GPU 0", "uuid": ""}
+    gpu_labels = tuple(sorted((k, v) for k, v in gpu.items() if k in f.GPU))
+    assert got[("sentinel_keeper_gpu_memory_free_bytes", gpu_labels)] == 6 * GiB
+    assert got[("sentinel_keeper_nvml_available", (DEFAULT,))] == 1
+    assert got[("sentinel_keeper_ollama_up", (DEFAULT,))] == 1
+    assert got[("sentinel_keeper_ollama_info", (DEFAULT, ("version", "0.33.0")))] == 1
+    assert got[("sentinel_keeper_ollama_restarts_total", (DEFAULT,))] == 1
+    assert got[("sentinel_keeper_passes_total", (DEFAULT,))] == 7
+    # the daemon's own figures are about no instance
+    assert got[("sentinel_keeper_start_time_seconds", ())] == 1_700_000_000.0
     build = (("python", "3.11.7"), ("version", "0.1.0"))
     assert got[("sentinel_keeper_build_info", build)] == 1
     assert ("sentinel_keeper_model_expected_footprint_bytes", model) in got
@@ -133,19 +147,19 @@ def test_the_page_holds_every_family_in_the_text_format() -> None:
 
 def test_without_nvml_or_ollama_the_gauges_say_so_and_keep_no_stale_values() -> None:
     blind = replace(SEEN, gpu=observation().gpu)
-    text = page(replace(VIEW, report=PassReport(NOW, 0.2, (A,), (X,), blind, final=blind)))
+    text = page(view(report=PassReport(NOW, 0.2, (A,), (X,), blind, final=blind)))
     got = values(text)
-    assert got[("sentinel_keeper_nvml_available", ())] == 0
+    assert got[("sentinel_keeper_nvml_available", (DEFAULT,))] == 0
     assert not [k for k in got if k[0].startswith("sentinel_keeper_gpu_memory")]
     down = PassReport(NOW, 0.01, (A,), (X,), None, error="refused")
-    got = values(page(replace(VIEW, report=down)))
-    assert got[("sentinel_keeper_ollama_up", ())] == 0
+    got = values(page(view(report=down)))
+    assert got[("sentinel_keeper_ollama_up", (DEFAULT,))] == 0
     assert not [k for k in got if k[0] == "sentinel_keeper_model_resident"]  # unknown, not 0
     assert (
         got[
             (
                 "sentinel_keeper_model_loads_total",
-                (("model", A), ("reason", "evicted"), ("tier", "pinned")),
+                (DEFAULT, ("model", A), ("reason", "evicted"), ("tier", "pinned")),
             )
         ]
         == 2
@@ -153,14 +167,14 @@ def test_without_nvml_or_ollama_the_gauges_say_so_and_keep_no_stale_values() -> 
 
 
 def test_before_the_first_pass_the_daemon_still_answers() -> None:
-    got = values(page(replace(VIEW, report=None, counts=Counts())))
-    assert got[("sentinel_keeper_ollama_up", ())] == 0
-    assert got[("sentinel_keeper_passes_total", ())] == 0
+    got = values(page(view(report=None, counts=Counts())))
+    assert got[("sentinel_keeper_ollama_up", (DEFAULT,))] == 0
+    assert got[("sentinel_keeper_passes_total", (DEFAULT,))] == 0
 
 
 def test_hostile_label_values_stay_in_their_label() -> None:
     evil = 'x"} 1\nsentinel_keeper_forged 1\n'
-    text = page(replace(VIEW, counts=replace(COUNTS, ollama_version=evil)))
+    text = page(view(counts=replace(COUNTS, ollama_version=evil)))
     assert "\nsentinel_keeper_forged 1" not in text
     (info,) = [s for s in parse(text) if s.name == "sentinel_keeper_ollama_info"]
     assert info.labels["version"] == evil
@@ -195,7 +209,7 @@ def test_get_serves_the_page_and_head_its_headers(server: MetricsServer) -> None
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
     assert int(headers["content-length"]) == len(body)
     assert "process_resident_memory_bytes" in body.decode()  # the endpoint's own figures
-    assert values(body.decode())[("sentinel_keeper_passes_total", ())] == 7
+    assert values(body.decode())[("sentinel_keeper_passes_total", (DEFAULT,))] == 7
     status, headers, body = ask(server.port, "HEAD")
     assert (status, body) == (200, b"")
     assert int(headers["content-length"]) > 1000
@@ -228,11 +242,13 @@ def test_a_taken_port_is_a_clear_error() -> None:
 
 def test_scrape_reads_the_page_and_says_why_when_nothing_answers(server: MetricsServer) -> None:
     figures = read_figures(parse(scrape(ListenAddress("127.0.0.1", server.port))))
-    assert figures.passes == 7
-    assert figures.models[A].loads == {"not_loaded": 1, "evicted": 2}
-    assert figures.models[A].resident_since == NOW.timestamp()
-    assert figures.models[A].client_reloads == {"4096": 3}
-    assert figures.models[X].resident_since is None
+    assert (figures.passes_of("default"), figures.total_passes) == (7, 7)
+    models = figures.models_of("default")
+    assert models[A].loads == {"not_loaded": 1, "evicted": 2}
+    assert models[A].resident_since == NOW.timestamp()
+    assert models[A].client_reloads == {"4096": 3}
+    assert models[X].resident_since is None
+    assert figures.models_of("gpu1") == {}
     port = free_port()
     with pytest.raises(MetricsError, match=rf"127.0.0.1:{port}/metrics: .*refused"):
         scrape(ListenAddress("127.0.0.1", port), timeout=2.0)

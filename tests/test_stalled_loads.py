@@ -69,9 +69,9 @@ def test_a_stuck_scheduler_is_reported_once_and_not_fed_more_loads() -> None:
         assert len(double.requests_to("/api/generate")) == generate_calls + 1
         assert again.stall is not None and again.stall.count == 2
         assert again.stall.since == first.stall.since
-        view = MetricsView(policy, counts, again, "0", "3", 0.0)
+        view = MetricsView.single(policy, counts, again, version="0", python="3", started_unix=0.0)
         stalled = next(f for f in families(view, mono=0.0) if f.spec.name.endswith("loads_stalled"))
-        assert stalled.samples == (((), 1.0),)
+        assert stalled.samples == ((("default",), 1.0),)
         # Ollama restarted (the way out): loads return, and it is said
         double.hang_scheduler(False)
         double.restart()

@@ -11,7 +11,7 @@ import pytest
 from sentinel_keeper.atomicfile import WRITE_STEPS
 from sentinel_keeper.errors import StateError
 from sentinel_keeper.observation import Footprint
-from sentinel_keeper.state import StateStore
+from sentinel_keeper.state import StateStore, instance_state_dir
 
 A = {"a:1b": Footprint(size=1000, size_vram=1000, context_length=2048)}
 B = {"a:1b": Footprint(size=2000, size_vram=1500, context_length=4096)}
@@ -49,3 +49,18 @@ def test_an_unwritable_directory_is_a_state_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(StateError, match="cannot write"):
         StateStore(str(blocker / "state")).update(A, {"a:1b"})
+
+
+def test_each_instance_has_its_own_state_directory(tmp_path: Path) -> None:
+    """The default instance keeps the state directory (state written before instances:
+    existed is still found); the others a directory of their own, created 0700."""
+    root = str(tmp_path / "state")
+    assert instance_state_dir(root, "default") == root
+    gpu1 = instance_state_dir(root, "gpu1")
+    assert gpu1 == str(tmp_path / "state" / "instances" / "gpu1")
+    assert StateStore(gpu1).update(A, {"a:1b"})
+    assert StateStore(root).update(B, {"a:1b"})
+    assert StateStore(gpu1).footprints() == A
+    assert StateStore(root).footprints() == B
+    for made in (tmp_path / "state", tmp_path / "state" / "instances", Path(gpu1)):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700, made

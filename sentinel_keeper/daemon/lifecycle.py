@@ -8,8 +8,8 @@ what comes back. Each function is table-tested in tests/test_lifecycle.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from sentinel_keeper.daemon.progress import Stuck
 from sentinel_keeper.errors import PolicyError
@@ -23,6 +23,11 @@ from sentinel_keeper.units import format_duration
 
 
 def starting_event(policy: Policy, path: str, version: str, watchdog: float | None) -> LogEvent:
+    where: dict[str, object] = (
+        {"ollama": policy.ollama.url}
+        if policy.instances is None
+        else {"instances": ",".join(policy.instance_names)}
+    )
     return LogEvent(
         "starting",
         "info",
@@ -33,8 +38,25 @@ def starting_event(policy: Policy, path: str, version: str, watchdog: float | No
             "extras": len(policy.extras),
             "interval": format_duration(policy.interval),
             "ready": policy.ready,
-            "ollama": policy.ollama.url,
+            **where,
             "watchdog": format_duration(watchdog * 2) if watchdog else "off",
+        },
+    )
+
+
+def instance_event(name: str, part: Policy) -> LogEvent:
+    """An instance's loop started (at the start, or added by a reload) or was removed."""
+    gpus = part.vram.gpus
+    return LogEvent(
+        name,
+        "info",
+        {
+            "instance": part.instance,
+            "ollama": part.ollama.url,
+            "unit": part.ollama.unit,
+            "gpus": gpus if isinstance(gpus, str) else ",".join(str(g) for g in gpus),
+            "pinned": len(part.pinned),
+            "extras": len(part.extras),
         },
     )
 
@@ -88,10 +110,32 @@ def readiness(policy: Policy, report: PassReport | None, *, elapsed: float) -> R
     return None
 
 
-def ready_event(ready: Ready, *, elapsed: float, report: PassReport | None) -> LogEvent:
+def all_ready(ready: Sequence[tuple[str, Ready | None]], *, several: bool) -> Ready | None:
+    """READY=1 for the daemon: once every instance is ready. With several instances the
+    reason names each (``gpu0: pinned resident; gpu1: startup_timeout 10m passed``); the
+    level is the worst."""
+    if any(r is None for _, r in ready) or not ready:
+        return None
+    done = [(name, r) for name, r in ready if r is not None]
+    if not several:
+        return done[0][1]
+    level: Level = "warning" if any(r.level != "info" for _, r in done) else "info"
+    return Ready("; ".join(f"{name}: {r.why}" for name, r in done), level)
+
+
+def ready_event(
+    ready: Ready, *, elapsed: float, reports: Sequence[tuple[str, PassReport | None]]
+) -> LogEvent:
+    """The READY line: why, after how long, and the pinned models still missing (with
+    several instances as MODEL@INSTANCE)."""
     fields: dict[str, object] = {"why": ready.why, "after": round(elapsed, 3)}
-    if report is not None and report.reachable and report.pinned_missing:
-        fields["missing"] = list(report.pinned_missing)
+    missing: list[str] = []
+    for name, report in reports:
+        if report is not None and report.reachable:
+            suffix = f"@{name}" if len(reports) > 1 else ""
+            missing += [f"{model}{suffix}" for model in report.pinned_missing]
+    if missing:
+        fields["missing"] = missing
     return LogEvent("ready", ready.level, fields)
 
 
@@ -129,6 +173,17 @@ def status_text(view: StatusView) -> str:
     if view.rejected is not None:
         text = f"{view.rejected}; {text}"
     return text
+
+
+def status_text_all(
+    views: Sequence[tuple[str, StatusView]], *, several: bool, rejected: str | None
+) -> str:
+    """STATUS= for the daemon: the one instance's text, or each instance's after its name
+    (``gpu0: 2/2 pinned resident ...; gpu1: waiting for ollama at ...``)."""
+    if not several and len(views) == 1:
+        return status_text(replace(views[0][1], rejected=rejected))
+    text = "; ".join(f"{name}: {status_text(view)}" for name, view in views)
+    return text if rejected is None else f"{rejected}; {text}"
 
 
 # --- WATCHDOG=1, EXTEND_TIMEOUT_USEC= and the stuck report ------------------------------------

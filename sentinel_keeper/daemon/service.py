@@ -2,17 +2,19 @@
 
 Threads and who owns what:
 
-- The main thread owns signals, sd_notify, the scheduler and the logging of pass results. It
+- The main thread owns signals, sd_notify, the schedules and the logging of pass results. It
   sleeps in ``select()`` on a self-pipe that signal handlers (through
-  ``signal.set_wakeup_fd``) and the pass worker write to, and wakes at least every tick to
+  ``signal.set_wakeup_fd``) and the pass workers write to, and wakes at least every tick to
   ping the watchdog, extend the start timeout, keep STATUS current and notice a stuck pass.
   What it does is decided by the pure functions of :mod:`lifecycle`.
-- One pass worker thread (:mod:`worker`) runs the passes, one at a time, and the watch between
-  them (:mod:`engine`). APScheduler's triggers (:mod:`schedule`: the interval with its jitter,
-  the watch period, a probe while Ollama does not answer) only ask the worker for work; so do
-  a reload and the watch.
-- A :class:`Progress` record, updated through the tracked client, tells the main thread
-  whether the pass is within its own time limits. When it is not (a call stuck past its
+- Each Ollama instance of the policy has its own :class:`InstanceLoop` (:mod:`instance`):
+  one pass worker thread (:mod:`worker`) that runs that instance's passes, one at a time, and
+  the watch between them (:mod:`engine`), with its own client, GPU probe and schedule. Its
+  APScheduler triggers (:mod:`schedule`: the interval with its jitter, the watch period, a
+  probe while Ollama does not answer, the window edges) only ask its worker for work; so do a
+  reload and the watch. Instances never wait for each other.
+- A :class:`Progress` record per instance, updated through the tracked client, tells the main
+  thread whether a pass is within its own time limits. When one is not (a call stuck past its
   timeout), the watchdog pings stop and systemd restarts the service.
 
 Only the CLI chooses exit codes: :func:`run_daemon` returns 0 after a clean stop, raises
@@ -29,27 +31,23 @@ import queue
 import select
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 
 from sentinel_keeper import __version__
 from sentinel_keeper.daemon import lifecycle
-from sentinel_keeper.daemon.engine import Engines
-from sentinel_keeper.daemon.progress import Progress, Stuck
-from sentinel_keeper.daemon.schedule import Schedule
+from sentinel_keeper.daemon.instance import InstanceLoop, Posted, WatchAsked
+from sentinel_keeper.daemon.progress import Stuck
 from sentinel_keeper.daemon.signals import SignalFlags
-from sentinel_keeper.daemon.worker import PassWorker
 from sentinel_keeper.errors import SentinelError
-from sentinel_keeper.events import History, LogEvent, advance, pass_events
+from sentinel_keeper.events import LogEvent, advance, pass_events
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.logs import LEVEL_NUMBERS
-from sentinel_keeper.metrics.counts import Counts, ReloadResult, count_pass, count_reload
-from sentinel_keeper.metrics.families import MetricsView
+from sentinel_keeper.metrics.counts import ReloadResult, add_reload, count_pass
+from sentinel_keeper.metrics.families import InstanceView, MetricsView
 from sentinel_keeper.notify import Notifier
 from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
@@ -65,19 +63,6 @@ if TYPE_CHECKING:
 CRASHES_BEFORE_EXIT = 3
 
 log = structlog.get_logger("sentinel_keeper.daemon")
-
-
-@dataclass(frozen=True)
-class _Crash:
-    error: BaseException
-
-
-@dataclass(frozen=True)
-class _WatchAsked:
-    """What a look between passes found: why a pass is due (None: none) and what to log."""
-
-    why: str | None
-    events: tuple[LogEvent, ...] = ()
 
 
 class Daemon:
@@ -96,63 +81,44 @@ class Daemon:
         self.policy = policy  # the policy in force, as the main thread knows it
         self.notifier = notifier if notifier is not None else Notifier()
         self.timings = timings if timings is not None else Timings()
-        self.progress = Progress(between_calls=self.timings.between_calls)
-        self.engines = Engines(
-            policy,
-            progress=self.progress,
-            timings=self.timings,
-            state_dir=state_dir,
-            make_ollama=make_ollama,
-            make_gpu=make_gpu or (lambda p: GpuProbe(p.vram.gpu_selection)),
-        )
-        self.worker = PassWorker(self._pass, self._watch, lambda exc: self._post(_Crash(exc)))
-        self.schedule = Schedule(
-            self.timings,
-            request_pass=self.worker.request_pass,
-            request_watch=self.worker.request_watch,
-        )
-        self._stop = threading.Event()  # read by a pass between its actions
-        self._results: queue.SimpleQueue[PassReport | _Crash | _WatchAsked] = queue.SimpleQueue()
+        self._state_dir = state_dir
+        self._make_ollama = make_ollama
+        self._make_gpu = make_gpu or (lambda p: GpuProbe(p.vram.gpu_selection))
+        self._results: queue.SimpleQueue[tuple[str, Posted]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._signals = SignalFlags(self._wake_w.fileno())
+        # one loop of passes per Ollama instance, in the policy's order
+        self.loops: dict[str, InstanceLoop] = {
+            part.instance: self._loop(part) for part in policy.split()
+        }
         # the main thread's
         self._started = time.monotonic()
-        self._history = History()
-        self._last: PassReport | None = None
         self._ready_sent = False
-        self._outage_since: float | None = None
         self._rejected: str | None = None
-        self._stuck: Stuck | None = None
         self._last_ping = float("-inf")
         self._last_extend = float("-inf")
-        self._probe_delay = self.timings.probe_first
-        self._crashes = 0
         self._crash: BaseException | None = None
         # what the metrics count (always, so that turning them on by a reload shows the
         # daemon's whole life) and publish (only when the policy turns them on)
-        self._counts = Counts()
+        self._reloads: dict[str, int] = {}  # policy reloads by result
         self._started_unix = time.time()
         self._exporter: Exporter | None = None
 
-    # -- the pass worker's side --------------------------------------------------------------
+    def _loop(self, part: Policy) -> InstanceLoop:
+        return InstanceLoop(
+            part,
+            timings=self.timings,
+            state_dir=self._state_dir,
+            make_ollama=self._make_ollama,
+            make_gpu=self._make_gpu,
+            post=self._post,
+        )
 
-    def _pass(self) -> None:
-        if not self._stop.is_set():
-            self._post(self.engines.run_pass(self._stop))
-
-    def _watch(self) -> None:
-        if self._stop.is_set():
-            return
-        seen = self.engines.watch()
-        if seen.events or seen.due is not None:
-            self._post(_WatchAsked(seen.due, seen.events))
-        if seen.due is not None:
-            self.worker.request_pass()
-
-    def _post(self, item: PassReport | _Crash | _WatchAsked) -> None:
-        self._results.put(item)
+    def _post(self, instance: str, item: Posted) -> None:
+        """From a pass worker: a result for the main thread, which it wakes."""
+        self._results.put((instance, item))
         with contextlib.suppress(OSError):  # full (the loop wakes anyway) or closed (stopping)
             self._wake_w.send(b"r")
 
@@ -190,79 +156,81 @@ class Daemon:
     def _start(self) -> None:
         watchdog = self.notifier.watchdog_interval
         self._event(lifecycle.starting_event(self.policy, self.policy_path, __version__, watchdog))
+        if self.policy.instances is not None:
+            for loop in self.loops.values():
+                self._event(lifecycle.instance_event("instance_started", loop.policy))
         self._file_risks()
         self._metrics()
         self.notifier.status(self._status_text())
-        self.schedule.start(self.policy.interval, self.policy)
-        self.worker.start()
-        self.worker.request_pass()  # the first pass now, not one interval after the start
+        for loop in self.loops.values():
+            loop.start()
 
     def _shutdown(self) -> None:
         signum = self._signals.stop
         name = signal.Signals(signum).name if signum is not None else "crash"
-        running = self.progress.running
+        running = any(loop.progress.running for loop in self.loops.values())
         self.notifier.stopping("stopping" + (" (abandoning a load)" if running else ""))
-        self._stop.set()
-        self.worker.stop()
+        for loop in self.loops.values():
+            loop.stop()
         self._event(LogEvent("stopping", "info", {"signal": name, "pass_running": running}))
-        self.schedule.shutdown()
-        if self.worker.idle:
-            # A pass stuck in a call keeps its client; the process exit closes the socket.
-            self.engines.close()
         if self._exporter is not None:
             self._exporter.close()
         self._wake_r.close()
         self._wake_w.close()
 
-    # -- results from the worker ------------------------------------------------------------
+    # -- results from the pass workers --------------------------------------------------------
 
     def _drain(self) -> None:
         while True:
             try:
-                item = self._results.get_nowait()
+                instance, item = self._results.get_nowait()
             except queue.Empty:
                 return
+            loop = self.loops.get(instance)
+            if loop is None:
+                continue  # an instance a reload removed: its last words are moot
             if isinstance(item, PassReport):
-                self._crashes = 0
-                self._on_report(item)
-            elif isinstance(item, _WatchAsked):
+                loop.crashes = 0
+                self._on_report(loop, item)
+            elif isinstance(item, WatchAsked):
                 for event in item.events:
-                    self._event(event)
+                    self._event(event, loop)
                 if item.why is not None:
-                    log.debug("pass_requested", why=item.why)
+                    log.debug("pass_requested", why=item.why, instance=loop.name)
             else:
-                self._on_crash(item.error)
+                self._on_crash(loop, item.error)
 
-    def _on_crash(self, exc: BaseException) -> None:
-        self._crashes += 1
+    def _on_crash(self, loop: InstanceLoop, exc: BaseException) -> None:
+        loop.crashes += 1
         log.error(
             "pass_crashed",
             error=f"{type(exc).__name__}: {exc}",
-            in_a_row=self._crashes,
+            in_a_row=loop.crashes,
+            instance=loop.name,
             exc_info=exc,
         )
-        if self._crashes >= CRASHES_BEFORE_EXIT:
+        if loop.crashes >= CRASHES_BEFORE_EXIT:
             self._crash = exc
 
-    def _on_report(self, report: PassReport) -> None:
-        for event in pass_events(self._history, report):
-            self._event(event)
-        self._counts = count_pass(
-            self._counts, self._history, report, self.policy, mono=time.monotonic()
+    def _on_report(self, loop: InstanceLoop, report: PassReport) -> None:
+        for event in pass_events(loop.history, report):
+            self._event(event, loop)
+        loop.counts = count_pass(
+            loop.counts, loop.history, report, loop.policy, mono=time.monotonic()
         )
-        self._history = advance(self._history, report)
-        self._last = report
+        loop.history = advance(loop.history, report)
+        loop.last = report
         self._metrics(textfile=True)
         if report.reachable:
-            self._outage_since = None
-        elif self._outage_since is None:
-            self._outage_since = time.monotonic() - report.seconds
+            loop.outage_since = None
+        elif loop.outage_since is None:
+            loop.outage_since = time.monotonic() - report.seconds
         probe = lifecycle.probe(
-            report, self._probe_delay, interval=self.policy.interval, timings=self.timings
+            report, loop.probe_delay, interval=loop.policy.interval, timings=self.timings
         )
-        self._probe_delay = probe.next_delay
+        loop.probe_delay = probe.next_delay
         if probe.after is not None:
-            self.schedule.probe_in(probe.after)
+            loop.schedule.probe_in(probe.after)
 
     # -- reload --------------------------------------------------------------------------------
 
@@ -287,18 +255,34 @@ class Daemon:
             if decision.policy == self.policy
             else ReloadResult.APPLIED
         )
-        self._counts = count_reload(self._counts, result)
+        self._reloads = add_reload(self._reloads, result)
         if decision.policy is not None:
             self.policy = decision.policy
-            self.engines.replace(decision.policy)
-            if decision.interval_changed:
-                self.schedule.change_interval(decision.policy.interval)
-            self.schedule.set_windows(decision.policy)
+            self._apply_parts(decision.policy.split())
             self._file_risks()
-            self.worker.request_pass()
         self._metrics()
         if announce:
             self.notifier.ready(self._status_text())
+
+    def _apply_parts(self, parts: tuple[Policy, ...]) -> None:
+        """Each instance's loop takes its new part; an instance the policy no longer has
+        stops, a new one starts (READY, if not sent yet, then waits for it too)."""
+        wanted = {part.instance: part for part in parts}
+        for name in [n for n in self.loops if n not in wanted]:
+            gone = self.loops.pop(name)
+            gone.stop()
+            self._event(lifecycle.instance_event("instance_removed", gone.policy))
+        loops: dict[str, InstanceLoop] = {}
+        for name, part in wanted.items():
+            loop = self.loops.get(name)
+            if loop is None:
+                loop = self._loop(part)
+                self._event(lifecycle.instance_event("instance_added", part))
+                loop.start()
+            else:
+                loop.replace(part)
+            loops[name] = loop
+        self.loops = loops
 
     def _file_risks(self) -> None:
         risks = [risk.message for risk in file_risks(self.policy_path)]
@@ -314,9 +298,11 @@ class Daemon:
         if self._exporter is None and not section.enabled:
             return  # prometheus_client is not even imported
         view = MetricsView(
-            policy=self.policy,
-            counts=self._counts,
-            report=self._last,
+            instances=tuple(
+                InstanceView(loop.name, loop.policy, loop.counts, loop.last)
+                for loop in self.loops.values()
+            ),
+            reloads=self._reloads,
             version=__version__,
             python=platform.python_version(),
             started_unix=self._started_unix,
@@ -337,16 +323,19 @@ class Daemon:
     def _tick(self) -> None:
         now = time.monotonic()
         period = self.notifier.watchdog_interval
-        stuck = self.progress.stuck(self.timings.idle_limit(self.policy.interval))
-        for event in lifecycle.stuck_events(self._stuck, stuck, watchdog=period is not None):
-            self._event(event)
-        self._stuck = stuck
+        stuck: Stuck | None = None
+        for loop in self.loops.values():
+            now_stuck = loop.progress.stuck(self.timings.idle_limit(loop.policy.interval))
+            for event in lifecycle.stuck_events(loop.stuck, now_stuck, watchdog=period is not None):
+                self._event(event, loop)
+            loop.stuck = now_stuck
+            stuck = stuck or now_stuck
         due = lifecycle.duties(
             now,
             last_ping=self._last_ping,
             last_extend=self._last_extend,
             watchdog_period=period,
-            stuck=stuck,
+            stuck=stuck,  # one instance's stuck pass stops the pings: systemd restarts us
             ready_sent=self._ready_sent,
             timings=self.timings,
         )
@@ -354,32 +343,58 @@ class Daemon:
             self.notifier.watchdog()
             self._last_ping = now
         if not self._ready_sent:
-            ready = lifecycle.readiness(self.policy, self._last, elapsed=now - self._started)
-            if ready is not None:
-                self._ready_sent = True
-                self.notifier.ready(self._status_text())
-                self._event(
-                    lifecycle.ready_event(ready, elapsed=now - self._started, report=self._last)
-                )
-            elif due.extend:
-                self.notifier.extend_timeout(self.timings.extend_by)
-                self._last_extend = now
+            self._readiness(now, extend=due.extend)
         self.notifier.status(self._status_text())
 
-    def _status_text(self) -> str:
-        outage = self._outage_since
-        view = lifecycle.StatusView(
-            url=self.policy.ollama.url,
-            report=self._last,
-            outage_seconds=None if outage is None else time.monotonic() - outage,
-            stuck=self._stuck,
-            loading=self.progress.loading(),
-            rejected=self._rejected,
+    def _readiness(self, now: float, *, extend: bool) -> None:
+        """READY=1 once every instance is ready (its pinned models resident, or hopeless, or
+        startup_timeout passed); until then the start timeout is extended."""
+        elapsed = now - self._started
+        for loop in self.loops.values():
+            if loop.ready is None:
+                loop.ready = lifecycle.readiness(loop.policy, loop.last, elapsed=elapsed)
+        ready = lifecycle.all_ready(
+            [(loop.name, loop.ready) for loop in self.loops.values()],
+            several=self.policy.instances is not None,
         )
-        return lifecycle.status_text(view)
+        if ready is not None:
+            self._ready_sent = True
+            self.notifier.ready(self._status_text())
+            self._event(
+                lifecycle.ready_event(
+                    ready,
+                    elapsed=elapsed,
+                    reports=[(loop.name, loop.last) for loop in self.loops.values()],
+                )
+            )
+        elif extend:
+            self.notifier.extend_timeout(self.timings.extend_by)
+            self._last_extend = now
 
-    def _event(self, event: LogEvent) -> None:
-        log.log(LEVEL_NUMBERS[event.level], event.event, **dict(event.fields))
+    def _status_text(self) -> str:
+        now = time.monotonic()
+        views = [
+            (
+                loop.name,
+                lifecycle.StatusView(
+                    url=loop.policy.ollama.url,
+                    report=loop.last,
+                    outage_seconds=None if loop.outage_since is None else now - loop.outage_since,
+                    stuck=loop.stuck,
+                    loading=loop.progress.loading(),
+                ),
+            )
+            for loop in self.loops.values()
+        ]
+        return lifecycle.status_text_all(
+            views, several=self.policy.instances is not None, rejected=self._rejected
+        )
+
+    def _event(self, event: LogEvent, loop: InstanceLoop | None = None) -> None:
+        fields = dict(event.fields)
+        if loop is not None:
+            fields["instance"] = loop.name
+        log.log(LEVEL_NUMBERS[event.level], event.event, **fields)
 
 
 def run_daemon(

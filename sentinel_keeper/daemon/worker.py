@@ -1,7 +1,8 @@
-"""The pass worker: one daemon thread that runs the passes, one at a time, and the watch
-between them. Anyone may ask for a pass or a watch at any time; asks made while a pass runs
-are coalesced into one pass after it. This thread is the only place a pass runs, so "one pass
-at a time" needs no lock, no scheduler setting and no re-run flag.
+"""The pass worker: one daemon thread (per Ollama instance) that runs the passes, one at a
+time, and the watch between them. Anyone may ask for a pass or a watch at any time; asks
+made while a pass runs are coalesced into one pass after it. This thread is the only place
+the instance's passes run, so "one pass at a time" needs no lock, no scheduler setting and
+no re-run flag.
 
 It is a daemon thread: at SIGTERM the process exits without joining it, so a load stuck in
 HTTP for minutes does not hold up the stop; the kernel closes its socket, which makes Ollama
@@ -20,6 +21,8 @@ class PassWorker:
         run_pass: Callable[[], None],
         watch: Callable[[], None],
         on_crash: Callable[[BaseException], None],
+        *,
+        name: str = "sentinel-pass",
     ) -> None:
         self._run_pass = run_pass
         self._watch = watch
@@ -29,7 +32,7 @@ class PassWorker:
         self._watch_wanted = False
         self._stopped = False
         self._busy = False
-        self._thread = threading.Thread(target=self._loop, name="sentinel-pass", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()

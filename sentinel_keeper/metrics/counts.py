@@ -120,8 +120,13 @@ def load_seconds(outcome: Outcome) -> float:
     return outcome.load_duration if outcome.load_duration is not None else outcome.seconds
 
 
+def add_reload(reloads: Mapping[str, int], result: ReloadResult) -> dict[str, int]:
+    """The daemon's policy reloads by result, ``result`` counted."""
+    return _add(reloads, result.value)
+
+
 def count_reload(counts: Counts, result: ReloadResult) -> Counts:
-    return replace(counts, policy_reloads=_add(counts.policy_reloads, result.value))
+    return replace(counts, policy_reloads=add_reload(counts.policy_reloads, result))
 
 
 def count_pass(

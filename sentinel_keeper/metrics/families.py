@@ -1,6 +1,10 @@
 """Every metric the keeper exports (:data:`CATALOG`: name, type, help, labels) and its
-samples at one instant, from the policy in force, the counts and the last pass. Pure: the
-exposition format is :mod:`.exposition`'s business.
+samples at one instant, from each Ollama instance's policy, counts and last pass, and the
+daemon's own figures. Pure: the exposition format is :mod:`.exposition`'s business.
+
+Every series about an instance carries its name in the ``instance`` label, first ("default"
+for a policy without ``instances:``); the daemon's own (policy reloads, build, start time)
+carry none.
 
 Names follow Prometheus' conventions: the ``sentinel_keeper_`` prefix, base units (seconds,
 bytes), ``_total`` on counters (added by the exposition), ``_info`` for labels worth 1.
@@ -8,13 +12,13 @@ bytes), ``_total`` on counters (added by the exposition), ``_info`` for labels w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from sentinel_keeper.causes import LoadCause
 from sentinel_keeper.metrics.counts import FAILURE_KINDS, Counts, Histogram
-from sentinel_keeper.observation import Observation
+from sentinel_keeper.observation import GpuInfo, Observation
 from sentinel_keeper.plan import FindingKind, expected_footprint
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import PassReport
@@ -23,6 +27,7 @@ Kind = Literal["gauge", "counter", "histogram"]
 Labels = tuple[str, ...]
 PREFIX = "sentinel_keeper_"
 _Put = Callable[["Spec", Labels, float], None]
+_Observe = Callable[["Spec", Labels, Histogram], None]
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,15 @@ class Spec:
         return (self.name,)
 
 
-MODEL: Labels = ("model", "tier")
+# The Ollama instance a series is about (the policy's instances[].name; "default" without
+# instances:), first in every list that has it. Prometheus renames it exported_instance when
+# it scrapes with honor_labels: false (its default): its own instance is the scrape target.
+INSTANCE = "instance"
+MODEL: Labels = (INSTANCE, "model", "tier")
+# a GPU's UUID once NVML's readings carry it: the index can change across reboots
+GPU: Labels = (INSTANCE, "gpu", "name") + (
+    ("uuid",) if "uuid" in {f.name for f in fields(GpuInfo)} else ()
+)
 
 
 def _spec(name: str, kind: Kind, text: str, labels: Labels = ()) -> Spec:
@@ -107,7 +120,7 @@ CLIENT_RELOADS = _spec(
     "client_reloads",
     "counter",
     "Times another client was seen to reload a policy model with another num_ctx",
-    ("model", "num_ctx"),
+    (INSTANCE, "model", "num_ctx"),
 )
 BACKOFFS = _spec(
     "model_reload_backoffs",
@@ -124,40 +137,59 @@ HELD = _spec(
     MODEL,
 )
 FOREIGN = _spec(
-    "foreign_model_loaded", "gauge", "1 for each loaded model that is not in the policy", ("model",)
+    "foreign_model_loaded",
+    "gauge",
+    "1 for each loaded model that is not in the policy",
+    (INSTANCE, "model"),
 )
 FOREIGN_SIZE = _spec(
     "foreign_model_size_bytes",
     "gauge",
     "Memory taken by each loaded model that is not in the policy",
-    ("model",),
+    (INSTANCE, "model"),
 )
-OLLAMA_UP = _spec("ollama_up", "gauge", "1 when the last pass could observe Ollama")
-OLLAMA_INFO = _spec("ollama_info", "gauge", "Ollama's version, as last observed", ("version",))
+OLLAMA_UP = _spec("ollama_up", "gauge", "1 when the last pass could observe Ollama", (INSTANCE,))
+OLLAMA_INFO = _spec(
+    "ollama_info", "gauge", "Ollama's version, as last observed", (INSTANCE, "version")
+)
 STALLED = _spec(
     "ollama_loads_stalled",
     "gauge",
     "1 while a load of the keeper's has not returned within load_timeout and /api/ps answers",
+    (INSTANCE,),
 )
-OUTAGES = _spec("ollama_outages", "counter", "Stretches of passes in which Ollama did not answer")
+OUTAGES = _spec(
+    "ollama_outages", "counter", "Stretches of passes in which Ollama did not answer", (INSTANCE,)
+)
 OUTAGE_SECONDS = _spec(
-    "ollama_outage_seconds", "counter", "Seconds during which Ollama did not answer"
+    "ollama_outage_seconds", "counter", "Seconds during which Ollama did not answer", (INSTANCE,)
 )
 RESTARTS = _spec(
     "ollama_restarts",
     "counter",
     "Restarts of Ollama observed: a new version, or every model gone across an outage or at once",
+    (INSTANCE,),
 )
 GPU_TOTAL = _spec(
-    "gpu_memory_total_bytes", "gauge", "GPU memory, as NVML reports it", ("gpu", "name")
+    "gpu_memory_total_bytes", "gauge", "Memory of the instance's GPU, as NVML reports it", GPU
 )
-GPU_USED = _spec("gpu_memory_used_bytes", "gauge", "GPU memory in use (NVML)", ("gpu", "name"))
-GPU_FREE = _spec("gpu_memory_free_bytes", "gauge", "GPU memory free (NVML)", ("gpu", "name"))
-NVML = _spec("nvml_available", "gauge", "1 when NVML reported GPU memory at the last pass")
-PASSES = _spec("passes", "counter", "Reconcile passes run")
-PASS_DURATION = _spec("pass_duration_seconds", "histogram", "Duration of the reconcile passes")
+GPU_USED = _spec("gpu_memory_used_bytes", "gauge", "GPU memory in use (NVML)", GPU)
+GPU_FREE = _spec("gpu_memory_free_bytes", "gauge", "GPU memory free (NVML)", GPU)
+NVML = _spec(
+    "nvml_available",
+    "gauge",
+    "1 when NVML reported the instance's GPU memory at the last pass",
+    (INSTANCE,),
+)
+PASSES = _spec("passes", "counter", "Reconcile passes run", (INSTANCE,))
+PASS_DURATION = _spec(
+    "pass_duration_seconds", "histogram", "Duration of the reconcile passes", (INSTANCE,)
+)
 LAST_PASS = _spec(
-    "last_pass_timestamp_seconds", "gauge", "When the last reconcile pass ended (Unix time)"
+    "last_pass_timestamp_seconds",
+    "gauge",
+    "When the last reconcile pass ended (Unix time)",
+    (INSTANCE,),
 )
 RELOADS = _spec(
     "policy_reloads",
@@ -189,23 +221,55 @@ class Family:
 
 
 @dataclass(frozen=True)
-class MetricsView:
-    """What the figures are made of at one instant."""
+class InstanceView:
+    """One Ollama instance's part of the figures: its single-instance policy
+    (:meth:`Policy.split`), what the daemon counted of it, its last pass."""
 
+    name: str  # the instance's name: the part's ``instance``
     policy: Policy
     counts: Counts
-    report: PassReport | None  # the last pass; None before the first ends
+    report: PassReport | None  # its last pass; None before the first ends
+
+
+@dataclass(frozen=True)
+class MetricsView:
+    """What the figures are made of at one instant: every instance's, and the daemon's."""
+
+    instances: tuple[InstanceView, ...]
+    reloads: Mapping[str, int]  # policy reloads by ReloadResult value (daemon-wide)
     version: str
     python: str
     started_unix: float
 
+    def __post_init__(self) -> None:
+        names = [instance.name for instance in self.instances]
+        if len(names) != len(set(names)):
+            raise ValueError(f"instance names repeat: {names}")
+
+    @classmethod
+    def single(
+        cls,
+        policy: Policy,
+        counts: Counts,
+        report: PassReport | None,
+        *,
+        version: str,
+        python: str,
+        started_unix: float,
+    ) -> MetricsView:
+        """The view of a daemon that keeps one instance (the policy's own), its reloads in
+        ``counts``."""
+        return cls(
+            (InstanceView(policy.instance, policy, counts, report),),
+            reloads=counts.policy_reloads,
+            version=version,
+            python=python,
+            started_unix=started_unix,
+        )
+
 
 def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
     """Every family of :data:`CATALOG`, in its order, at monotonic time ``mono``."""
-    counts = view.counts
-    report = view.report
-    latest = report.latest if report is not None else None
-    reachable = report is not None and report.reachable
     out: dict[str, list[tuple[Labels, float]]] = {spec.name: [] for spec in CATALOG}
     histograms: dict[str, list[tuple[Labels, Histogram]]] = {
         spec.name: [] for spec in CATALOG if spec.kind == "histogram"
@@ -214,8 +278,31 @@ def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
     def put(spec: Spec, labels: Labels, value: float) -> None:
         out[spec.name].append((labels, float(value)))
 
-    for name, entry in sorted(counts.models.items()):
-        labels = (name, entry.tier)
+    def observed(spec: Spec, labels: Labels, histogram: Histogram) -> None:
+        histograms[spec.name].append((labels, histogram))
+
+    for instance in view.instances:
+        _instance(instance, mono, put, observed)
+    for result, number in sorted(view.reloads.items()):
+        put(RELOADS, (result,), number)
+    put(BUILD, (view.version, view.python), 1)
+    put(START, (), view.started_unix)
+    return tuple(
+        Family(spec, tuple(out[spec.name]), tuple(histograms.get(spec.name, ())))
+        for spec in CATALOG
+    )
+
+
+def _instance(view: InstanceView, mono: float, put: _Put, observed: _Observe) -> None:
+    """The samples of one instance, each labelled with its name first."""
+    name = view.name
+    counts = view.counts
+    report = view.report
+    latest = report.latest if report is not None else None
+    reachable = report is not None and report.reachable
+
+    for model, entry in sorted(counts.models.items()):
+        labels = (name, model, entry.tier)
         put(RESIDENT_SECONDS, labels, entry.resident_seconds_at(mono))
         if entry.resident_since_unix is not None:
             put(RESIDENT_SINCE, labels, entry.resident_since_unix)
@@ -225,9 +312,9 @@ def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
         for kind in sorted({*entry.failures, *FAILURE_KINDS}):
             put(LOAD_FAILURES, (*labels, kind), entry.failures.get(kind, 0))
         put(EVICTIONS, labels, entry.evictions)
-        histograms[LOAD_DURATION.name].append((labels, entry.load_seconds))
+        observed(LOAD_DURATION, labels, entry.load_seconds)
         for ctx, number in sorted(entry.client_reloads.items()):
-            put(CLIENT_RELOADS, (name, str(ctx)), number)
+            put(CLIENT_RELOADS, (name, model, str(ctx)), number)
         put(BACKOFFS, labels, entry.backoffs)
 
     if report is not None and reachable:
@@ -238,67 +325,57 @@ def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
             and f.data.get("on_hold") == 1
         }
         for policy_model in view.policy.models:
-            labels = (policy_model.name, policy_model.tier)
+            labels = (name, policy_model.name, policy_model.tier)
             put(HELD, labels, 1 if policy_model.name in on_hold else 0)
     if latest is not None:
-        unconfirmed = report.unconfirmed if report is not None else frozenset()
-        _model_gauges(view.policy, latest, reachable, unconfirmed, put)
+        _model_gauges(view, latest, reachable, put)
         if reachable:
-            for model in latest.loaded:
-                if view.policy.model(model.name) is None:
-                    put(FOREIGN, (model.name,), 1)
-                    put(FOREIGN_SIZE, (model.name,), model.size)
+            for loaded in latest.loaded:
+                if view.policy.model(loaded.name) is None:
+                    put(FOREIGN, (name, loaded.name), 1)
+                    put(FOREIGN_SIZE, (name, loaded.name), loaded.size)
         gpu = latest.gpu
         if gpu.known:
             for g in gpu.gpus:
-                put(GPU_TOTAL, (str(g.index), g.name), g.total)
-                put(GPU_USED, (str(g.index), g.name), g.used)
-                put(GPU_FREE, (str(g.index), g.name), g.free)
-        put(NVML, (), 1 if gpu.known else 0)
-    put(OLLAMA_UP, (), 1 if reachable else 0)
-    put(STALLED, (), 1 if report is not None and report.stall is not None else 0)
+                # the UUID label only where GpuInfo has one; "" when NVML did not say
+                uuid: Labels = (getattr(g, "uuid", None) or "",)
+                gpu_labels = (name, str(g.index), g.name, *uuid)[: len(GPU)]
+                put(GPU_TOTAL, gpu_labels, g.total)
+                put(GPU_USED, gpu_labels, g.used)
+                put(GPU_FREE, gpu_labels, g.free)
+        put(NVML, (name,), 1 if gpu.known else 0)
+    put(OLLAMA_UP, (name,), 1 if reachable else 0)
+    put(STALLED, (name,), 1 if report is not None and report.stall is not None else 0)
     if counts.ollama_version is not None:
-        put(OLLAMA_INFO, (counts.ollama_version,), 1)
-    put(OUTAGES, (), counts.outages)
-    put(OUTAGE_SECONDS, (), counts.outage_seconds_at(mono))
-    put(RESTARTS, (), counts.restarts)
-    put(PASSES, (), counts.passes)
-    histograms[PASS_DURATION.name].append(((), counts.pass_seconds))
+        put(OLLAMA_INFO, (name, counts.ollama_version), 1)
+    put(OUTAGES, (name,), counts.outages)
+    put(OUTAGE_SECONDS, (name,), counts.outage_seconds_at(mono))
+    put(RESTARTS, (name,), counts.restarts)
+    put(PASSES, (name,), counts.passes)
+    observed(PASS_DURATION, (name,), counts.pass_seconds)
     if counts.last_pass_unix is not None:
-        put(LAST_PASS, (), counts.last_pass_unix)
-    for result, number in sorted(counts.policy_reloads.items()):
-        put(RELOADS, (result,), number)
-    put(BUILD, (view.version, view.python), 1)
-    put(START, (), view.started_unix)
-    return tuple(
-        Family(spec, tuple(out[spec.name]), tuple(histograms.get(spec.name, ())))
-        for spec in CATALOG
-    )
+        put(LAST_PASS, (name,), counts.last_pass_unix)
 
 
-def _model_gauges(
-    policy: Policy,
-    latest: Observation,
-    reachable: bool,
-    unconfirmed: frozenset[str],
-    put: _Put,
-) -> None:
+def _model_gauges(view: InstanceView, latest: Observation, reachable: bool, put: _Put) -> None:
+    name, policy, report = view.name, view.policy, view.report
+    unconfirmed = report.unconfirmed if report is not None else frozenset()
     listed = latest.loaded_by_name() if reachable else {}
-    listed = {name: m for name, m in listed.items() if name not in unconfirmed}
+    listed = {n: m for n, m in listed.items() if n not in unconfirmed}
     for model in policy.models:
-        labels = (model.name, model.tier)
-        instance = listed.get(model.name)
-        put(RESIDENT, labels, 1 if instance is not None else 0)
+        labels = (name, model.name, model.tier)
+        shown = listed.get(model.name)
+        put(RESIDENT, labels, 1 if shown is not None else 0)
         expected = expected_footprint(model, policy, latest)
         if expected is not None:
             put(EXPECTED_FOOTPRINT, labels, expected)
         remembered = latest.footprints.get(model.name)
-        if instance is not None:
-            put(FOOTPRINT, labels, instance.size)
-            put(VRAM, labels, instance.size_vram)
-            put(SPILLED, labels, 1 if instance.spilled else 0)
-            if instance.context_length is not None:
-                put(CONTEXT, labels, instance.context_length)
+        if shown is not None:
+            put(FOOTPRINT, labels, shown.size)
+            put(VRAM, labels, shown.size_vram)
+            put(SPILLED, labels, 1 if shown.spilled else 0)
+            if shown.context_length is not None:
+                put(CONTEXT, labels, shown.context_length)
         elif remembered is not None:
             put(FOOTPRINT, labels, remembered.size)
 

@@ -1,6 +1,7 @@
 """What `status` reads back from the running daemon's metrics endpoint: since when each
-model is resident, and how many times the daemon loaded it and why, over its lifetime. Pure:
-from the samples of a scraped page (:func:`sentinel_keeper.metrics.exposition.parse`)."""
+model of each Ollama instance is resident, and how many times the daemon loaded it and why,
+over its lifetime. Pure: from the samples of a scraped page
+(:func:`sentinel_keeper.metrics.exposition.parse`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sentinel_keeper.metrics import families as f
+from sentinel_keeper.policy.schema import DEFAULT_INSTANCE
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,25 @@ class Lifetime:
 class DaemonFigures:
     version: str
     started: float  # Unix time
-    passes: int
-    models: Mapping[str, Lifetime]
+    passes: Mapping[str, int]  # instance -> passes
+    instances: Mapping[str, Mapping[str, Lifetime]]  # instance -> model -> lifetime
+
+    @property
+    def total_passes(self) -> int:
+        return sum(self.passes.values())
+
+    def models_of(self, instance: str) -> Mapping[str, Lifetime]:
+        """The models of ``instance`` the daemon reported; none when it reported none."""
+        return self.instances.get(instance, {})
+
+    def passes_of(self, instance: str) -> int:
+        return self.passes.get(instance, 0)
+
+
+def _instance(sample: Sample) -> str:
+    """The instance a sample is about: a page of a daemon from before instances has no
+    label, and is about the only one, "default"."""
+    return sample.labels.get(f.INSTANCE) or DEFAULT_INSTANCE
 
 
 def read_figures(samples: Iterable[Sample]) -> DaemonFigures:
@@ -53,36 +72,38 @@ def read_figures(samples: Iterable[Sample]) -> DaemonFigures:
     if not build or not start:
         raise ValueError("the page has no sentinel_keeper_build_info: not sentinel-keeper's")
 
-    def per_model(spec: f.Spec, label: str) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
+    def key(sample: Sample) -> tuple[str, str]:
+        return _instance(sample), sample.labels.get("model", "")
+
+    def per_model(spec: f.Spec, label: str) -> dict[tuple[str, str], dict[str, int]]:
+        out: dict[tuple[str, str], dict[str, int]] = {}
         for sample in by_name.get(spec.series_names[0], ()):
-            model = out.setdefault(sample.labels.get("model", ""), {})
+            model = out.setdefault(key(sample), {})
             if sample.value:  # the page lists every reason and kind, most at zero
                 model[sample.labels.get(label, "")] = int(sample.value)
         return out
 
-    since = {s.labels.get("model", ""): s.value for s in by_name.get(f.RESIDENT_SINCE.name, ())}
-    evictions = {
-        s.labels.get("model", ""): int(s.value)
-        for s in by_name.get(f.EVICTIONS.series_names[0], ())
-    }
+    since = {key(s): s.value for s in by_name.get(f.RESIDENT_SINCE.name, ())}
+    evictions = {key(s): int(s.value) for s in by_name.get(f.EVICTIONS.series_names[0], ())}
     loads = per_model(f.LOADS, "reason")
     failures = per_model(f.LOAD_FAILURES, "kind")
     reloads = per_model(f.CLIENT_RELOADS, "num_ctx")
-    names = set(since) | set(evictions) | set(loads) | set(failures) | set(reloads)
-    passes = by_name.get(f.PASSES.series_names[0], [])
+    keys = set(since) | set(evictions) | set(loads) | set(failures) | set(reloads)
+    instances: dict[str, dict[str, Lifetime]] = {}
+    for instance, name in sorted(keys):
+        instances.setdefault(instance, {})[name] = Lifetime(
+            resident_since=since.get((instance, name)),
+            loads=loads.get((instance, name), {}),
+            evictions=evictions.get((instance, name), 0),
+            failures=failures.get((instance, name), {}),
+            client_reloads=reloads.get((instance, name), {}),
+        )
+    passes: dict[str, int] = {}
+    for sample in by_name.get(f.PASSES.series_names[0], ()):
+        passes[_instance(sample)] = passes.get(_instance(sample), 0) + int(sample.value)
     return DaemonFigures(
         version=build[0].labels.get("version", "?"),
         started=start[0].value,
-        passes=int(passes[0].value) if passes else 0,
-        models={
-            name: Lifetime(
-                resident_since=since.get(name),
-                loads=loads.get(name, {}),
-                evictions=evictions.get(name, 0),
-                failures=failures.get(name, {}),
-                client_reloads=reloads.get(name, {}),
-            )
-            for name in sorted(names)
-        },
+        passes=passes,
+        instances=instances,
     )

@@ -177,6 +177,7 @@ def apply_override(
     search_path: Sequence[Path] | None = None,
     systemctl: SystemdControl | None = None,
     step: StepHook | None = None,
+    key: str = "ollama",
 ) -> OverrideReport:
     """Write (or with ``remove``, delete) sentinel-keeper's drop-in and tell systemd.
 
@@ -185,12 +186,13 @@ def apply_override(
     file changed): then only the systemctl calls are made (``resumed``). Otherwise,
     unless ``reload`` is False or systemd is not running: ``systemctl daemon-reload``, then
     with ``restart="if-changed"`` ``systemctl try-restart --no-block UNIT``. A systemctl
-    failure after the file changed is reported in ``systemd_error``, not raised.
+    failure after the file changed is reported in ``systemd_error``, not raised. ``key``:
+    where the instance's settings are in the policy, for messages ("ollama", "instances[1]").
     """
-    check_unit(unit)
+    check_unit(unit, key=key)
     if restart not in RESTART_POLICIES:
-        raise OverrideError(f"ollama.restart must be one of {', '.join(RESTART_POLICIES)}")
-    directory = dropin_dir if dropin_dir is not None else default_dropin_dir(unit)
+        raise OverrideError(f"{key}.restart must be one of {', '.join(RESTART_POLICIES)}")
+    directory = dropin_dir if dropin_dir is not None else default_dropin_dir(unit, key=key)
     path = directory / DROPIN_NAME
     old = read_text(path)
     if remove:
@@ -198,8 +200,8 @@ def apply_override(
         conflicts: tuple[Conflict, ...] = ()
         notes: tuple[str, ...] = ()
     else:
-        new = render_dropin(policy_path, unit, keep_alive, environment)
-        wanted = desired_environment(keep_alive, environment)
+        new = render_dropin(policy_path, unit, keep_alive, environment, key=key)
+        wanted = desired_environment(keep_alive, environment, key=key)
         conflicts, notes = find_conflicts(unit, path, wanted, search_path)
     diff = unified_diff(path, old, new)
     marker = pending_path(path)

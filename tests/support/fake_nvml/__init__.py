@@ -26,11 +26,19 @@ NVML_SUCCESS = 0
 NVML_ERROR_UNINITIALIZED = 1
 NVML_ERROR_INVALID_ARGUMENT = 2
 NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_INSUFFICIENT_SIZE = 7
 NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
 NVML_ERROR_GPU_IS_LOST = 15
 NVML_ERROR_UNKNOWN = 999
 
 GIB = 1024**3
+
+
+def default_uuid(index: int) -> str:
+    """The UUID the fake gives GPU ``index`` when its config names none."""
+    return f"GPU-00000000-0000-4000-8000-{index:012d}"
 
 
 class FakeNvmlUnavailable(RuntimeError):
@@ -82,9 +90,11 @@ def nvml_env(
 @dataclass(frozen=True)
 class FakeGpu:
     """One GPU of the fake. ``used`` is what nvmlMemory_v2_t calls used; the v1 call reports
-    ``reserved + used`` as used, as the real library does. ``*_rc`` inject failures."""
+    ``reserved + used`` as used, as the real library does. ``uuid`` None: the fake's default
+    for the GPU's index (:func:`default_uuid`). ``*_rc`` inject failures."""
 
     name: str = "NVIDIA H100 80GB HBM3"
+    uuid: str | None = None
     total: int = 80 * GIB
     used: int = 10 * GIB
     free: int = 70 * GIB
@@ -92,6 +102,7 @@ class FakeGpu:
     handle_rc: int = NVML_SUCCESS
     name_rc: int = NVML_SUCCESS
     memory_rc: int = NVML_SUCCESS
+    uuid_rc: int = NVML_SUCCESS
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,10 @@ class FakeNvml:
                 f"gpu{i}.handle_rc = {gpu.handle_rc}",
                 f"gpu{i}.name_rc = {gpu.name_rc}",
                 f"gpu{i}.memory_rc = {gpu.memory_rc}",
+                f"gpu{i}.uuid_rc = {gpu.uuid_rc}",
             ]
+            if gpu.uuid is not None:
+                lines.append(f"gpu{i}.uuid = {gpu.uuid}")
         return "\n".join(lines) + "\n"
 
     def write(self, path: Path) -> None:

@@ -15,13 +15,23 @@
  *   count_rc = 0           nvmlDeviceGetCount_v2 return code [0]
  *   driver_version = ...   [999.99.99]
  *   gpu0.name = NVIDIA H100 80GB HBM3        [Fake GPU <i>]
+ *   gpu0.uuid = GPU-5a0c8b6e-...             [GPU-00000000-0000-4000-8000-<i, 12 digits>]
  *   gpu0.total = 85520809984                 bytes [0]; likewise
  *   gpu0.reserved / gpu0.used / gpu0.free    (v1 'used' is reported as reserved + used)
- *   gpu0.handle_rc / gpu0.name_rc / gpu0.memory_rc   return codes of those calls [0]
+ *   gpu0.handle_rc / gpu0.name_rc / gpu0.memory_rc / gpu0.uuid_rc
+ *                                            return codes of those calls [0]; handle_rc is
+ *                                            answered by both nvmlDeviceGetHandleByIndex* and
+ *                                            nvmlDeviceGetHandleByUUID, uuid_rc by
+ *                                            nvmlDeviceGetUUID
+ *
+ * nvmlDeviceGetHandleByUUID answers NVML_ERROR_INVALID_ARGUMENT for a NULL argument or a UUID
+ * that does not start with "GPU-" or "MIG-", NVML_ERROR_NOT_FOUND when no GPU has it.
+ * nvmlDeviceGetIndex answers the index of a handle this library gave out.
  *
  * Like the real library, a GPU that has once answered NVML_ERROR_GPU_IS_LOST (15) stays lost
  * until NVML is initialised again from scratch (refcount 0 -> 1), even after its configured
- * return code goes back to 0. Calls before nvmlInit answer NVML_ERROR_UNINITIALIZED.
+ * return code goes back to 0; every call on a lost GPU (a handle by index or UUID, its name,
+ * UUID, index or memory) answers it. Calls before nvmlInit answer NVML_ERROR_UNINITIALIZED.
  *
  * If $FAKE_NVML_LOG names a file, every call appends one line "<function> <args...> -> <rc>".
  */
@@ -86,6 +96,7 @@ _Static_assert(nvmlMemory_v2 == 0x02000028, "nvmlMemory_v2 value");
 
 #define MAX_GPUS 64
 #define NAME_LEN 96 /* NVML_DEVICE_NAME_V2_BUFFER_SIZE */
+#define UUID_LEN 96 /* NVML_DEVICE_UUID_V2_BUFFER_SIZE */
 
 struct nvmlDevice_st {
     int index;
@@ -94,8 +105,9 @@ typedef struct nvmlDevice_st *nvmlDevice_t;
 
 struct gpu_conf {
     char name[NAME_LEN];
+    char uuid[UUID_LEN];
     unsigned long long total, reserved, used, free;
-    int handle_rc, name_rc, memory_rc;
+    int handle_rc, name_rc, memory_rc, uuid_rc;
 };
 
 struct conf {
@@ -132,6 +144,8 @@ static char *trim(char *s) {
 static void set_gpu(struct gpu_conf *g, const char *field, const char *value) {
     if (strcmp(field, "name") == 0) {
         snprintf(g->name, sizeof g->name, "%s", value);
+    } else if (strcmp(field, "uuid") == 0) {
+        snprintf(g->uuid, sizeof g->uuid, "%s", value);
     } else if (strcmp(field, "total") == 0) {
         g->total = strtoull(value, NULL, 0);
     } else if (strcmp(field, "reserved") == 0) {
@@ -146,13 +160,18 @@ static void set_gpu(struct gpu_conf *g, const char *field, const char *value) {
         g->name_rc = atoi(value);
     } else if (strcmp(field, "memory_rc") == 0) {
         g->memory_rc = atoi(value);
+    } else if (strcmp(field, "uuid_rc") == 0) {
+        g->uuid_rc = atoi(value);
     }
 }
 
 static void read_conf(struct conf *c) {
     memset(c, 0, sizeof *c);
     snprintf(c->driver_version, sizeof c->driver_version, "999.99.99");
-    for (int i = 0; i < MAX_GPUS; i++) snprintf(c->gpus[i].name, NAME_LEN, "Fake GPU %d", i);
+    for (int i = 0; i < MAX_GPUS; i++) {
+        snprintf(c->gpus[i].name, NAME_LEN, "Fake GPU %d", i);
+        snprintf(c->gpus[i].uuid, UUID_LEN, "GPU-00000000-0000-4000-8000-%012d", i);
+    }
 
     const char *path = getenv("FAKE_NVML_CONFIG");
     if (path == NULL || *path == '\0') return;
@@ -337,6 +356,56 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice
 
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t *device) {
     return get_handle("nvmlDeviceGetHandleByIndex", index, device);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
+    struct conf c;
+    read_conf(&c);
+    nvmlReturn_t rc;
+    int i = -1;
+    if (refcount == 0) {
+        rc = NVML_ERROR_UNINITIALIZED;
+    } else if (uuid == NULL || device == NULL ||
+               (strncmp(uuid, "GPU-", 4) != 0 && strncmp(uuid, "MIG-", 4) != 0)) {
+        rc = NVML_ERROR_INVALID_ARGUMENT;
+    } else {
+        for (int j = 0; j < c.count && i < 0; j++)
+            if (strcmp(c.gpus[j].uuid, uuid) == 0) i = j;
+        rc = i < 0 ? NVML_ERROR_NOT_FOUND : device_rc(&c, i, c.gpus[i].handle_rc);
+        if (rc == NVML_SUCCESS) {
+            devices[i].index = i;
+            *device = &devices[i];
+        }
+    }
+    log_call("nvmlDeviceGetHandleByUUID %s -> %d", uuid == NULL ? "(null)" : uuid, rc);
+    return rc;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index) {
+    struct conf c;
+    read_conf(&c);
+    int i = handle_index(device);
+    nvmlReturn_t rc = index == NULL ? NVML_ERROR_INVALID_ARGUMENT : device_rc(&c, i, 0);
+    if (rc == NVML_SUCCESS) *index = (unsigned int)i;
+    log_call("nvmlDeviceGetIndex %d -> %d", i, rc);
+    return rc;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length) {
+    struct conf c;
+    read_conf(&c);
+    int i = handle_index(device);
+    nvmlReturn_t rc = uuid == NULL ? NVML_ERROR_INVALID_ARGUMENT
+                                   : device_rc(&c, i, i < 0 ? 0 : c.gpus[i].uuid_rc);
+    if (rc == NVML_SUCCESS) {
+        if (strlen(c.gpus[i].uuid) + 1 > length) {
+            rc = NVML_ERROR_INSUFFICIENT_SIZE;
+        } else {
+            strcpy(uuid, c.gpus[i].uuid);
+        }
+    }
+    log_call("nvmlDeviceGetUUID %d -> %d", i, rc);
+    return rc;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {

@@ -1,0 +1,137 @@
+"""One Ollama instance's passes, independent of the other instances': its policy part
+(:meth:`Policy.split`), its engine (client, GPU probe, reconciler, state), its pass worker
+thread, its schedule and its progress record; and what the main thread remembers of its
+passes. An instance that does not answer, or a load that takes minutes on one, holds up no
+pass of another instance: each has its own thread and its own HTTP client.
+
+The worker side (:meth:`_pass`, :meth:`_watch`) runs on the instance's pass worker thread
+and hands what it found to the main thread through ``post``; every other attribute is the
+main thread's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sentinel_keeper.daemon.engine import Engines
+from sentinel_keeper.daemon.lifecycle import Ready
+from sentinel_keeper.daemon.progress import Progress, Stuck
+from sentinel_keeper.daemon.schedule import Schedule
+from sentinel_keeper.daemon.worker import PassWorker
+from sentinel_keeper.events import History, LogEvent
+from sentinel_keeper.gpu import GpuProbe
+from sentinel_keeper.metrics.counts import Counts
+from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.policy import Policy
+from sentinel_keeper.reconcile import PassReport
+from sentinel_keeper.state import instance_state_dir
+from sentinel_keeper.timings import Timings
+
+
+@dataclass(frozen=True)
+class Crash:
+    """A pass raised: a bug. The main loop logs it and counts crashes in a row."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class WatchAsked:
+    """What a look between passes found: why a pass is due (None: none) and what to log."""
+
+    why: str | None
+    events: tuple[LogEvent, ...] = ()
+
+
+Posted = PassReport | Crash | WatchAsked
+
+
+class InstanceLoop:
+    """The passes of one instance. Started once, given new parts of the policy while it runs,
+    stopped once."""
+
+    def __init__(
+        self,
+        part: Policy,
+        *,
+        timings: Timings,
+        state_dir: str | None,
+        make_ollama: Callable[[Policy], OllamaClient],
+        make_gpu: Callable[[Policy], GpuProbe],
+        post: Callable[[str, Posted], None],
+    ) -> None:
+        self.name = part.instance
+        self.policy = part  # the part in force, as the main thread knows it
+        self.timings = timings
+        self._stop = threading.Event()  # read by a pass between its actions
+        self._post = post
+        self.progress = Progress(between_calls=timings.between_calls)
+        self.engines = Engines(
+            part,
+            progress=self.progress,
+            timings=timings,
+            state_dir=instance_state_dir(state_dir, self.name) if state_dir else None,
+            make_ollama=make_ollama,
+            make_gpu=make_gpu,
+        )
+        self.worker = PassWorker(
+            self._pass,
+            self._watch,
+            lambda exc: self._post(self.name, Crash(exc)),
+            name=f"sentinel-pass-{self.name}",
+        )
+        self.schedule = Schedule(
+            timings, request_pass=self.worker.request_pass, request_watch=self.worker.request_watch
+        )
+        # the main thread's record of this instance's passes
+        self.history = History()
+        self.last: PassReport | None = None
+        self.counts = Counts()
+        self.ready: Ready | None = None  # READY=1 is due as far as this instance goes
+        self.outage_since: float | None = None  # monotonic
+        self.stuck: Stuck | None = None
+        self.probe_delay = timings.probe_first
+        self.crashes = 0
+
+    # -- the pass worker's side ------------------------------------------------------------
+
+    def _pass(self) -> None:
+        if not self._stop.is_set():
+            self._post(self.name, self.engines.run_pass(self._stop))
+
+    def _watch(self) -> None:
+        if self._stop.is_set():
+            return
+        seen = self.engines.watch()
+        if seen.events or seen.due is not None:
+            self._post(self.name, WatchAsked(seen.due, seen.events))
+        if seen.due is not None:
+            self.worker.request_pass()
+
+    # -- the main thread's -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.schedule.start(self.policy.interval, self.policy)
+        self.worker.start()
+        self.worker.request_pass()  # the first pass now, not one interval after the start
+
+    def replace(self, part: Policy) -> None:
+        """Run passes with ``part`` from the next one on; a pass follows at once."""
+        before, self.policy = self.policy, part
+        self.engines.replace(part)
+        if part.interval != before.interval:
+            self.schedule.change_interval(part.interval)
+        self.schedule.set_windows(part)
+        self.worker.request_pass()
+
+    def stop(self) -> None:
+        """Take no more work; a pass under way stops before its next action. A pass stuck in
+        a call keeps its client (the process exit, or the garbage collector, closes its
+        socket); an idle one is closed now."""
+        self._stop.set()
+        self.worker.stop()
+        self.schedule.shutdown()
+        if self.worker.idle:
+            self.engines.close()
