@@ -328,7 +328,10 @@ def main_pid() -> int:
 
 
 def proc_environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError as exc:  # it exited (a restart) between finding it and reading it
+        raise Failed(f"pid {pid}: {exc}") from exc
     env: dict[str, str] = {}
     for item in raw.split(b"\0"):
         key, sep, value = item.decode(errors="replace").partition("=")
@@ -1122,13 +1125,25 @@ class Scenario:
         props = show(OLLAMA, "Environment", "DropInPaths")
         if "OLLAMA_KEEP_ALIVE" in props["Environment"] or props["DropInPaths"] != str(OVERRIDE):
             raise Failed(f"ollama still has sentinel-keeper's setting: {props}")
-        second = ""
+        units = [OLLAMA]
         if (UNIT_DIR / OLLAMA_GPU1).exists():
             props = show(OLLAMA_GPU1, "Environment", "DropInPaths")
             if "OLLAMA_KEEP_ALIVE" in props["Environment"] or props["DropInPaths"]:
                 raise Failed(f"{OLLAMA_GPU1} still has sentinel-keeper's setting: {props}")
             wait_for(f"{OLLAMA_GPU1} still runs", lambda: http_json("/api/version", GPU1_URL), 30)
-            second = f" (nor on {OLLAMA_GPU1})"
+            units.append(OLLAMA_GPU1)
+
+        # The removal restarts each Ollama (in the background): none keeps the old value.
+        def dropped() -> str | None:
+            for unit in units:
+                pid = unit_pid(unit)
+                value = proc_environ(pid).get("OLLAMA_KEEP_ALIVE") if pid else "(no process)"
+                if value is not None:
+                    raise Failed(f"{unit}'s process (pid {pid}) has OLLAMA_KEEP_ALIVE={value}")
+            return "ok"
+
+        wait_for("no ollama process runs with sentinel-keeper's setting", dropped, 30)
+        second = f" (nor on {OLLAMA_GPU1})" if OLLAMA_GPU1 in units else ""
         if not POLICY.exists():
             raise Failed("--uninstall removed the policy")
         wait_for("ollama still runs", lambda: http_json("/api/version"), 30)
