@@ -47,8 +47,8 @@ IMAGE_FILES = HERE / "image"
 LOCK_TIMEOUT = 900.0  # another run building the same cache
 BUILD_TIMEOUT = 420.0  # debootstrap, kernel, mkfs: about 80 s
 WHEELS_TIMEOUT = 240.0  # pip download: seconds with a warm pip cache
-# the checks: 210-320 s seen for one instance (install.sh twice under emulation...), plus
-# about 40-100 s waiting for a time window to open and a minute for the second instance
+# the checks: 220-290 s seen (install.sh twice under emulation, 40-100 s waiting for a time
+# window to open, a second Ollama instance...)
 GUEST_TIMEOUT = 840
 BOOT_ALLOWANCE = 120.0  # boot to the runner unit, and the power-off after it
 POWEROFF_GRACE = 60.0
