@@ -1147,7 +1147,10 @@ class Scenario:
         if not POLICY.exists():
             raise Failed("--uninstall removed the policy")
         wait_for("ollama still runs", lambda: http_json("/api/version"), 30)
-        return f"no unit, no drop-in{second}, no venv or link; override.conf unchanged; policy kept"
+        return (
+            f"no unit, no drop-in{second}, no venv or link; no ollama process keeps "
+            "OLLAMA_KEEP_ALIVE; override.conf unchanged; policy kept"
+        )
 
     def purge(self) -> str:
         done = run("./install.sh", "--purge", timeout=120, cwd=CHECKOUT)
