@@ -664,7 +664,12 @@ def _print_override(report: OverrideReport, key: str) -> None:
     for call in report.systemctl_calls:
         _out(f"ran: {' '.join(call)}")
     if report.restart == "requested":
-        _out(f"{unit} restarts in the background if it runs; the models are warmed again after")
+        after = (
+            "with Ollama's own OLLAMA_KEEP_ALIVE again"
+            if report.status == "removed"
+            else "the models are warmed again after"
+        )
+        _out(f"{unit} restarts in the background if it runs; {after}")
     elif report.no_reload is NoReload.ASKED:
         _out(f"--no-reload: run `systemctl daemon-reload` and restart {unit} for this to apply")
     elif report.no_reload_reason is not None:

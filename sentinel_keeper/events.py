@@ -237,7 +237,11 @@ def _outcome_event(report: PassReport, outcome: Outcome) -> LogEvent:
         fields: dict[str, object] = {**base, **seconds}
         if outcome.load_duration is not None:
             fields["load_duration"] = outcome.load_duration
-        fields["reason"] = action.reason
+        fields["reason"] = (
+            f"its time window opened; {action.reason}"
+            if action.model in report.opened
+            else action.reason
+        )
         return LogEvent("model_loaded", "info", fields)
     if action.kind is ActionKind.RELOAD:
         return LogEvent(

@@ -22,8 +22,9 @@ import sdnotify
 
 from sentinel_keeper.text import shorten
 
-# STATUS is shown by `systemctl status` on one line; keep it short and single-line.
-MAX_STATUS_CHARS = 200
+# STATUS is shown by `systemctl status` on one line: single-line, and bounded (the daemon
+# keeps each Ollama instance's part short, see lifecycle.status_text_all).
+MAX_STATUS_CHARS = 1024
 # The longest one send may block the loop: a few per tick at most, so a receiver that never
 # reads slows the loop to about a tick per second and never stops it.
 SEND_TIMEOUT_SECONDS = 0.1

@@ -148,6 +148,9 @@ class PassReport:
     final: Observation | None = None  # after acting; the same as observation if nothing ran
     state_error: str | None = None
     stall: Stall | None = None  # Ollama is not finishing the keeper's loads
+    # models that came into force with this pass: one of their time windows opened (or is
+    # about to, warm_before ahead) since the reconciler's last look at Ollama
+    opened: tuple[str, ...] = ()
 
     @property
     def unconfirmed(self) -> frozenset[str]:
@@ -226,6 +229,7 @@ class Reconciler:
         self._last_look: Observation | None = None
         self._stall: Stall | None = None
         self._zone = zone_of(policy.timezone)  # the models' windows are in this time zone
+        self._in_force: frozenset[str] | None = None  # at the last pass that saw Ollama
 
     # -- observe ---------------------------------------------------------------------------
 
@@ -298,6 +302,12 @@ class Reconciler:
                 error_reason=reason,
             )
         self._note_together(observation)
+        opened = tuple(
+            m.name
+            for m in active
+            if m.windows and self._in_force is not None and m.name not in self._in_force
+        )
+        self._in_force = frozenset(m.name for m in active)
         stall = self._stall
         if (
             stall is not None
@@ -337,6 +347,7 @@ class Reconciler:
             final=final,
             state_error=state_error,
             stall=self._stall,
+            opened=opened,
         )
 
     def _note_stall(

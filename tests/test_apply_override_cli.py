@@ -182,6 +182,10 @@ def test_remove_deletes_and_reloads(setup: Setup) -> None:
     done = setup.run("--remove")
     assert done.returncode == 0
     assert done.stdout.startswith(f"removed {setup.dropin}\nran: systemctl daemon-reload\n")
+    assert done.stdout.endswith(
+        "ollama.service restarts in the background if it runs; with Ollama's own "
+        "OLLAMA_KEEP_ALIVE again\n"
+    )
     assert not setup.dropin.exists()
     assert setup.calls()[0] == "daemon-reload"
     again = setup.run("--remove")

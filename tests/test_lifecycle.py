@@ -211,6 +211,11 @@ def test_status_sums_up_each_instance() -> None:
     )
     rejected = lifecycle.status_text_all(views[:1], several=True, rejected="policy rejected")
     assert rejected.startswith("policy rejected; a: 2/2 pinned resident")
+    # every instance is there however long each one's text: each is cut short
+    many = [(f"gpu{n}", StatusView(URL, unreachable(), outage_seconds=4)) for n in range(4)]
+    text = lifecycle.status_text_all(many, several=True, rejected=None)
+    assert [part.split(":")[0] for part in text.split("; gpu")] == ["gpu0", "1", "2", "3"]
+    assert len(text) <= 4 * (lifecycle.STATUS_CHARS_PER_INSTANCE + len("gpu0: ; "))
     # one instance without instances: reads as before
     single = lifecycle.status_text_all(views[:1], several=False, rejected="policy rejected")
     assert single == lifecycle.status_text(

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_keeper.notify import Notifier, clean_status, monotonic_usec, watchdog_period
+from sentinel_keeper.notify import (
+    MAX_STATUS_CHARS,
+    Notifier,
+    clean_status,
+    monotonic_usec,
+    watchdog_period,
+)
 
 
 class Sent:
@@ -82,8 +88,8 @@ def test_no_watchdog_pings_unless_systemd_asked() -> None:
 def test_status_is_one_printable_ascii_line() -> None:
     assert clean_status("a\nREADY=1\tb") == "a READY=1 b"  # no injected second field
     assert clean_status("GPU0 1.2 GiB → free µ") == "GPU0 1.2 GiB ? free ?"
-    long = clean_status("x" * 500)
-    assert len(long) == 200
+    long = clean_status("x" * 5000)
+    assert len(long) == MAX_STATUS_CHARS == 1024
     assert long.endswith("...")
 
 

@@ -230,7 +230,7 @@ def test_a_simulated_week_of_windows_against_the_double() -> None:
 
 
 def test_a_window_that_opens_is_the_reason_of_the_load() -> None:
-    from sentinel_keeper.events import History, advance
+    from sentinel_keeper.events import History, advance, pass_events
     from sentinel_keeper.metrics.counts import Counts, count_pass
 
     start = local("2026-11-30 07:30")
@@ -249,12 +249,15 @@ def test_a_window_that_opens_is_the_reason_of_the_load() -> None:
         for minutes in (0, 30):
             double.advance(minutes * 60)
             report = reconciler.run_pass()
+            events = pass_events(history, report)
             counts = count_pass(counts, history, report, policy, mono=minutes * 60.0)
             history = advance(history, report)
         client.close()
-    assert report.pinned == ("work:7b",)
+    assert report.pinned == ("work:7b",) and report.opened == ("work:7b",)
     assert [o.action.kind for o in report.outcomes] == [ActionKind.LOAD]
     assert dict(counts.models["work:7b"].loads) == {"window_opened": 1}
+    (loaded,) = [e for e in events if e.event == "model_loaded"]
+    assert loaded.fields["reason"] == "its time window opened; pinned and not loaded"
 
 
 def test_the_daemon_schedules_a_pass_at_each_edge_in_the_policys_zone() -> None:

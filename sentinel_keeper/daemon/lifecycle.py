@@ -18,6 +18,7 @@ from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import PassReport
 from sentinel_keeper.report import status_line
+from sentinel_keeper.text import shorten
 from sentinel_keeper.timings import Timings
 from sentinel_keeper.units import format_duration
 
@@ -175,14 +176,22 @@ def status_text(view: StatusView) -> str:
     return text
 
 
+# STATUS= is one line of `systemctl status`: one instance's part is cut to this length, so
+# that with several every instance's name and state are there.
+STATUS_CHARS = 200
+STATUS_CHARS_PER_INSTANCE = 110
+
+
 def status_text_all(
     views: Sequence[tuple[str, StatusView]], *, several: bool, rejected: str | None
 ) -> str:
-    """STATUS= for the daemon: the one instance's text, or each instance's after its name
-    (``gpu0: 2/2 pinned resident ...; gpu1: waiting for ollama at ...``)."""
+    """STATUS= for the daemon: the one instance's text, or each instance's after its name,
+    each cut short (``gpu0: 2/2 pinned resident ...; gpu1: waiting for ollama at ...``)."""
     if not several and len(views) == 1:
-        return status_text(replace(views[0][1], rejected=rejected))
-    text = "; ".join(f"{name}: {status_text(view)}" for name, view in views)
+        return shorten(status_text(replace(views[0][1], rejected=rejected)), STATUS_CHARS)
+    text = "; ".join(
+        f"{name}: {shorten(status_text(view), STATUS_CHARS_PER_INSTANCE)}" for name, view in views
+    )
     return text if rejected is None else f"{rejected}; {text}"
 
 

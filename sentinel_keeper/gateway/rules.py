@@ -96,7 +96,11 @@ def _request_keep_alive(value: object) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else None
+        try:
+            seconds = float(value)
+        except OverflowError:  # past float64: Go's JSON decoding refuses it
+            return None
+        return seconds if math.isfinite(seconds) else None
     if isinstance(value, str):
         try:
             return parse_go_duration(value) / 1e9

@@ -191,14 +191,7 @@ def count_pass(
                 ctx = instance.context_length or 0
                 reloads = {**entry.client_reloads, ctx: entry.client_reloads.get(ctx, 0) + 1}
                 entry = replace(entry, client_reloads=reloads)
-        last = history.last
-        opened = (
-            model.windows
-            and last is not None
-            and name not in (*last.pinned, *last.extras)
-            and name in (*report.pinned, *report.extras)
-        )
-        if opened:
+        if name in report.opened:
             entry = replace(entry, gone=LoadCause.WINDOW_OPENED)
         for outcome in report.outcomes:
             if outcome.action.model == name and outcome.attempted:

@@ -13,13 +13,13 @@ bytes), ``_total`` on counters (added by the exposition), ``_info`` for labels w
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 from sentinel_keeper.causes import LoadCause
 from sentinel_keeper.gateway.measure import NO_MODEL, Cause, GatewayFigures
 from sentinel_keeper.metrics.counts import FAILURE_KINDS, Counts, Histogram
-from sentinel_keeper.observation import GpuInfo, Observation
+from sentinel_keeper.observation import Observation
 from sentinel_keeper.plan import FindingKind, expected_footprint
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import PassReport
@@ -53,10 +53,8 @@ class Spec:
 # it scrapes with honor_labels: false (its default): its own instance is the scrape target.
 INSTANCE = "instance"
 MODEL: Labels = (INSTANCE, "model", "tier")
-# a GPU's UUID once NVML's readings carry it: the index can change across reboots
-GPU: Labels = (INSTANCE, "gpu", "name") + (
-    ("uuid",) if "uuid" in {f.name for f in fields(GpuInfo)} else ()
-)
+# with its UUID ("" when NVML cannot say): the index can change across reboots
+GPU: Labels = (INSTANCE, "gpu", "name", "uuid")
 
 
 def _spec(name: str, kind: Kind, text: str, labels: Labels = ()) -> Spec:
@@ -387,9 +385,7 @@ def _instance(view: InstanceView, mono: float, put: _Put, observed: _Observe) ->
         gpu = latest.gpu
         if gpu.known:
             for g in gpu.gpus:
-                # the UUID label only where GpuInfo has one; "" when NVML did not say
-                uuid: Labels = (getattr(g, "uuid", None) or "",)
-                gpu_labels = (name, str(g.index), g.name, *uuid)[: len(GPU)]
+                gpu_labels = (name, str(g.index), g.name, g.uuid or "")
                 put(GPU_TOTAL, gpu_labels, g.total)
                 put(GPU_USED, gpu_labels, g.used)
                 put(GPU_FREE, gpu_labels, g.free)

@@ -9,11 +9,12 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
 from sentinel_keeper.errors import Diagnostic, PolicyError
-from sentinel_keeper.listen import parse_listen
+from sentinel_keeper.listen import DEFAULT_METRICS_LISTEN, parse_listen
 from sentinel_keeper.ollama_env import name_problem, value_problem
 from sentinel_keeper.policy.schema import (
     DEFAULT_INSTANCE,
@@ -254,6 +255,46 @@ def _check_instances(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
                 )
 
 
+def _check_gateway_address(
+    data: dict[Any, Any], section: dict[Any, Any], problems: list[tuple[Path, str, bool]]
+) -> None:
+    try:
+        address = parse_listen(section.get("listen"))
+    except ValueError:
+        return  # reported by the schema
+    where = ("gateway", "listen")
+    metrics = data.get("metrics")
+    listen = (
+        metrics.get("listen", DEFAULT_METRICS_LISTEN)
+        if isinstance(metrics, dict)
+        else (DEFAULT_METRICS_LISTEN)
+    )
+    try:
+        if listen is not None and parse_listen(listen).url == address.url:
+            problems.append(
+                (where, f"{address} is the metrics endpoint's address (metrics.listen)", False)
+            )
+    except ValueError:
+        pass
+    for key, ollama in _ollama_sections(data) or [(("ollama",), {})]:
+        fronted = section.get("instance")
+        if fronted is not None and ollama.get("name", DEFAULT_INSTANCE) != fronted:
+            continue
+        url = _same_url(ollama.get("url", DEFAULT_OLLAMA_URL))
+        parts = urlsplit(url) if url is not None else None
+        if parts is None or parts.port is None or parts.hostname is None:
+            continue
+        if parts.port == address.port and parts.hostname in (address.connect_host, address.host):
+            problems.append(
+                (
+                    where,
+                    f"{address} is where ollama listens ({format_path((*key, 'url'))}): the "
+                    "gateway needs an address of its own, and clients then use that one",
+                    False,
+                )
+            )
+
+
 def _same_url(value: object) -> str | None:
     try:
         return normalize_ollama_url(value)
@@ -359,10 +400,12 @@ def _check_metrics(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
 
 
 def _check_gateway(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
-    """The gateway fronts one instance: the policy's only one, or the one it names."""
+    """The gateway fronts one instance: the policy's only one, or the one it names; it
+    cannot listen where that Ollama or the metrics endpoint listens."""
     section = data.get("gateway") if isinstance(data, dict) else None
     if not isinstance(section, dict) or section.get("listen") is None:
         return
+    _check_gateway_address(data, section, problems)
     names = _instance_names(data)
     instance = section.get("instance")
     if names is None:
