@@ -210,7 +210,7 @@ def test_a_pinned_model_keeps_its_pin_and_the_change_is_logged_once(
     loaded = double.instance(PINNED)
     assert loaded is not None and loaded.forever
     assert double.requests_to("/api/generate")[-1].body["keep_alive"] == -1
-    (changed,) = gw.named("gateway_changed")
+    (changed,) = wait_until("the change logged", lambda: gw.named("gateway_changed"))
     assert changed.fields["model"] == PINNED
     assert changed.fields["field"] == "keep_alive"
     assert (changed.fields["before"], changed.fields["after"]) == ("5m", -1)
@@ -222,8 +222,12 @@ def test_a_pinned_model_keeps_its_pin_and_the_change_is_logged_once(
         gw.url + "/api/generate", json=request, headers={"User-Agent": "other/1"}, timeout=10
     )
     assert other.status_code == 200
+    wait_until("the second client's change logged", lambda: len(gw.named("gateway_changed")) == 2)
+    wait_until(
+        "four changes counted",
+        lambda: gw.gateway.figures().changes == {(PINNED, "keep_alive"): 4},
+    )
     assert len(gw.named("gateway_changed")) == 2
-    assert gw.gateway.figures().changes == {(PINNED, "keep_alive"): 4}
 
 
 def test_a_smaller_num_ctx_is_raised_and_a_larger_one_passed(
@@ -246,7 +250,10 @@ def test_a_smaller_num_ctx_is_raised_and_a_larger_one_passed(
     generate(16384)
     assert double.requests_to("/api/generate")[-1].body["options"]["num_ctx"] == 16384
     assert double.load_count == 2  # that one truly needs the larger context
-    assert gw.gateway.figures().changes == {(PINNED, "options.num_ctx"): 1}
+    wait_until(
+        "the change counted",
+        lambda: gw.gateway.figures().changes == {(PINNED, "options.num_ctx"): 1},
+    )
 
 
 @pytest.mark.parametrize("foreign", ["reject", "queue", "cpu"])
@@ -393,6 +400,8 @@ def test_cold_and_warm_requests_are_told_apart_with_their_cause(
     for _ in range(2):
         with httpx.stream("POST", gw.url + "/api/generate", json=request, timeout=10) as r:
             r.read()
+    # a request is counted once its answer is over, as the client reads the end
+    wait_until("both counted", lambda: sum(gw.gateway.figures().requests.values()) == 2)
     figures = gw.gateway.figures()
     assert figures.cold == {(PINNED, "not_loaded"): 1}
     assert figures.requests[(PINNED, "/api/generate", "200")] == 2
