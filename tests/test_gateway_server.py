@@ -254,6 +254,14 @@ def test_a_smaller_num_ctx_is_raised_and_a_larger_one_passed(
         "the change counted",
         lambda: gw.gateway.figures().changes == {(PINNED, "options.num_ctx"): 1},
     )
+    wait_until(
+        "the reload counted",
+        lambda: gw.gateway.figures().reloads == {(PINNED, "16384"): 1},
+    )
+    generate(16384)
+    wait_until("again", lambda: gw.gateway.figures().reloads == {(PINNED, "16384"): 2})
+    (said,) = gw.named("gateway_client_reload")  # once per client, model and num_ctx
+    assert said.fields["num_ctx"] == 16384 and said.fields["model"] == PINNED
 
 
 @pytest.mark.parametrize("foreign", ["reject", "queue", "cpu"])

@@ -61,6 +61,8 @@ class RequestRecord:
     cold: bool | None  # None: not known (no final chunk, or an endpoint without one)
     cause: str | None  # for a cold request: one of Cause.ALL
     changes: tuple[Change, ...] = ()
+    # passed as it came although it reloads a pinned model: it needs a larger num_ctx
+    reload_num_ctx: int | None = None
 
 
 class FinalChunk:
@@ -163,6 +165,8 @@ class GatewayFigures:
     ttfb: Mapping[str, Histogram] = field(default_factory=dict)  # model
     changes: Mapping[tuple[str, str], int] = field(default_factory=dict)  # model, field
     recent: Mapping[str, Recent] = field(default_factory=dict)  # model: the last hour
+    # requests that reload a pinned model with a larger num_ctx: model, num_ctx
+    reloads: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 class Tally:
@@ -177,6 +181,7 @@ class Tally:
         self._cold: dict[tuple[str, str], int] = {}
         self._ttfb: dict[str, Histogram] = {}
         self._changes: dict[tuple[str, str], int] = {}
+        self._reloads: dict[tuple[str, str], int] = {}
         # model -> minutes of the last hour: [minute, requests, cold]
         self._minutes: dict[str, deque[list[int]]] = {}
 
@@ -191,6 +196,9 @@ class Tally:
             for change in record.changes:
                 ckey = (model, change.field)
                 self._changes[ckey] = self._changes.get(ckey, 0) + 1
+            if record.reload_num_ctx is not None:
+                rkey = (model, str(record.reload_num_ctx))
+                self._reloads[rkey] = self._reloads.get(rkey, 0) + 1
             if record.model is None:
                 return
             if record.cold:
@@ -219,4 +227,5 @@ class Tally:
                 ttfb=dict(self._ttfb),
                 changes=dict(self._changes),
                 recent=recent,
+                reloads=dict(self._reloads),
             )

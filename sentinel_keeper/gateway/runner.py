@@ -6,8 +6,10 @@ one reference, swapped whole) and what it reports (the figures, the log events).
 Imported by the daemon only when ``gateway.listen`` is set: it imports aiohttp.
 
 Logged once, not per request: each change the gateway makes, per client address, User-Agent,
-model and field (``gateway_changed``); an answer the gateway makes itself instead of Ollama
-(``gateway_upstream_unreachable``, ``gateway_rejected``) once per model a minute at most.
+model and field (``gateway_changed``), and a request passed as it came that reloads a pinned
+model with a larger num_ctx, per client, model and num_ctx (``gateway_client_reload``); an
+answer the gateway makes itself instead of Ollama (``gateway_upstream_unreachable``,
+``gateway_rejected``) once per model a minute at most.
 A ``listen`` changed by a reload moves the server (the old socket closes first).
 """
 
@@ -125,27 +127,44 @@ class Gateway:
 
     def record(self, record: RequestRecord) -> None:
         self.tally.add(record, self._monotonic())
+        who = {"client": record.client, "user_agent": record.user_agent, "model": record.model}
         for change in record.changes:
-            key = (record.client, record.user_agent, record.model or "", change.field)
-            with self._lock:
-                if key in self._logged:
-                    continue
-                self._logged[key] = None
-                if len(self._logged) > CHANGES_REMEMBERED:
-                    self._logged.popitem(last=False)
+            if self._first(record, change.field):
+                self._log(
+                    "gateway_changed",
+                    "info",
+                    {
+                        **who,
+                        "field": change.field,
+                        "before": _shown(change.before),
+                        "after": _shown(change.after),
+                        "why": change.why,
+                    },
+                )
+        ctx = record.reload_num_ctx
+        if ctx is not None and self._first(record, f"reload {ctx}"):
             self._log(
-                "gateway_changed",
+                "gateway_client_reload",
                 "info",
                 {
-                    "client": record.client,
-                    "user_agent": record.user_agent,
-                    "model": record.model,
-                    "field": change.field,
-                    "before": _shown(change.before),
-                    "after": _shown(change.after),
-                    "why": change.why,
+                    **who,
+                    "num_ctx": ctx,
+                    "why": "a larger context than the pinned model's: passed as it is, and "
+                    "Ollama reloads the model for it",
                 },
             )
+
+    def _first(self, record: RequestRecord, what: str) -> bool:
+        """Whether this client (address and User-Agent) has not been logged doing ``what``
+        to this model yet; remembers that it has now."""
+        key = (record.client, record.user_agent, record.model or "", what)
+        with self._lock:
+            if key in self._logged:
+                return False
+            self._logged[key] = None
+            if len(self._logged) > CHANGES_REMEMBERED:
+                self._logged.popitem(last=False)
+        return True
 
     def refused(self, event: str, model: str | None, fields: dict[str, object]) -> None:
         now = self._monotonic()

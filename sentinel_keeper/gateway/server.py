@@ -410,6 +410,7 @@ class GatewayServer:
             cold=cold,
             cause=cause,
             changes=decision.changes if decision is not None else (),
+            reload_num_ctx=decision.reload_num_ctx if decision is not None else None,
         )
         with contextlib.suppress(Exception):  # the figures must never cost a request
             self._hooks.record(record)

@@ -222,6 +222,13 @@ GATEWAY_CHANGES = _spec(
     "Fields of requests the gateway changed (keep_alive, options.num_ctx...), by model",
     (INSTANCE, "model", "field"),
 )
+GATEWAY_RELOADS = _spec(
+    "gateway_client_reloads",
+    "counter",
+    "Requests through the gateway passed as they came although they reload a pinned model: "
+    "they need a larger num_ctx than the policy's",
+    (INSTANCE, "model", "num_ctx"),
+)
 GATEWAY_COLD_SHARE = _spec(
     "gateway_cold_share",
     "gauge",
@@ -250,7 +257,7 @@ CATALOG: tuple[Spec, ...] = (
     OLLAMA_UP, OLLAMA_INFO, STALLED, OUTAGES, OUTAGE_SECONDS, RESTARTS,
     GPU_TOTAL, GPU_USED, GPU_FREE, NVML,
     PASSES, PASS_DURATION, LAST_PASS, RELOADS, BUILD, START,
-    GATEWAY_UP, GATEWAY_REQUESTS, GATEWAY_COLD, GATEWAY_TTFB, GATEWAY_CHANGES,
+    GATEWAY_UP, GATEWAY_REQUESTS, GATEWAY_COLD, GATEWAY_TTFB, GATEWAY_CHANGES, GATEWAY_RELOADS,
     GATEWAY_COLD_SHARE, GATEWAY_RECENT, GATEWAY_RECENT_COLD,
 )  # fmt: skip
 
@@ -417,6 +424,8 @@ def _gateway(figures: GatewayFigures, put: _Put, observed: _Observe) -> None:
         observed(GATEWAY_TTFB, (name, model), histogram)
     for (model, field), number in sorted(figures.changes.items()):
         put(GATEWAY_CHANGES, (name, model, field), number)
+    for (model, ctx), number in sorted(figures.reloads.items()):
+        put(GATEWAY_RELOADS, (name, model, ctx), number)
     for model, recent in sorted(figures.recent.items()):
         put(GATEWAY_COLD_SHARE, (name, model), recent.share)
         put(GATEWAY_RECENT, (name, model), recent.requests)
