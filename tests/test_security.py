@@ -299,12 +299,13 @@ def test_a_hostile_ollama_forges_no_log_line_and_names_no_file(
     assert not [line for line in page.splitlines() if line.startswith(("<", "forged"))]
 
 
-def test_only_the_metrics_endpoint_has_server_code() -> None:
-    """One module binds and listens: the metrics endpoint. Status, logs and the drop-in are
-    files and command output."""
+def test_only_the_metrics_endpoint_and_the_gateway_have_server_code() -> None:
+    """Two modules bind and listen: the metrics endpoint, and the gateway (off unless the
+    policy sets gateway.listen). Status, logs and the drop-in are files and command output."""
     forbidden = re.compile(
         r"\.bind\(|\.listen\(|HTTPServer|WSGIServer|socketserver|serve_forever"
         r"|asyncio\.start_server|make_server|start_http_server|start_wsgi_server"
+        r"|TCPSite|UnixSite|SockSite|web\.Server\(|run_app"
     )
     offenders = []
     sources = sorted((ROOT / "sentinel_keeper").rglob("*.py"))
@@ -314,7 +315,10 @@ def test_only_the_metrics_endpoint_has_server_code() -> None:
             if forbidden.search(line):
                 offenders.append(f"{source.relative_to(ROOT).as_posix()}:{number}")
     assert offenders
-    assert {o.split(":")[0] for o in offenders} == {"sentinel_keeper/metrics/endpoint.py"}
+    assert {o.split(":")[0] for o in offenders} == {
+        "sentinel_keeper/metrics/endpoint.py",
+        "sentinel_keeper/gateway/server.py",
+    }
 
 
 @pytest.mark.slow
