@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from sentinel_keeper import __version__, context
+from sentinel_keeper import __version__, context, systemd
 from sentinel_keeper.bench import BenchReport, bench_json, bench_table, run_bench
 from sentinel_keeper.daemon.service import run_daemon
 from sentinel_keeper.errors import (
@@ -177,6 +177,13 @@ def _unreachable_hint(policy: Policy) -> str:
         if "url" in policy.ollama.model_fields_set
         else f"the default; {policy.source} does not set it"
     )
+    if policy.takeover is not None:
+        return (
+            f"hint: with gateway.takeover Ollama listens at {policy.ollama.url} "
+            f"(gateway.upstream; {policy.instance_key}.url {policy.client_url} is the "
+            "gateway's); is Ollama running, with the drop-in's OLLAMA_HOST (`sentinel-keeper "
+            f"apply-override`)? try `systemctl status {policy.ollama.unit}`"
+        )
     return (
         f"hint: {policy.instance_key}.url is {policy.ollama.url} ({where}); is Ollama running "
         f"and listening there? try `systemctl status {policy.ollama.unit}`"
@@ -715,7 +722,22 @@ def cmd_apply_override(args: argparse.Namespace) -> int:
             _out(f"{_header(part)}{part.ollama.unit}")
         # one instance failing does not stop the others
         codes.append(_override(part, args))
+    if args.remove and not (args.dry_run or args.no_reload) and systemd.systemd_running():
+        _socket_holds_the_address()
     return _worst(codes, (EXIT_CANTCREAT, EXIT_UNAVAILABLE))
+
+
+def _socket_holds_the_address() -> None:
+    """After --remove: the gateway's socket unit (gateway.takeover) still listening at
+    Ollama's usual address keeps Ollama from taking it back."""
+    unit = systemd.GATEWAY_SOCKET
+    if systemd.unit_active(unit):
+        _err(
+            f"warning: {unit} is active: it holds the address Ollama listened at before "
+            "gateway.takeover, so Ollama cannot take it back until "
+            f"`systemctl disable --now {unit}`",
+            _WARNING,
+        )
 
 
 def _override(policy: Policy, args: argparse.Namespace) -> int:

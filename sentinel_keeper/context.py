@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sentinel_keeper.policy import Policy
 
 CONTEXT_LENGTH = "OLLAMA_CONTEXT_LENGTH"
+HOST = "OLLAMA_HOST"
 # Without num_ctx or OLLAMA_CONTEXT_LENGTH, Ollama picks the default context by total VRAM
 # (server/sched.go): at least this much memory, this context; below the last, 4096.
 OLLAMA_NUM_CTX_BY_VRAM = ((47 * 1024**3, 262144), (23 * 1024**3, 32768))
@@ -66,11 +67,15 @@ def alignment(policy: Policy) -> Alignment:
 
 def environment(policy: Policy) -> dict[str, str]:
     """The OLLAMA_* variables the drop-in sets besides OLLAMA_KEEP_ALIVE: the policy's
-    ``ollama.environment``, plus OLLAMA_CONTEXT_LENGTH when ``align_context`` can set it."""
+    ``ollama.environment``, plus OLLAMA_CONTEXT_LENGTH when ``align_context`` can set it, plus
+    OLLAMA_HOST (``gateway.upstream``) on the instance the gateway takes over."""
     out = dict(policy.ollama.environment)
     aligned = alignment(policy).value
     if aligned is not None and CONTEXT_LENGTH not in out:
         out[CONTEXT_LENGTH] = str(aligned)
+    upstream = policy.takeover
+    if upstream is not None:
+        out[HOST] = str(upstream)  # the file cannot set it as well (policy.loading)
     return out
 
 

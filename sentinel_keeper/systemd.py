@@ -54,6 +54,9 @@ SYSTEM_UNIT_PATH: tuple[Path, ...] = tuple(
     )
 )
 
+#: The socket unit that holds the gateway's address with ``gateway.takeover`` (systemd/).
+GATEWAY_SOCKET = "sentinel-keeper-gateway.socket"
+
 #: How long one systemctl call may take. daemon-reload on a large system takes seconds.
 SYSTEMCTL_TIMEOUT_S = 90.0
 
@@ -118,6 +121,28 @@ def try_restart_no_block(unit: str) -> tuple[str, ...]:
     if problem is not None:
         raise SystemdError(f"{problem}, got {unit!r}")
     return _systemctl("try-restart", "--no-block", unit)
+
+
+def unit_active(unit: str) -> bool | None:
+    """``systemctl is-active --quiet UNIT``: whether ``unit`` is active; None when systemctl
+    cannot say (not on PATH, did not finish)."""
+    problem = unit_name_problem(unit)
+    if problem is not None:
+        raise SystemdError(f"{problem}, got {unit!r}")
+    exe = shutil.which("systemctl")
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run(
+            [exe, "is-active", "--quiet", unit],
+            capture_output=True,
+            timeout=SYSTEMCTL_TIMEOUT_S,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    return done.returncode == 0
 
 
 class Systemctl:

@@ -32,7 +32,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -46,6 +46,7 @@ from sentinel_keeper.daemon.signals import SignalFlags
 from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.events import LogEvent, advance, pass_events
 from sentinel_keeper.gpu import GpuProbe
+from sentinel_keeper.listenfds import address_of, listens_at, take_listen_fds
 from sentinel_keeper.logs import LEVEL_NUMBERS
 from sentinel_keeper.metrics.counts import ReloadResult, add_reload, count_pass
 from sentinel_keeper.metrics.families import InstanceView, MetricsView
@@ -78,6 +79,7 @@ class Daemon:
         make_ollama: Callable[[Policy], OllamaClient] = make_client,
         make_gpu: Callable[[Policy], GpuProbe] | None = None,
         timings: Timings | None = None,
+        listen_sockets: Sequence[socket.socket] = (),
     ) -> None:
         self.policy_path = policy_path
         self.policy = policy  # the policy in force, as the main thread knows it
@@ -109,6 +111,9 @@ class Daemon:
         self._started_unix = time.time()
         self._exporter: Exporter | None = None
         self._gateway: Gateway | None = None  # imported, with aiohttp, only when it is on
+        # the sockets systemd passed (sentinel-keeper-gateway.socket), sorted at the start
+        self._passed = list(listen_sockets)
+        self._gateway_socket: socket.socket | None = None
 
     def _loop(self, part: Policy) -> InstanceLoop:
         return InstanceLoop(
@@ -165,6 +170,7 @@ class Daemon:
             for loop in self.loops.values():
                 self._event(lifecycle.instance_event("instance_started", loop.policy))
         self._file_risks()
+        self._sort_passed_sockets()
         self._gateway_sync()
         self._metrics()
         self.notifier.status(self._status_text())
@@ -183,6 +189,8 @@ class Daemon:
         self._event(LogEvent("stopping", "info", {"signal": name, "pass_running": running}))
         if self._gateway is not None:
             self._gateway.stop()  # requests in flight get a second, then are cut
+        if self._gateway_socket is not None:
+            self._gateway_socket.close()  # systemd's copy keeps listening, queueing clients
         if self._exporter is not None:
             self._exporter.close()
         self._wake_r.close()
@@ -304,6 +312,31 @@ class Daemon:
 
     # -- the gateway -------------------------------------------------------------------------
 
+    def _sort_passed_sockets(self) -> None:
+        """Keep the socket systemd passed that listens at the gateway's address (the
+        gateway serves on it instead of binding); log and close any other, once."""
+        name = self.policy.gateway_instance
+        loop = self.loops.get(name) if name is not None else None
+        wanted = loop.policy.gateway.address if loop is not None else None
+        for sock in self._passed:
+            if self._gateway_socket is None and wanted is not None and listens_at(sock, wanted):
+                self._gateway_socket = sock
+                continue
+            self._event(
+                LogEvent(
+                    "listen_socket_unused",
+                    "warning",
+                    {
+                        "address": str(address_of(sock)),
+                        "gateway": str(wanted) if wanted is not None else "off",
+                        "why": "systemd passed it (sentinel-keeper-gateway.socket) and the "
+                        "gateway does not listen there; closed",
+                    },
+                )
+            )
+            sock.close()
+        self._passed = []
+
     def _gateway_sync(self) -> None:
         """Start, feed, move or stop the gateway as the policy says: its view is the part
         and the last look of the instance it fronts (a failed bind is retried here, at each
@@ -324,7 +357,7 @@ class Daemon:
         if self._gateway is None:
             from sentinel_keeper.gateway.runner import Gateway  # noqa: PLC0415 (lazy: aiohttp)
 
-            self._gateway = Gateway(loop.policy, self._event)
+            self._gateway = Gateway(loop.policy, self._event, inherited=self._gateway_socket)
         self._gateway.update(loop.policy, latest)
 
     # -- metrics -------------------------------------------------------------------------------
@@ -446,7 +479,22 @@ def run_daemon(
 ) -> int:
     """Run until SIGTERM/SIGINT; 0 after a clean stop. Raises PolicyError (invalid policy at
     start) and, after repeated pass crashes, the crash's exception."""
-    policy = load_policy(policy_path, settle=SETTLE_SECONDS)
+    sockets, problems = take_listen_fds()  # first: LISTEN_* must not reach a child
+    for problem in problems:
+        log.warning("listen_socket_unused", why=problem)
+    try:
+        policy = load_policy(policy_path, settle=SETTLE_SECONDS)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     notifier = Notifier(os.environ if env is None else env)
-    daemon = Daemon(policy_path, policy, state_dir=state_dir, notifier=notifier, timings=timings)
+    daemon = Daemon(
+        policy_path,
+        policy,
+        state_dir=state_dir,
+        notifier=notifier,
+        timings=timings,
+        listen_sockets=sockets,
+    )
     return daemon.run()

@@ -10,11 +10,14 @@ model and field (``gateway_changed``), and a request passed as it came that relo
 model with a larger num_ctx, per client, model and num_ctx (``gateway_client_reload``); an
 answer the gateway makes itself instead of Ollama (``gateway_upstream_unreachable``,
 ``gateway_rejected``) once per model a minute at most.
-A ``listen`` changed by a reload moves the server (the old socket closes first).
+A ``listen`` changed by a reload moves the server (the old socket closes first). A listening
+socket systemd passed (``inherited``, sentinel-keeper-gateway.socket) is served on, instead of
+binding, while ``listen`` is its address.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +29,7 @@ from sentinel_keeper.gateway.measure import GatewayFigures, RequestRecord, Tally
 from sentinel_keeper.gateway.rules import GatewayView
 from sentinel_keeper.gateway.server import HEADER_TIMEOUT, GatewayServer
 from sentinel_keeper.listen import ListenAddress
+from sentinel_keeper.listenfds import listens_at
 from sentinel_keeper.observation import Observation
 from sentinel_keeper.policy import Policy
 
@@ -41,8 +45,10 @@ class Gateway:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         header_timeout: float = HEADER_TIMEOUT,
+        inherited: socket.socket | None = None,
     ) -> None:
         self.instance = part.instance
+        self._inherited = inherited  # systemd's listening socket; the daemon's to close
         self._view = GatewayView(part, None)
         self._emit = emit
         self._monotonic = monotonic
@@ -86,7 +92,11 @@ class Gateway:
         return self.tally.figures(self._monotonic())
 
     def _listen(self, address: ListenAddress) -> None:
-        server = GatewayServer(address, self, header_timeout=self._header_timeout)
+        inherited = self._inherited
+        sock = None
+        if inherited is not None and listens_at(inherited, address):
+            sock = inherited.dup()  # the server closes its copy; systemd's stays listening
+        server = GatewayServer(address, self, header_timeout=self._header_timeout, sock=sock)
         try:
             server.start()
         except GatewayError as exc:
@@ -107,6 +117,7 @@ class Gateway:
             {
                 "listen": f"{address.connect_host}:{server.port}",
                 "ollama": self._view.policy.ollama.url,
+                "socket": "systemd's" if sock is not None else "its own",
             },
         )
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -134,8 +135,9 @@ class _Probe:
 
 
 class GatewayServer:
-    """Listens on ``address`` and relays to the URL of the view's policy; :meth:`start`
-    raises GatewayError when it cannot listen."""
+    """Listens on ``address`` (or serves on ``sock``, a socket already listening there)
+    and relays to the URL of the view's policy; :meth:`start` raises GatewayError when it
+    cannot listen."""
 
     def __init__(
         self,
@@ -144,8 +146,10 @@ class GatewayServer:
         *,
         header_timeout: float = HEADER_TIMEOUT,
         body_timeout: float = BODY_TIMEOUT,
+        sock: socket.socket | None = None,
     ) -> None:
         self.address = address
+        self._sock = sock  # a listening socket to serve on instead of binding (systemd's)
         self._hooks = hooks
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
@@ -210,11 +214,17 @@ class GatewayServer:
         runner = web.ServerRunner(server, shutdown_timeout=STOP_SECONDS, handle_signals=False)
         await runner.setup()
         host = "127.0.0.1" if self.address.host == "localhost" else self.address.host
-        site = web.TCPSite(runner, host, self.address.port, backlog=BACKLOG, reuse_address=True)
+        site: web.BaseSite
+        if self._sock is not None:
+            site = web.SockSite(runner, self._sock)  # closed with the server
+        else:
+            site = web.TCPSite(runner, host, self.address.port, backlog=BACKLOG, reuse_address=True)
         try:
             await site.start()
         except OSError:
             await runner.cleanup()
+            if self._sock is not None:
+                self._sock.close()
             raise
         self._runner = runner
         self._port = int(runner.addresses[0][1]) if runner.addresses else self.address.port

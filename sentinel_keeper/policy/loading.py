@@ -4,6 +4,7 @@ every problem reported at once, compiler style, with file, line, column and fiel
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import stat
 import time
@@ -14,15 +15,17 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ValidationError
 
 from sentinel_keeper.errors import Diagnostic, PolicyError
-from sentinel_keeper.listen import DEFAULT_METRICS_LISTEN, parse_listen
+from sentinel_keeper.listen import DEFAULT_METRICS_LISTEN, ListenAddress, parse_listen
 from sentinel_keeper.ollama_env import name_problem, value_problem
 from sentinel_keeper.policy.schema import (
     DEFAULT_INSTANCE,
+    DEFAULT_UPSTREAM,
     LoadOptions,
     ModelPolicy,
     Policy,
     instance_name,
     model_name,
+    takeover_address,
 )
 from sentinel_keeper.policy.yamlsource import (
     MAX_FILE_BYTES,
@@ -255,14 +258,160 @@ def _check_instances(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
                 )
 
 
+def _fronted(data: Any, section: dict[Any, Any]) -> tuple[Path, dict[Any, Any]] | None:
+    """The Ollama section the gateway fronts (its path and keys), if the file says which."""
+    sections = _ollama_sections(data)
+    if not isinstance(data, dict) or not isinstance(data.get("instances"), list):
+        return (("ollama",), data.get("ollama") if isinstance(data.get("ollama"), dict) else {})
+    named = section.get("instance")
+    if named is None:
+        return sections[0] if len(sections) == 1 else None
+    return next(((k, s) for k, s in sections if s.get("name") == named), None)
+
+
+def _taken_over(data: Any, section: dict[Any, Any]) -> ListenAddress | None:
+    """With gateway.takeover: the address the gateway takes over (the fronted instance's
+    url), when it can be one."""
+    if section.get("takeover") is not True:
+        return None
+    fronted = _fronted(data, section)
+    url = _same_url(fronted[1].get("url", DEFAULT_OLLAMA_URL)) if fronted else None
+    return takeover_address(url) if url is not None else None
+
+
+def _gateway_listen(data: Any, section: dict[Any, Any]) -> tuple[ListenAddress, Path] | None:
+    """Where the gateway listens and the key that says it: gateway.listen, or with
+    takeover the address it takes over."""
+    try:
+        return parse_listen(section.get("listen")), ("gateway", "listen")
+    except ValueError:
+        pass  # absent, null (off), or reported by the schema
+    if "listen" in section and section["listen"] is not None:
+        return None
+    taken = _taken_over(data, section)
+    return None if taken is None else (taken, ("gateway", "takeover"))
+
+
+def _check_takeover(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
+    """gateway.takeover: the gateway takes the fronted instance's address (a local http://
+    one), Ollama moves to gateway.upstream (a loopback address of its own), and the drop-in
+    sets that as OLLAMA_HOST (the policy cannot as well)."""
+    section = data.get("gateway") if isinstance(data, dict) else None
+    if not isinstance(section, dict) or section.get("takeover") is not True:
+        return
+    fronted = _fronted(data, section)
+    if fronted is None:
+        return  # which instance: reported by _check_gateway
+    key, ollama = fronted
+    url = _same_url(ollama.get("url", DEFAULT_OLLAMA_URL))
+    public = _taken_over(data, section)
+    if url is not None and public is None:
+        problems.append(
+            (
+                ("gateway", "takeover"),
+                f"takeover needs {format_path((*key, 'url'))} to be a plain http:// address of "
+                f"this host (an IP address or localhost, a port, no path), got {url}: the "
+                "gateway takes that address over",
+                False,
+            )
+        )
+    if public is not None:
+        try:
+            given = parse_listen(section.get("listen"))
+        except ValueError:
+            given = None
+        if given is not None and not _same_place(given, public):
+            problems.append(
+                (
+                    ("gateway", "listen"),
+                    f"with takeover the gateway listens at {public}, Ollama's address now "
+                    f"({format_path((*key, 'url'))}): leave listen out, or give that address",
+                    False,
+                )
+            )
+    environment = ollama.get("environment")
+    if isinstance(environment, dict) and "OLLAMA_HOST" in environment:
+        problems.append(
+            (
+                (*key, "environment", "OLLAMA_HOST"),
+                "gateway.takeover writes OLLAMA_HOST (gateway.upstream) into this instance's "
+                "drop-in, and this sets it too: keep one of the two",
+                True,
+            )
+        )
+    _check_upstream(data, section, public, problems)
+
+
+def _check_upstream(
+    data: dict[Any, Any],
+    section: dict[Any, Any],
+    public: ListenAddress | None,
+    problems: list[tuple[Path, str, bool]],
+) -> None:
+    try:
+        upstream = parse_listen(section.get("upstream", DEFAULT_UPSTREAM))
+    except ValueError:
+        return  # reported by the schema
+    where: Path = ("gateway", "upstream") if "upstream" in section else ("gateway", "takeover")
+    if not upstream.loopback:
+        problems.append(
+            (
+                where,
+                f"must be a loopback address such as {DEFAULT_UPSTREAM} (Ollama moves there, "
+                f"reachable from this host only, behind the gateway), got {upstream}",
+                False,
+            )
+        )
+    taken: list[tuple[ListenAddress, str]] = []
+    if public is not None:
+        taken.append((public, "the gateway's address (the one it takes over)"))
+    for key, ollama in _ollama_sections(data) or [(("ollama",), {})]:
+        url = _same_url(ollama.get("url", DEFAULT_OLLAMA_URL))
+        address = takeover_address(url) if url is not None else None
+        if address is not None:
+            taken.append((address, f"{format_path((*key, 'url'))}"))
+    metrics = data.get("metrics")
+    try:
+        listen = (
+            metrics.get("listen", DEFAULT_METRICS_LISTEN)
+            if isinstance(metrics, dict)
+            else (DEFAULT_METRICS_LISTEN)
+        )
+        if listen is not None:
+            taken.append((parse_listen(listen), "the metrics endpoint's address (metrics.listen)"))
+    except ValueError:
+        pass  # reported by the schema
+    for address, what in taken:
+        if _same_place(upstream, address):
+            problems.append(
+                (
+                    where,
+                    f"{upstream} is {what}: Ollama needs a private address of its own",
+                    False,
+                )
+            )
+            return
+
+
+def _same_place(a: ListenAddress, b: ListenAddress) -> bool:
+    """Whether two listen addresses collide: the same port on the same host (a wildcard
+    takes every address of its family)."""
+    if a.port != b.port:
+        return False
+    return a.connect_host == b.connect_host or _wildcard(a) or _wildcard(b)
+
+
+def _wildcard(address: ListenAddress) -> bool:
+    return address.host != "localhost" and ipaddress.ip_address(address.host).is_unspecified
+
+
 def _check_gateway_address(
     data: dict[Any, Any], section: dict[Any, Any], problems: list[tuple[Path, str, bool]]
 ) -> None:
-    try:
-        address = parse_listen(section.get("listen"))
-    except ValueError:
+    found = _gateway_listen(data, section)
+    if found is None:
         return  # reported by the schema
-    where = ("gateway", "listen")
+    address, where = found
     metrics = data.get("metrics")
     listen = (
         metrics.get("listen", DEFAULT_METRICS_LISTEN)
@@ -276,6 +425,8 @@ def _check_gateway_address(
             )
     except ValueError:
         pass
+    if section.get("takeover") is True:
+        return  # it listens where that Ollama listened: Ollama moves to gateway.upstream
     for key, ollama in _ollama_sections(data) or [(("ollama",), {})]:
         fronted = section.get("instance")
         if fronted is not None and ollama.get("name", DEFAULT_INSTANCE) != fronted:
@@ -384,14 +535,16 @@ def _check_metrics(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
         section = data.get(name) if isinstance(data, dict) else None
         if not isinstance(section, dict) or section.get("allow_remote") is True:
             continue
-        try:
-            address = parse_listen(section.get("listen"))
-        except ValueError:
+        found = (
+            _gateway_listen(data, section) if name == "gateway" else _given_listen(section, name)
+        )
+        if found is None:
             continue  # absent, null (off), or reported by the schema
+        address, where = found
         if not address.loopback:
             problems.append(
                 (
-                    (name, "listen"),
+                    where,
                     f"{address} is reachable from other hosts: set {name}.allow_remote: true "
                     f"to mean it ({what}), or listen on 127.0.0.1",
                     False,
@@ -399,11 +552,20 @@ def _check_metrics(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
             )
 
 
+def _given_listen(section: dict[Any, Any], name: str) -> tuple[ListenAddress, Path] | None:
+    try:
+        return parse_listen(section.get("listen")), (name, "listen")
+    except ValueError:
+        return None  # absent, null (off), or reported by the schema
+
+
 def _check_gateway(data: Any, problems: list[tuple[Path, str, bool]]) -> None:
     """The gateway fronts one instance: the policy's only one, or the one it names; it
     cannot listen where that Ollama or the metrics endpoint listens."""
     section = data.get("gateway") if isinstance(data, dict) else None
-    if not isinstance(section, dict) or section.get("listen") is None:
+    if not isinstance(section, dict):
+        return
+    if section.get("listen") is None and section.get("takeover") is not True:
         return
     _check_gateway_address(data, section, problems)
     names = _instance_names(data)
@@ -462,6 +624,7 @@ def parse_policy(text: str, source: str) -> Policy:
     _check_environment(data, problems)
     _check_metrics(data, problems)
     _check_gateway(data, problems)
+    _check_takeover(data, problems)
     _check_align_context(data, problems)
     policy: Policy | None = None
     try:

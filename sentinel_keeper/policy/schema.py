@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -29,6 +30,8 @@ from sentinel_keeper.urls import DEFAULT_OLLAMA_URL, normalize_ollama_url
 from sentinel_keeper.windows import Window, parse_window, time_zone_problem
 
 DEFAULT_POLICY_PATH = "/etc/sentinel/policy.yaml"
+# gateway.takeover: where Ollama moves to, beside its usual 11434
+DEFAULT_UPSTREAM = "127.0.0.1:11433"
 PINNED_KEEP_ALIVE = -1.0
 EXTRA_KEEP_ALIVE = 3600.0
 
@@ -494,6 +497,15 @@ class GatewaySection(_Section):
         16 * 1024**2,
         description="largest JSON body of a generate, chat or embed request (larger: 413)",
     )
+    takeover: Bool = Field(
+        False,
+        description="take Ollama's address: the drop-in moves Ollama to upstream (OLLAMA_HOST) "
+        "and the gateway listens at the instance's url, so clients change nothing",
+    )
+    upstream: Listen = Field(
+        DEFAULT_UPSTREAM,
+        description="with takeover: the private loopback address Ollama moves to",
+    )
 
     @property
     def address(self) -> ListenAddress | None:
@@ -527,6 +539,7 @@ class Policy(_Section):
     _source: str = PrivateAttr(default="<policy>")
     _instance: str = PrivateAttr(default=DEFAULT_INSTANCE)
     _instance_key: str = PrivateAttr(default="ollama")
+    _client_url: str | None = PrivateAttr(default=None)  # set on a part taken over by split()
 
     @property
     def source(self) -> str:
@@ -553,17 +566,39 @@ class Policy(_Section):
     @property
     def gateway_instance(self) -> str | None:
         """The instance the gateway fronts; None when the gateway is off."""
-        if self.gateway.listen is None:
+        if self.gateway.listen is None and not self.gateway.takeover:
             return None
         return self.gateway.instance or self.instance_names[0]
+
+    @property
+    def takeover(self) -> ListenAddress | None:
+        """On a single-instance policy (a part) whose instance the gateway fronts with
+        ``gateway.takeover``: the private address Ollama moves to (its OLLAMA_HOST); else
+        None."""
+        if self.instances is not None or not self.gateway.takeover:
+            return None
+        if self.gateway_instance != self.instance:
+            return None
+        return parse_listen(self.gateway.upstream)
+
+    @property
+    def client_url(self) -> str:
+        """Where Ollama's clients connect: the instance's url as the file gives it, which
+        on a part taken over (``gateway.takeover``) is the gateway's address; ``ollama.url``
+        is then Ollama's private one."""
+        return self._client_url or self.ollama.url
 
     def split(self) -> tuple[Policy, ...]:
         """One policy per Ollama instance, each a single-instance policy as without
         ``instances:``: its ollama section is the instance's, vram.gpus its GPUs, its models
         those that name it. Everything that runs against one Ollama takes one of these. A
-        policy without ``instances:`` is its own only part, the instance ``default``."""
+        policy without ``instances:`` is its own only part, the instance ``default``.
+
+        With ``gateway.takeover``, the part of the instance the gateway fronts talks to
+        Ollama at ``gateway.upstream`` (its ``ollama.url``), and its gateway listens at the
+        instance's url as the file gives it (:attr:`client_url`)."""
         if self.instances is None:
-            return (self,)
+            return (self._taken_over(),)
         only = self.instances[0].name if len(self.instances) == 1 else None
         parts = []
         for index, section in enumerate(self.instances):
@@ -577,8 +612,25 @@ class Policy(_Section):
             )
             part._instance = section.name
             part._instance_key = f"instances[{index}]"
-            parts.append(part)
+            parts.append(part._taken_over())
         return tuple(parts)
+
+    def _taken_over(self) -> Policy:
+        """This single-instance policy as :meth:`split` gives it with takeover."""
+        upstream = self.takeover
+        if upstream is None or self._client_url is not None:
+            return self
+        public = takeover_address(self.ollama.url)
+        if public is None:  # refused when the file is read; a policy built in code
+            raise ValueError(f"gateway.takeover: {self.ollama.url} is not a local http:// address")
+        part = self.model_copy(
+            update={
+                "ollama": self.ollama.model_copy(update={"url": f"http://{upstream}"}),
+                "gateway": self.gateway.model_copy(update={"listen": str(public)}),
+            }
+        )
+        part._client_url = self.ollama.url
+        return part
 
     @property
     def pinned(self) -> tuple[ModelPolicy, ...]:
@@ -592,6 +644,23 @@ class Policy(_Section):
         for entry in self.models:
             if entry.name == name:
                 return entry
+        return None
+
+
+def takeover_address(url: str) -> ListenAddress | None:
+    """The address the gateway takes over from an Ollama at ``url`` (a normalized
+    ``ollama.url``): its host and port when it is plain http:// to an IP address or localhost,
+    with no path; else None (the gateway cannot listen there)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.path or parts.hostname is None or parts.port is None:
+        return None
+    try:
+        return parse_listen(
+            f"[{parts.hostname}]:{parts.port}"
+            if ":" in parts.hostname
+            else f"{parts.hostname}:{parts.port}"
+        )
+    except ValueError:
         return None
 
 
