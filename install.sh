@@ -18,6 +18,7 @@ PREFIX=/opt/sentinel-keeper
 BIN_LINK=/usr/local/bin/sentinel-keeper
 UNIT_DIR=/etc/systemd/system
 UNIT=sentinel-keeper.service
+SOCKET=sentinel-keeper-gateway.socket # gateway.takeover: installed, never enabled here
 POLICY_DIR=/etc/sentinel
 STATE_DIRS=(/var/lib/sentinel-keeper /var/lib/private/sentinel-keeper)
 DROPIN_NAME=zz-sentinel-keeper.conf
@@ -90,7 +91,27 @@ remove_dropins() {
     done
 }
 
+remove_socket() {
+    # The gateway's socket (gateway.takeover) holds Ollama's usual address: it goes first, before
+    # the keeper (whom a connection to it would start again) and before the drop-ins (whose
+    # removal moves Ollama back to that address).
+    if ((systemd)); then
+        if systemctl is-active --quiet "$SOCKET" || systemctl is-enabled --quiet "$SOCKET" 2>/dev/null; then
+            if systemctl disable --now "$SOCKET"; then
+                say "stopped and disabled $SOCKET: Ollama can take its address back"
+            else
+                say "warning: could not stop and disable $SOCKET; Ollama cannot listen at its address while it runs"
+            fi
+        fi
+    fi
+    if [[ -e $DESTDIR$UNIT_DIR/$SOCKET ]]; then
+        rm -f "$DESTDIR$UNIT_DIR/$SOCKET"
+        say "removed $UNIT_DIR/$SOCKET"
+    fi
+}
+
 uninstall() {
+    remove_socket
     if ((systemd)); then
         if systemctl is-active --quiet "$UNIT" || systemctl is-enabled --quiet "$UNIT" 2>/dev/null; then
             if systemctl disable --now "$UNIT"; then
@@ -227,6 +248,7 @@ fi
 install -d "$DESTDIR$(dirname "$BIN_LINK")" "$DESTDIR$UNIT_DIR" "$DESTDIR$POLICY_DIR"
 ln -sfn "$PREFIX/bin/sentinel-keeper" "$DESTDIR$BIN_LINK"
 install -m 0644 "$here/systemd/$UNIT" "$DESTDIR$UNIT_DIR/$UNIT"
+install -m 0644 "$here/systemd/$SOCKET" "$DESTDIR$UNIT_DIR/$SOCKET"
 # the unit's Documentation= names the README; docs/ beside it, where its links point
 install -D -m 0644 "$here/README.md" "$venv/share/doc/sentinel-keeper/README.md"
 install -d "$venv/share/doc/sentinel-keeper/docs"
