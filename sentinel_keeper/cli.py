@@ -731,7 +731,7 @@ def _socket_holds_the_address() -> None:
     """After --remove: the gateway's socket unit (gateway.takeover) still listening at
     Ollama's usual address keeps Ollama from taking it back."""
     unit = systemd.GATEWAY_SOCKET
-    if systemd.unit_active(unit):
+    if systemd.gateway_socket_active():
         _err(
             f"warning: {unit} is active: it holds the address Ollama listened at before "
             "gateway.takeover, so Ollama cannot take it back until "

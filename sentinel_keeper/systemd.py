@@ -123,18 +123,15 @@ def try_restart_no_block(unit: str) -> tuple[str, ...]:
     return _systemctl("try-restart", "--no-block", unit)
 
 
-def unit_active(unit: str) -> bool | None:
-    """``systemctl is-active --quiet UNIT``: whether ``unit`` is active; None when systemctl
-    cannot say (not on PATH, did not finish)."""
-    problem = unit_name_problem(unit)
-    if problem is not None:
-        raise SystemdError(f"{problem}, got {unit!r}")
+def gateway_socket_active() -> bool | None:
+    """``systemctl is-active --quiet sentinel-keeper-gateway.socket``: whether the gateway's
+    socket unit listens; None when systemctl cannot say (not on PATH, did not finish)."""
     exe = shutil.which("systemctl")
     if exe is None:
         return None
     try:
         done = subprocess.run(
-            [exe, "is-active", "--quiet", unit],
+            [exe, "is-active", "--quiet", GATEWAY_SOCKET],
             capture_output=True,
             timeout=SYSTEMCTL_TIMEOUT_S,
             check=False,

@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 STAND_IN = """#!/bin/sh
 printf '%s\\n' "$*" >> "$SYSTEMCTL_LOG"
+if [ "$1" = is-active ] && [ -n "$SYSTEMCTL_INACTIVE" ]; then
+    exit 3
+fi
 if [ -n "$SYSTEMCTL_FAIL" ]; then
     echo "Failed to $1: $SYSTEMCTL_FAIL" >&2
     exit 1
@@ -191,6 +194,39 @@ def test_remove_deletes_and_reloads(setup: Setup) -> None:
     again = setup.run("--remove")
     assert again.returncode == 0
     assert again.stdout == f"{setup.dropin}: not there, nothing to remove\n"
+
+
+@slow
+def test_takeover_moves_ollama_to_the_private_address(setup: Setup) -> None:
+    setup.policy.write_text(
+        "ollama:\n  keep_alive: -1\ngateway:\n  takeover: true\n  upstream: 127.0.0.1:11500\n"
+    )
+    done = setup.run()
+    assert done.returncode == 0, done.stderr
+    assert setup.dropin.read_text().endswith(
+        '[Service]\nEnvironment="OLLAMA_KEEP_ALIVE=-1"\nEnvironment="OLLAMA_HOST=127.0.0.1:11500"\n'
+    )
+    # the drop-in changed: Ollama restarts onto the private port
+    assert setup.calls() == ["daemon-reload", "try-restart --no-block ollama.service"]
+
+
+@slow
+def test_remove_warns_while_the_gateway_s_socket_holds_ollama_s_address(setup: Setup) -> None:
+    setup.run()
+    done = setup.run("--remove")
+    assert done.returncode == 0, done.stderr
+    assert "is-active --quiet sentinel-keeper-gateway.socket" in setup.calls()
+    assert (
+        "warning: sentinel-keeper-gateway.socket is active: it holds the address Ollama "
+        "listened at before gateway.takeover, so Ollama cannot take it back until "
+        "`systemctl disable --now sentinel-keeper-gateway.socket`"
+    ) in done.stderr
+    setup.run()
+    setup.env["SYSTEMCTL_INACTIVE"] = "1"
+    quiet = setup.run("--remove")
+    assert quiet.returncode == 0
+    assert "sentinel-keeper-gateway.socket" not in quiet.stderr
+    assert not setup.dropin.exists()
 
 
 @slow
