@@ -25,7 +25,7 @@ from sentinel_keeper.units import format_duration
 
 def starting_event(policy: Policy, path: str, version: str, watchdog: float | None) -> LogEvent:
     where: dict[str, object] = (
-        {"ollama": policy.ollama.url}
+        {"ollama": policy.split()[0].ollama.url}  # with gateway.takeover, its private one
         if policy.instances is None
         else {"instances": ",".join(policy.instance_names)}
     )

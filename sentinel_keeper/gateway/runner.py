@@ -117,7 +117,8 @@ class Gateway:
             {
                 "listen": f"{address.connect_host}:{server.port}",
                 "ollama": self._view.policy.ollama.url,
-                "socket": "systemd's" if sock is not None else "its own",
+                # passed: systemd's (sentinel-keeper-gateway.socket); bound: its own
+                "socket": "passed" if sock is not None else "bound",
             },
         )
 

@@ -124,6 +124,20 @@ def daemon_command(time_scale: float = 1.0) -> list[str]:
     return [sys.executable, "-m", "tests.support.scaled_daemon", repr(time_scale)]
 
 
+# What systemd does for a socket unit's service: the listening socket as fd 3, LISTEN_FDS and
+# LISTEN_PID (this process's pid, which exec keeps) in the environment, then the program.
+SOCKET_ACTIVATE = """
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
 class DaemonProcess:
     """``sentinel-keeper --policy P run ARGS`` with NOTIFY_SOCKET bound here (``notify``: a
     :class:`NotifySocket`, or the path of any socket), a STATE_DIRECTORY in ``workdir``, no
@@ -140,6 +154,7 @@ class DaemonProcess:
         time_scale: float = 1.0,
         log_format: Literal["journal", "json"] = "journal",
         env: Mapping[str, str] | None = None,
+        listen_socket: socket.socket | None = None,
     ) -> None:
         read_fd, write_fd = os.pipe()
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("WATCHDOG_", "NOTIFY"))}
@@ -157,13 +172,19 @@ class DaemonProcess:
             args = (*args, "--log-format", "json")
         environ.update(env or {})
         self.started = time.monotonic()
+        command = [*daemon_command(time_scale), "--policy", str(policy), "run", *args]
+        passed: tuple[int, ...] = ()
+        if listen_socket is not None:  # socket activation, as sentinel-keeper-gateway.socket
+            passed = (listen_socket.fileno(),)
+            command = [sys.executable, "-c", SOCKET_ACTIVATE, str(passed[0]), *command]
         self.proc = subprocess.Popen(
-            [*daemon_command(time_scale), "--policy", str(policy), "run", *args],
+            command,
             cwd=ROOT,
             env=environ,
             stdin=subprocess.DEVNULL,
             stdout=write_fd,
             stderr=write_fd,
+            pass_fds=passed,
         )
         os.close(write_fd)
         self._lock = threading.Lock()
