@@ -46,6 +46,7 @@ from sentinel_keeper.daemon.signals import SignalFlags
 from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.events import LogEvent, advance, pass_events
 from sentinel_keeper.gpu import GpuProbe
+from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.listenfds import address_of, listens_at, take_listen_fds
 from sentinel_keeper.logs import LEVEL_NUMBERS
 from sentinel_keeper.metrics.counts import ReloadResult, add_reload, count_pass
@@ -312,6 +313,28 @@ class Daemon:
 
     # -- the gateway -------------------------------------------------------------------------
 
+    def _release_passed_socket(self, wanted: ListenAddress | None) -> None:
+        """A reload that moves the gateway off the passed socket's address (takeover off)
+        closes the daemon's copy: only systemd's stays (disabling the socket unit frees the
+        address for Ollama)."""
+        sock = self._gateway_socket
+        if sock is None or (wanted is not None and listens_at(sock, wanted)):
+            return
+        self._event(
+            LogEvent(
+                "listen_socket_closed",
+                "info",
+                {
+                    "address": str(address_of(sock)),
+                    "why": "the gateway no longer listens there",
+                },
+            )
+        )
+        self._gateway_socket = None
+        if self._gateway is not None:
+            self._gateway.forget_socket()
+        sock.close()
+
     def _sort_passed_sockets(self) -> None:
         """Keep the socket systemd passed that listens at the gateway's address (the
         gateway serves on it instead of binding); log and close any other, once."""
@@ -343,6 +366,7 @@ class Daemon:
         pass of that instance)."""
         name = self.policy.gateway_instance
         loop = self.loops.get(name) if name is not None else None
+        self._release_passed_socket(loop.policy.gateway.address if loop is not None else None)
         if loop is None:
             if self._gateway is not None:
                 self._gateway.stop()

@@ -84,6 +84,11 @@ class Gateway:
     def stop(self) -> None:
         self._close("stopping")
 
+    def forget_socket(self) -> None:
+        """The passed socket is closed (the policy no longer listens there): bind from now
+        on. A server already on it keeps its own copy until it moves or stops."""
+        self._inherited = None
+
     @property
     def port(self) -> int | None:
         return self._server.port if self._server is not None else None
