@@ -335,8 +335,10 @@ async def _streams_for(port: int, concurrency: int, seconds: float) -> tuple[int
                         async for _ in response.aiter_lines():
                             chunks += 1
                     answers += 1
-                except httpx.HTTPError:
+                except httpx.HTTPError as exc:
                     errors += 1
+                    if errors <= 3:
+                        print(f"port {port}: {type(exc).__name__}: {exc}", flush=True)
 
         await asyncio.wait_for(
             asyncio.gather(*(worker(w) for w in range(concurrency))), seconds + 60
