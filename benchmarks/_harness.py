@@ -139,8 +139,13 @@ def write_policy(
     metrics: str | None = None,
     time_scale: float = 1.0,
     backoff_after: int | None = None,
+    gateway: Sequence[str] = (),
+    vram_budget: int | None = None,
 ) -> Path:
     """``metrics``: the listen address of the metrics endpoint, None to turn it off.
+    ``gateway``: the lines of a ``gateway:`` section (``listen: 127.0.0.1:PORT``...), none:
+    no gateway. ``vram_budget``: the ``vram.budget`` in bytes (the GPU memory the gateway's
+    foreign rule reckons with where there is no NVML, as here).
     ``time_scale``: the daemon runs against a double that many times faster than real time,
     so the policy's durations about Ollama's clock (the reload back-off's) are divided by it,
     as the interval is by the caller. ``backoff_after``: the reload back-off's ``after``."""
@@ -165,6 +170,11 @@ def write_policy(
     for pinned in models:
         lines.append(f"  - name: {pinned.model.name}")
         lines.append(f"    options: {{num_ctx: {pinned.num_ctx}}}")
+    if vram_budget is not None:
+        lines += ["vram:", f"  budget: {vram_budget}"]
+    if gateway:
+        lines.append("gateway:")
+        lines += [f"  {line}" for line in gateway]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

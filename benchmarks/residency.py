@@ -12,7 +12,16 @@ strategy, each in a fresh double:
   and keep_alive -1 to each pinned model (the usual crontab of curl lines; it sends the
   policy's num_ctx, which is generous: a curl without it would reload the models);
 - ``sentinel-keeper``: the real daemon (``python -m sentinel_keeper run``) as a subprocess
-  with a policy naming the pinned models, OLLAMA_KEEP_ALIVE=-1 as its drop-in writes it.
+  with a policy naming the pinned models, OLLAMA_KEEP_ALIVE=-1 as its drop-in writes it;
+- ``gateway``: the same daemon with its gateway on (``gateway.listen``: a free loopback
+  port), and the clients sending their requests to the gateway instead of Ollama (the
+  daemon's own loads still go to Ollama directly). One run per ``foreign:`` setting
+  (``--gateway-foreign``, default evict, queue, cpu and reject), each on the same workload.
+  The double has no NVML, so the policy sets ``vram.budget`` to the double's 24 GiB: the
+  memory the foreign rule reckons with. The gateway's ``queue_timeout`` is real seconds
+  while the double runs scaled: the policy gets 30 s of simulated time divided by the time
+  scale (250 ms at 120). A client meeting the gateway's 502 (Ollama unreachable, during a
+  restart) retries as a direct client does on a refused connection.
 
 Time. The double runs ``--time-scale`` times faster than real time: its clock, keep_alive
 expiries, load times and the first-token time are all scaled. Every figure is in simulated
@@ -44,6 +53,8 @@ import http.client
 import json
 import random
 import shlex
+import socket
+import statistics
 import sys
 import threading
 import time
@@ -65,15 +76,22 @@ from benchmarks._harness import (
     percentile,
     write_policy,
 )
+from tests.support.daemon import free_port
 from tests.support.ollama_double import CompletionRecord, LoadRecord, OllamaDouble, UnloadRecord
 
-STRATEGIES = ("none", "keep-alive-forever", "cron", "sentinel-keeper")
+STRATEGIES = ("none", "keep-alive-forever", "cron", "sentinel-keeper", "gateway")
+FOREIGN_SETTINGS = ("evict", "queue", "cpu", "reject")
 LABELS = {
     "none": "none (5m default)",
     "keep-alive-forever": "OLLAMA_KEEP_ALIVE=-1",
     "cron": "cron warm-up every 5m",
     "sentinel-keeper": "sentinel-keeper",
+    **{
+        f"gateway:{foreign}": f"sentinel-keeper + gateway (foreign: {foreign})"
+        for foreign in FOREIGN_SETTINGS
+    },
 }
+QUEUE_TIMEOUT = 30.0  # simulated seconds: the policy default of gateway.queue_timeout
 CRON_PERIOD = 300.0  # simulated seconds
 DAEMON_INTERVAL = 15.0  # simulated seconds: the policy default
 PRODUCTION_INTERVAL = 15.0  # real seconds, for the real-time re-warm phase
@@ -245,6 +263,9 @@ class ClientResult:
     attempts: int
     tokens: int = 0
     error: str | None = None
+    status: int | None = None  # the last HTTP status (None: no answer)
+    seconds: float = 0.0  # real seconds of the last attempt
+    gateway_502: int = 0  # attempts the gateway answered 502 (Ollama unreachable)
 
 
 def generate(
@@ -294,20 +315,45 @@ def run_client(host: str, port: int, request: Request) -> ClientResult:
     if request.keep_alive is not None:
         body["keep_alive"] = request.keep_alive
     deadline = time.monotonic() + CLIENT_RETRY_REAL_SECONDS
-    attempts = 0
+    attempts = bad_gateway = 0
     while True:
         attempts += 1
+        began = time.monotonic()
         try:
             status, answer = generate(host, port, body)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             # Ollama restarting: the connection is refused or cut. A client tries again.
             if time.monotonic() > deadline:
-                return ClientResult(request, False, attempts, error=type(exc).__name__)
+                return ClientResult(
+                    request, False, attempts, error=type(exc).__name__, gateway_502=bad_gateway
+                )
+            time.sleep(0.01)
+            continue
+        took = time.monotonic() - began
+        if status == 502 and time.monotonic() <= deadline:
+            # the gateway's word for a refused connection: Ollama restarting
+            bad_gateway += 1
             time.sleep(0.01)
             continue
         if status != 200:
-            return ClientResult(request, False, attempts, error=f"HTTP {status}: {answer}")
-        return ClientResult(request, True, attempts, tokens=int(answer.get("eval_count", 0)))
+            return ClientResult(
+                request,
+                False,
+                attempts,
+                error=f"HTTP {status}: {answer}",
+                status=status,
+                seconds=took,
+                gateway_502=bad_gateway,
+            )
+        return ClientResult(
+            request,
+            True,
+            attempts,
+            tokens=int(answer.get("eval_count", 0)),
+            status=200,
+            seconds=took,
+            gateway_502=bad_gateway,
+        )
 
 
 # --- strategies -----------------------------------------------------------------------------
@@ -334,6 +380,10 @@ class Strategy:
 
     def cpu_seconds(self) -> float | None:
         return None
+
+    def client_address(self, double: OllamaDouble) -> tuple[str, int]:
+        """Where the workload's clients send their requests."""
+        return double.host, double.port
 
 
 class KeepAliveForever(Strategy):
@@ -427,6 +477,7 @@ class Keeper(Strategy):
             double.url,
             interval=real_interval,
             time_scale=scale if self.scaled else 1.0,
+            **self.policy_extras(scale),
         )
         self.notify = NotifySocket(workdir / "notify.sock")
         constants_scale = scale if self.scaled and not self.stock else 1.0
@@ -460,8 +511,48 @@ class Keeper(Strategy):
             return 0
         return sum(1 for line in self.daemon.lines() if '"ollama_unreachable"' in line)
 
+    def policy_extras(self, scale: float) -> dict[str, Any]:
+        """More of the policy (write_policy's keyword arguments)."""
+        return {}
+
+
+class GatewayKeeper(Keeper):
+    """The daemon with its gateway on, the clients sending their requests to it."""
+
+    def __init__(self, foreign: str, *, stock: bool = False) -> None:
+        super().__init__(stock=stock)
+        self.foreign = foreign
+        self.name = f"gateway:{foreign}"
+        self.port = free_port()
+
+    def policy_extras(self, scale: float) -> dict[str, Any]:
+        return {
+            "gateway": [
+                f"listen: 127.0.0.1:{self.port}",
+                f"foreign: {self.foreign}",
+                f"queue_timeout: {_harness.format_seconds(QUEUE_TIMEOUT / scale)}",
+            ],
+            "vram_budget": _harness.VRAM,
+        }
+
+    def setup(self, double: OllamaDouble, workdir: Path, scale: float) -> None:
+        super().setup(double, workdir, scale)
+        deadline = time.monotonic() + 30
+        while True:  # READY=1 comes after the first pass, and the gateway with it
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the gateway does not listen on port {self.port}")
+            time.sleep(0.05)
+
+    def client_address(self, double: OllamaDouble) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
 
 def make_strategy(name: str, *, stock_daemon: bool = False) -> Strategy:
+    if name.startswith("gateway:"):
+        return GatewayKeeper(name.split(":", 1)[1], stock=stock_daemon)
     if name == "none":
         return Strategy()
     if name == "keep-alive-forever":
@@ -512,13 +603,14 @@ def run_strategy(workload: Workload, strategy: Strategy, scale: float, workdir: 
         unload_log_before = len(double.unload_log)
         completions_before = len(double.completions)
         strategy.start(double, t0, scale, workload.end)
+        address = strategy.client_address(double)
 
         def stream_loop(stream: Sequence[Request]) -> None:
             for request in stream:
                 delay = t0 + request.at / scale - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                result = run_client(double.host, double.port, request)
+                result = run_client(*address, request)
                 with lock:
                     results.append(result)
 
@@ -595,6 +687,11 @@ class Figures:
     outages_seen: int | None = None
     causes: dict[str, int] = field(default_factory=dict)
     ttfb_not_evicted: list[float] = field(default_factory=list)  # without "evicted" cold hits
+    foreign_ttfb: list[float] = field(default_factory=list)  # answered ones, simulated s
+    foreign_refused: int = 0  # answered 503 by the gateway (reject, or queue timed out)
+    foreign_refused_wait: list[float] = field(default_factory=list)  # simulated s to the 503
+    other_failed: int = 0  # other-num_ctx and foreign requests with no answer at all
+    bad_gateway: int = 0  # attempts the gateway answered 502 (the client tried again)
 
     @property
     def cold_share(self) -> float:
@@ -674,13 +771,20 @@ def figures(result: RunResult) -> Figures:
     pinned_ttfb: list[float] = []
     warm: list[float] = []
     cold = other = other_cold = foreign = foreign_cold = failed = 0
-    client_tokens = 0
+    client_tokens = other_failed = foreign_refused = 0
+    foreign_ttfb: list[float] = []
+    foreign_refused_wait: list[float] = []
     for client in result.clients:
         request = client.request
         record = by_prompt.get(request.prompt)
         if record is None:
             if request.kind == "pinned":
                 failed += 1
+            elif request.kind == "foreign" and client.status == 503:
+                foreign_refused += 1
+                foreign_refused_wait.append(client.seconds * result.scale)
+            else:
+                other_failed += 1
             continue
         client_tokens += record.tokens
         is_cold = not record.warm
@@ -697,6 +801,7 @@ def figures(result: RunResult) -> Figures:
         else:
             foreign += 1
             foreign_cold += is_cold
+            foreign_ttfb.append(record.wait_seconds + FIRST_TOKEN_SECONDS)
     client_prompts = {c.request.prompt for c in result.clients}
     by_prompt_request = {c.request.prompt: c.request.kind for c in result.clients}
     keep_warm = sum(c.tokens for c in result.completions if c.prompt not in client_prompts)
@@ -732,6 +837,11 @@ def figures(result: RunResult) -> Figures:
         outages_seen=result.outages_seen,
         causes=counts,
         ttfb_not_evicted=not_evicted,
+        foreign_ttfb=foreign_ttfb,
+        foreign_refused=foreign_refused,
+        foreign_refused_wait=foreign_refused_wait,
+        other_failed=other_failed,
+        bad_gateway=sum(c.gateway_502 for c in result.clients),
     )
 
 
@@ -816,12 +926,53 @@ class Target:
     measured: str
 
 
+def gateway_targets(by_name: dict[str, Figures]) -> list[Target]:
+    """The gateway's: pinned cold hits <= 0.5% with every client going through it (only
+    restarts left as a cause), and the other clients not colder than with no keeper."""
+    out: list[Target] = []
+    none = by_name.get("none")
+    for name, f in by_name.items():
+        if not name.startswith("gateway:"):
+            continue
+        foreign = name.split(":", 1)[1]
+        left = {c: n for c, n in f.causes.items() if n and c != "restart"}
+        out.append(
+            Target(
+                f"cold-hit share <= 0.5%, causes left: restarts only (gateway, foreign: {foreign})",
+                f.cold_share <= TARGET_COLD_SHARE and not left,
+                f"{f.cold_share:.2%} ({f.cold} of {f.pinned}; restart "
+                f"{f.causes.get('restart', 0)}"
+                + "".join(f", {c} {n}" for c, n in left.items())
+                + ")",
+            )
+        )
+        if none is None:
+            continue
+        worse = []
+        if f.other_ctx_cold > none.other_ctx_cold:
+            worse.append("other num_ctx")
+        if f.foreign_cold > none.foreign_cold:
+            worse.append("foreign")
+        refused = f" ({f.foreign_refused} foreign requests refused)" if f.foreign_refused else ""
+        out.append(
+            Target(
+                f"other clients not colder than with no keeper (gateway, foreign: {foreign})",
+                not worse,
+                f"other num_ctx cold {f.other_ctx_cold} of {f.other_ctx} (none: "
+                f"{none.other_ctx_cold} of {none.other_ctx}), foreign cold {f.foreign_cold} of "
+                f"{f.foreign} answered{refused} (none: {none.foreign_cold} of {none.foreign})"
+                + (f"; colder: {', '.join(worse)}" if worse else ""),
+            )
+        )
+    return out
+
+
 def targets(by_name: dict[str, Figures], samples: Sequence[RewarmSample]) -> list[Target]:
     out: list[Target] = []
     keeper = by_name.get("sentinel-keeper")
     cron = by_name.get("cron")
     if keeper is None:
-        return out
+        return gateway_targets(by_name)
     share = keeper.cold_share
     evicted = keeper.causes.get("evicted", 0)
     others = keeper.pinned - evicted
@@ -878,7 +1029,7 @@ def targets(by_name: dict[str, Figures], samples: Sequence[RewarmSample]) -> lis
                 "not measured (--rewarm-restarts 0)",
             )
         )
-    return out
+    return out + gateway_targets(by_name)
 
 
 def markdown(
@@ -962,6 +1113,30 @@ def markdown(
         )
     lines += [
         "",
+        f"The foreign-model requests' cost ({workload.count('foreign')} requests to "
+        f"{FOREIGN.name}, which does not fit beside the pinned models). Answered: Ollama "
+        "(the double) generated the answer; TTFB as above. Refused: the gateway answered 503 "
+        "(`foreign: reject` at once, `foreign: queue` after its queue_timeout); the wait is "
+        "the client's real time to that answer x the time scale. Evicted pinned: the pinned "
+        "requests that met a model evicted to make room for another (the foreign one, or "
+        "the other-num_ctx reload of llama3.2:1b). 502s: the gateway's answers while "
+        "Ollama restarted, which the client retried:",
+        "",
+        "| strategy | answered | cold | TTFB mean ms | TTFB max ms | refused (503) "
+        "| mean wait to the 503 ms | no answer | evicted pinned | 502s retried |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for f in results:
+        mean = ms(statistics.fmean(f.foreign_ttfb)) if f.foreign_ttfb else "-"
+        top = ms(max(f.foreign_ttfb)) if f.foreign_ttfb else "-"
+        wait = ms(statistics.fmean(f.foreign_refused_wait)) if f.foreign_refused_wait else "-"
+        lines.append(
+            f"| {LABELS[f.strategy]} | {f.foreign} of {workload.count('foreign')} "
+            f"| {f.foreign_cold} | {mean} | {top} | {f.foreign_refused} | {wait} "
+            f"| {f.other_failed} | {f.causes.get('evicted', 0)} | {f.bad_gateway} |"
+        )
+    lines += [
+        "",
         "Cold hits on pinned models by cause: the last thing that happened to the model "
         "before the request arrived, from the double's log (evicted: to make room for "
         "another model; other num_ctx: loaded with other options; not loaded yet: since "
@@ -976,7 +1151,14 @@ def markdown(
             + " | ".join(str(f.causes.get(c, 0)) for c in CAUSES)
             + " |"
         )
-    keeper = next((f for f in results if f.strategy == "sentinel-keeper"), None)
+    keeper = next(
+        (
+            f
+            for f in results
+            if f.strategy == "sentinel-keeper" or f.strategy.startswith("gateway:")
+        ),
+        None,
+    )
     lines += [""]
     if keeper is not None:
         lines += [
@@ -996,6 +1178,20 @@ def markdown(
                 "time. "
             )
             + f"It logged {keeper.outages_seen} outages of Ollama.",
+            "",
+        ]
+    if any(f.strategy.startswith("gateway:") for f in results):
+        lines += [
+            "sentinel-keeper + gateway: the same daemon with `gateway.listen` on a free "
+            "loopback port; the workload's clients send their requests to the gateway, the "
+            "daemon's own loads go to Ollama directly. One run of the whole workload per "
+            "`gateway.foreign` setting. There is no NVML here, so the policy sets "
+            f"`vram.budget: {_harness.VRAM}` (the double's {_harness.VRAM // 1024**3} GiB), "
+            "the memory the foreign rule reckons with. `gateway.queue_timeout` is real "
+            f"seconds: the policy gets {QUEUE_TIMEOUT:g} s simulated (the default) divided by "
+            f"the time scale, `{_harness.format_seconds(QUEUE_TIMEOUT / scale)}`; the "
+            "gateway's poll of a queued request (every 0.5 s real) is not scaled, so a "
+            "queued request is looked at again only at its deadline.",
             "",
         ]
     if samples:
@@ -1033,12 +1229,17 @@ SHORT_LABELS = {
     "keep-alive-forever": "OLLAMA_\nKEEP_ALIVE=-1",
     "cron": "cron\nevery 5m",
     "sentinel-keeper": "sentinel-\nkeeper",
+    **{f"gateway:{f}": f"+ gateway\n{f}" for f in FOREIGN_SETTINGS},
 }
 COLORS = {
     "none": "tab:blue",
     "keep-alive-forever": "tab:orange",
     "cron": "tab:green",
     "sentinel-keeper": "tab:red",
+    "gateway:evict": "tab:purple",
+    "gateway:queue": "tab:brown",
+    "gateway:cpu": "tab:pink",
+    "gateway:reject": "tab:olive",
 }
 
 
@@ -1049,7 +1250,7 @@ def plot(results: Sequence[Figures], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, (left, right) = plt.subplots(
-        1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.6]}
+        1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1.5, 1.6]}
     )
     labels = [SHORT_LABELS[f.strategy] for f in results]
     shares = [100 * f.cold_share for f in results]
@@ -1078,7 +1279,7 @@ def plot(results: Sequence[Figures], path: Path, title: str) -> None:
     left.set_ylabel("pinned-model requests that met a cold model, %")
     left.set_title("cold hits")
     left.set_ylim(0, max(shares + [1.0]) * 1.25)
-    left.tick_params(axis="x", labelsize=8)
+    left.tick_params(axis="x", labelsize=7)
     for f in results:
         xs = sorted(f.ttfb)
         n = len(xs)
@@ -1123,6 +1324,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated, from {', '.join(STRATEGIES)}",
     )
     p.add_argument(
+        "--gateway-foreign",
+        default=",".join(FOREIGN_SETTINGS),
+        help="the gateway strategy's runs: one per gateway.foreign setting, comma-separated",
+    )
+    p.add_argument(
         "--rewarm-restarts",
         type=int,
         default=5,
@@ -1165,9 +1371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [n for n in names if n not in STRATEGIES]
+    foreigns = [s.strip() for s in args.gateway_foreign.split(",") if s.strip()]
+    unknown += [f"gateway foreign {f}" for f in foreigns if f not in FOREIGN_SETTINGS]
     if unknown:
         print(f"unknown strategies: {', '.join(unknown)}", file=sys.stderr)
         return 2
+    if "gateway" in names:
+        at = names.index("gateway")
+        names[at : at + 1] = [f"gateway:{f}" for f in foreigns]
     _harness.quiet_double_errors()
     sys.setswitchinterval(0.0005)  # threads get the GIL sooner: less noise in the timings
     command = "python -m benchmarks.residency " + " ".join(
@@ -1195,7 +1406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             + "), "
             f"TTFB p50 {ms(fig.p(0.5))} p99 {ms(fig.p(0.99))} max {ms(max(fig.ttfb))} ms, "
             f"re-warm {rewarm_text(fig.rewarms)}, keep-warm tokens {fig.keep_warm_tokens}, "
-            f"load requests {fig.requests_sent} ({run.wall_seconds:.0f} s)",
+            f"load requests {fig.requests_sent} ({run.wall_seconds:.0f} s); foreign answered "
+            f"{fig.foreign} (cold {fig.foreign_cold}), refused {fig.foreign_refused}; "
+            f"other num_ctx cold {fig.other_ctx_cold}/{fig.other_ctx}; 502s {fig.bad_gateway}",
             flush=True,
         )
     samples: list[RewarmSample] = []

@@ -148,6 +148,8 @@ def test_residency_harness_runs_end_to_end(tmp_path: Path) -> None:
         "20",
         "--rewarm-interval",
         "1",
+        "--gateway-foreign",
+        "evict,reject",
         "--out",
         str(tmp_path),
         "--name",
@@ -167,6 +169,8 @@ def test_residency_harness_runs_end_to_end(tmp_path: Path) -> None:
         "OLLAMA_KEEP_ALIVE=-1",
         "cron warm-up every 5m",
         "sentinel-keeper",
+        "sentinel-keeper + gateway (foreign: evict)",
+        "sentinel-keeper + gateway (foreign: reject)",
     ]
     # the same workload for every strategy
     assert len({cells[0] for cells in rows.values()}) == 1
@@ -174,13 +178,18 @@ def test_residency_harness_runs_end_to_end(tmp_path: Path) -> None:
     sent = {name: int(cells[8]) for name, cells in rows.items()}
     assert keep_warm["none (5m default)"] == sent["none (5m default)"] == 0
     assert keep_warm["cron warm-up every 5m"] > 0 and sent["cron warm-up every 5m"] > 0
-    assert keep_warm["sentinel-keeper"] == 0  # loads without generating
-    assert sent["sentinel-keeper"] > 0
+    for keeper in ("sentinel-keeper", "sentinel-keeper + gateway (foreign: evict)"):
+        assert keep_warm[keeper] == 0  # loads without generating
+        assert sent[keeper] > 0
+    foreign = table_rows(text, "| strategy | answered | cold | TTFB mean ms")
+    assert list(foreign) == list(rows)
+    assert "## Targets" in text
     cold = {name: int(cells[1].split()[0]) for name, cells in rows.items()}
     assert cold["none (5m default)"] > 0  # the workload does make models cold
     assert re.search(r"^\| 1 \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", text, re.MULTILINE)
-    assert "## Targets" in text
-    assert text.count("**met**") + text.count("**MISSED**") == 5
+    # five for the keeper, two for each gateway run
+    assert text.count("**met**") + text.count("**MISSED**") == 5 + 2 * 2
+    assert "cold-hit share <= 0.5%, causes left: restarts only (gateway, foreign: reject)" in text
     if plot:
         assert (tmp_path / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
