@@ -307,6 +307,53 @@ def test_room_counts_the_headroom_and_the_pinned_models_still_to_load() -> None:
     assert decision.verdict is Verdict.REJECT
 
 
+def test_models_ollama_would_evict_first_make_room() -> None:
+    # 2 GiB free, but an extra (1h keep_alive: evicted before any pinned model) holds 6 GiB
+    crowded = observation(
+        loaded_models=(loaded(PINNED, 6 * GiB, ctx=8192), loaded(EXTRA, 6 * GiB)),
+        installed_models=(installed(PINNED, 5 * GiB), installed("four:4b", 4 * GiB)),
+        gpu=gpus((2 * GiB, 24 * GiB)),
+    )
+    view = GatewayView(POLICY, crowded)
+    assert run({"model": "four:4b"}, view=view, foreign="reject") == Decision("four:4b")
+    # the same 2 GiB free with the pinned model alone in the rest: no room
+    alone = observation(
+        loaded_models=(loaded(PINNED, 12 * GiB, ctx=8192),),
+        installed_models=crowded.installed,
+        gpu=gpus((2 * GiB, 24 * GiB)),
+    )
+    refused = run({"model": "four:4b"}, view=GatewayView(POLICY, alone), foreign="reject")
+    assert refused.verdict is Verdict.REJECT
+
+
+@pytest.mark.parametrize("foreign", ["queue", "cpu", "reject"])
+def test_one_model_too_many_would_evict_a_pinned_one_whatever_its_size(foreign: str) -> None:
+    three = policy(*({"name": f"p{n}:1b"} for n in range(3)))
+    full = observation(
+        loaded_models=tuple(loaded(f"p{n}:1b", 1 * GiB) for n in range(3)),
+        installed_models=(installed(SMALL, 100 * 1024**2),),
+        gpu=gpus((20 * GiB, 24 * GiB)),  # one GPU: Ollama holds 3 models at most
+    )
+    decision = run({"model": SMALL}, view=GatewayView(three, full), foreign=foreign)
+    assert decision.verdict is (Verdict.QUEUE if foreign == "queue" else Verdict.REJECT)
+    assert decision.error is not None and "OLLAMA_MAX_LOADED_MODELS" in decision.error
+    if foreign == "cpu":  # on the CPU it counts all the same
+        assert "on the CPU it would count against that limit too" in decision.error
+    # a limit the policy raises, or a loaded model that is not pinned (evicted first): room
+    roomy = three.model_copy(
+        update={
+            "ollama": three.ollama.model_copy(
+                update={"environment": {"OLLAMA_MAX_LOADED_MODELS": "4"}}
+            )
+        }
+    )
+    assert run({"model": SMALL}, view=GatewayView(roomy, full), foreign=foreign) == (
+        Decision(SMALL)
+    )
+    two = policy({"name": "p0:1b"}, {"name": "p1:1b"})
+    assert run({"model": SMALL}, view=GatewayView(two, full), foreign=foreign) == (Decision(SMALL))
+
+
 def test_without_memory_figures_a_foreign_model_is_forwarded() -> None:
     blind = observation(installed_models=SEEN.installed)
     assert run({"model": FOREIGN}, view=GatewayView(POLICY, blind), foreign="reject") == (

@@ -15,8 +15,10 @@ The rules, each of which the policy can turn off (``gateway:``):
   use_mmap take the pinned model's values. A request that truly needs more context is
   passed as it is, and said (``reload_num_ctx``): it will reload the model.
 - ``foreign``: a model not in the policy, not loaded, that would not fit beside the pinned
-  models in the free GPU memory: ``evict`` forwards it (Ollama then evicts what it must),
-  ``queue`` waits for memory, ``cpu`` loads it with ``num_gpu: 0``, ``reject`` answers 503.
+  models in GPU memory (free, or held by models Ollama would evict first), or that would
+  be one model too many (OLLAMA_MAX_LOADED_MODELS, all of them pinned): ``evict`` forwards
+  it (Ollama then evicts what it must), ``queue`` waits for room, ``cpu`` loads it with
+  ``num_gpu: 0`` (where memory is the only trouble), ``reject`` answers 503.
 
 A body the rules cannot read (not JSON, no model) is forwarded as it came, for Ollama to
 answer in its own way.
@@ -35,7 +37,7 @@ from sentinel_keeper import context
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.observation import Observation
 from sentinel_keeper.ollama_env.goparse import parse_go_duration
-from sentinel_keeper.plan import expected_footprint
+from sentinel_keeper.plan import OLLAMA_MODELS_PER_GPU, expected_footprint, max_loaded_models
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.policy.schema import GatewaySection
 from sentinel_keeper.units import format_duration, format_size
@@ -228,19 +230,23 @@ def _foreign(
     observation = view.observation
     if rules.foreign == "evict" or observation is None or name in observation.loaded_by_name():
         return Decision(name)
-    room = _room(view.policy, observation)
     installed = observation.installed_by_name().get(name)
-    if room is None or installed is None:
-        return Decision(name)  # memory unknown, or Ollama will answer "not found" itself
-    need = installed.size
-    if need <= OLLAMA_FIT_SHARE * room:
-        return Decision(name)
-    why = (
-        f"{name} is not loaded and does not fit beside the pinned models: it needs about "
-        f"{format_size(need)}, {format_size(room)} of GPU memory is left for it; loading "
-        "it would evict a pinned model"
-    )
-    if rules.foreign == "cpu" and path in NATIVE:
+    if installed is None:
+        return Decision(name)  # Ollama will answer "not found" itself
+    why = _crowded(name, view.policy, observation)
+    cpu_helps = False
+    if why is None:
+        room = _room(view.policy, observation)
+        need = installed.size
+        if room is None or need <= OLLAMA_FIT_SHARE * room:
+            return Decision(name)  # it fits, or memory is unknown
+        why = (
+            f"{name} is not loaded and does not fit beside the pinned models: it needs about "
+            f"{format_size(need)}, {format_size(room)} of GPU memory is left for it; "
+            "loading it would evict a pinned model"
+        )
+        cpu_helps = True
+    if rules.foreign == "cpu" and path in NATIVE and cpu_helps:
         options = body.get("options")
         if options is not None and not isinstance(options, dict):
             return Decision(name)
@@ -251,29 +257,49 @@ def _foreign(
         return Decision(name, {**body, "options": new}, (change,))
     if rules.foreign == "queue":
         return Decision(name, verdict=Verdict.QUEUE, error=why)
-    hint = (
-        "set gateway.foreign: evict to let Ollama evict, or add it to the policy"
-        if rules.foreign == "reject"
-        else "the OpenAI-compatible endpoints cannot load it on the CPU (no options there)"
-    )
+    if rules.foreign == "reject":
+        hint = "set gateway.foreign: evict to let Ollama evict, or add it to the policy"
+    elif not cpu_helps:
+        hint = "on the CPU it would count against that limit too"
+    else:
+        hint = "the OpenAI-compatible endpoints cannot load it on the CPU (no options there)"
     return Decision(name, verdict=Verdict.REJECT, error=f"{why} ({hint})")
 
 
+def _crowded(name: str, policy: Policy, observation: Observation) -> str | None:
+    """Why one more model would make Ollama evict a pinned one whatever its size: it holds
+    as many models as it allows (OLLAMA_MAX_LOADED_MODELS; 3 per GPU, at least 3, by
+    default), all of them pinned (it evicts the shortest keep_alive first)."""
+    limit = max_loaded_models(policy, observation) or OLLAMA_MODELS_PER_GPU
+    pinned = {m.name for m in policy.pinned}
+    loaded = observation.loaded
+    if len(loaded) < limit or any(m.name not in pinned for m in loaded):
+        return None
+    return (
+        f"{name} is not loaded and Ollama already holds {len(loaded)} models, as many as it "
+        "allows (OLLAMA_MAX_LOADED_MODELS), all pinned: loading it would evict a pinned model"
+    )
+
+
 def _room(policy: Policy, observation: Observation) -> int | None:
-    """GPU memory a foreign model may take without evicting a pinned one: free memory, less
-    the headroom and the footprints of the pinned models not resident yet (None: unknown)."""
+    """GPU memory a foreign model may take without evicting a pinned one: free memory and
+    what the models Ollama would evict first hold (every loaded model that is not pinned:
+    it evicts the shortest keep_alive first), less the headroom and the footprints of the
+    pinned models not resident yet (None: unknown)."""
     free = observation.gpu.free
     if free is None:
         if policy.vram.budget is None:
             return None
         free = policy.vram.budget - sum(m.size for m in observation.loaded)
+    pinned = {m.name for m in policy.pinned}
+    evictable = sum(m.size_vram for m in observation.loaded if m.name not in pinned)
     loaded = observation.loaded_by_name()
     missing = sum(
         expected_footprint(m, policy, observation) or 0
         for m in policy.pinned
         if m.name not in loaded
     )
-    return max(free - missing - policy.vram.headroom, 0)
+    return max(free + evictable - missing - policy.vram.headroom, 0)
 
 
 def decide(
