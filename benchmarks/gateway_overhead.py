@@ -549,7 +549,11 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
     lines += [
         "",
         f"Throughput: each level for {args.seconds:g} s each way (httpx.AsyncClient, one "
-        f"connection per stream); {errors} failed requests.",
+        f"connection per stream); {errors} failed requests. The client, the double and the "
+        "daemon share the machine's CPUs, so the figures are what is left of them for each: "
+        "the gateway is one asyncio event loop, and where the double has CPU to spare (a few "
+        "concurrent streams) that loop's share is what throughput loses; with many streams "
+        "the double's thread per connection is the limit either way.",
         "",
         "The daemon (gateway and keeper in one process):",
         "",

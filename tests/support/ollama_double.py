@@ -1324,6 +1324,10 @@ def _automatic_batch(ctx_total: int, predicted: int, available: int) -> int:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Go's listener takes the system's somaxconn (4096 on current kernels): a burst of new
+    # connections (a proxy opening one per stream) waits in the backlog, as with Ollama,
+    # instead of overflowing socketserver's default of 5
+    request_queue_size = socket.SOMAXCONN
     double: OllamaDouble
     stop_event: threading.Event
 
