@@ -72,6 +72,7 @@ EXPECTED_CHECKS = (
     "instances-reload",
     "instance-restart-isolated",
     "window-opens",
+    "gateway-takeover",
     "stop-clean",
     "uninstall",
     "purge",
