@@ -701,6 +701,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_SOFTWARE
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """The gateway's own process. It never exits for a policy: an invalid one is logged and
+    the last good copy (or plain forwarding) serves instead."""
+    configure_logging(args.log_format, args.log_level)
+    log = daemon_logger()
+    try:
+        from sentinel_keeper.gateway.process import run_gateway  # noqa: PLC0415 (aiohttp)
+
+        return run_gateway(_policy_path(args), state_dir=args.state_dir)
+    except Exception as exc:
+        log.critical("internal_error", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        return EXIT_SOFTWARE
+
+
 def cmd_apply_override(args: argparse.Namespace) -> int:
     policy = _load(args)
     parts, several = _parts(args, policy), _several(policy)
@@ -890,6 +904,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: journal under journald (JOURNAL_STREAM), else console",
     )
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default: info")
+    gateway = command(
+        "gateway",
+        cmd_gateway,
+        "the gateway's own process: the policy's gateway in front of Ollama (under systemd: "
+        "sentinel-keeper-gateway.service); serves on, unchanged, when the keeper or the "
+        "policy is broken",
+    )
+    gateway.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="auto",
+        help="auto: journal under journald (JOURNAL_STREAM), else console",
+    )
+    gateway.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default: info")
     override = command(
         "apply-override",
         cmd_apply_override,

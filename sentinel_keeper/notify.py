@@ -153,6 +153,16 @@ class Notifier:
             fields.append(("STATUS", self._status))
         self._emit(message(*fields), state_change=True)
 
+    def main_pid_ready(self, pid: int, status: str | None = None) -> None:
+        """MAINPID= with READY=1: this process, started by the main one (an upgrade that
+        re-executes the code), is the service's main process from now on. systemd takes it
+        from a process other than the main one only with NotifyAccess=all."""
+        fields = [("MAINPID", str(pid)), ("READY", "1")]
+        if status is not None:
+            self._status = clean_status(status)
+            fields.append(("STATUS", self._status))
+        self._emit(message(*fields), state_change=True)
+
     def reloading(self, status: str | None = None) -> None:
         """RELOADING=1 with MONOTONIC_USEC, which Type=notify-reload (systemd >= 253) needs to
         match the reload to its request; older systemd ignores the extra field."""

@@ -1,5 +1,6 @@
-"""The gateway in the real daemon: started by the policy, requests through it, its figures
-in the metrics and in `status`; the passes keep their pace while it is saturated."""
+"""The gateway's process beside the real keeper: requests through it, its figures in the
+keeper's metrics and in `status`; the keeper's passes keep their pace while the gateway is
+saturated."""
 
 from __future__ import annotations
 
@@ -51,10 +52,11 @@ def test_requests_through_the_daemon_s_gateway_show_in_status(
     )
     notify = NotifySocket(tmp_path / "notify.sock")
     daemon = DaemonProcess(policy, tmp_path, notify)
+    served = DaemonProcess(policy, tmp_path, tmp_path / "no-notify.sock", command="gateway")
     gateway = f"http://127.0.0.1:{port}"
     metrics = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
-        daemon.wait_event(rf"^<6>gateway_listening listen=127\.0\.0\.1:{port} ollama=")
+        served.wait_event(rf"^<6>gateway_listening listen=127\.0\.0\.1:{port} ollama=")
         notify.wait_for("READY", "1")
         # the keeper loaded it, and its clients find it warm
         request = {"model": PINNED, "prompt": "x", "stream": False, "keep_alive": "5m"}
@@ -62,7 +64,7 @@ def test_requests_through_the_daemon_s_gateway_show_in_status(
             assert (
                 httpx.post(gateway + "/api/generate", json=request, timeout=10).status_code == 200
             )
-        daemon.wait_event(r"^<6>gateway_changed .*field=keep_alive before=5m after=3600")
+        served.wait_event(r"^<6>gateway_changed .*field=keep_alive before=5m after=3600")
         # 64 streams at once through the gateway, a pass a second all the while
         double.token_seconds = 0.25
         double.num_parallel = 64
@@ -123,9 +125,11 @@ def test_requests_through_the_daemon_s_gateway_show_in_status(
         assert f"{PINNED}" in text and "67 requests, 0 cold (0%)" in text
         page = httpx.get(metrics, timeout=5).text
         assert 'sentinel_keeper_gateway_up{instance="default"} 1.0' in page
-        assert daemon.alive()
+        assert daemon.alive() and served.alive()
     finally:
         code = daemon.stop()
+        gateway_code = served.stop()
         notify.close()
-    assert code == 0
-    assert "gateway_stopped" in "\n".join(daemon.lines())
+    assert code == gateway_code == 0
+    assert "gateway_stopped" in "\n".join(served.lines())
+    assert "gateway_" not in "\n".join(daemon.lines())  # the keeper serves nothing

@@ -445,7 +445,7 @@ def test_a_taken_port_is_logged_once_and_retried(double: OllamaDouble, tmp_path:
     events: list[object] = []
     made = Gateway(policy, events.append)
     try:
-        made.start(policy)
+        made.update(policy, None)
         made.update(policy, None)
         assert made.port is None
         assert [e.event for e in events] == ["gateway_unavailable"]  # type: ignore[attr-defined]
@@ -457,5 +457,5 @@ def test_a_taken_port_is_logged_once_and_retried(double: OllamaDouble, tmp_path:
         taken.close()
         made.stop()
     assert json.dumps([e.event for e in events]) == json.dumps(  # type: ignore[attr-defined]
-        ["gateway_unavailable", "gateway_listening", "gateway_stopped"]
+        ["gateway_unavailable", "gateway_listening", "gateway_stopped", "gateway_drained"]
     )

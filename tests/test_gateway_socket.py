@@ -113,14 +113,19 @@ def test_takeover_with_a_passed_socket_queues_clients_across_restarts(
     # sent while nothing accepts: the kernel queues the connection in the held backlog
     early = Pending(f"{gateway}/api/tags")
     notify = NotifySocket(tmp_path / "notify.sock")
-    daemon = DaemonProcess(policy, tmp_path, notify, listen_socket=held)
+    gateway_notify = NotifySocket(tmp_path / "gateway-notify.sock")
+    daemon = DaemonProcess(policy, tmp_path, notify)
+    served = DaemonProcess(
+        policy, tmp_path, gateway_notify, listen_socket=held, command="gateway"
+    )
     try:
         # the keeper's own client talks to Ollama at its private address
         daemon.wait_event(rf"^<6>starting .*ollama=http://127\.0\.0\.1:{private}\b")
-        daemon.wait_event(
+        served.wait_event(
             rf"^<6>gateway_listening listen=127\.0\.0\.1:{public} "
             rf"ollama=http://127\.0\.0\.1:{private} socket=passed"
         )
+        gateway_notify.wait_for("READY", "1")
         assert early.result().json()["models"][0]["name"] == PINNED
         notify.wait_for("READY", "1")  # the pinned model loaded, by the keeper
         assert [i.name for i in double.loaded()] == [PINNED]
@@ -131,36 +136,45 @@ def test_takeover_with_a_passed_socket_queues_clients_across_restarts(
         assert answer.status_code == 200, answer.text
         assert len(double.requests_to("/api/generate")) == loads + 1
         # the keeper's loads did not go through the gateway: only the client's request did
+        # (the gateway's figures reach the keeper's metrics through its figures file)
         wait_until("the gateway's count", lambda: generates(metrics) == 1.0)
         assert daemon.events(min_level=4)["listen_socket_unused"] == 0
-        assert daemon.stop() == 0
+        assert served.events(min_level=4)["listen_socket_unused"] == 0
+        assert served.stop() == 0
 
         # stop and start with the same held socket: a request in the gap is answered
         gap = Pending(f"{gateway}/api/version")
         assert gap.answer is None
-        again = DaemonProcess(policy, tmp_path, notify, listen_socket=held)
+        again = DaemonProcess(
+            policy, tmp_path, gateway_notify, listen_socket=held, command="gateway"
+        )
         try:
             assert gap.result().status_code == 200
             again.wait_event(r"^<6>gateway_listening .*socket=passed")
         finally:
             again.stop()
     finally:
+        served.stop()
         daemon.stop()
         notify.close()
+        gateway_notify.close()
 
 
 @pytest.mark.slow
-def test_a_passed_socket_the_gateway_does_not_use_is_logged_and_closed(
-    tmp_path: Path, double: OllamaDouble, held: socket.socket
+@pytest.mark.parametrize("command", ["gateway", "run"])
+def test_a_passed_socket_nothing_uses_is_logged_and_closed(
+    tmp_path: Path, double: OllamaDouble, held: socket.socket, command: str
 ) -> None:
+    """The gateway's process with a policy that turns the gateway off, and the keeper,
+    which serves no socket at all (the socket unit names the gateway's service)."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"interval: 1s\nollama:\n  url: {double.url}\nmetrics:\n  listen: null\n")
     notify = NotifySocket(tmp_path / "notify.sock")
-    daemon = DaemonProcess(policy, tmp_path, notify, listen_socket=held)
+    daemon = DaemonProcess(policy, tmp_path, notify, listen_socket=held, command=command)
     try:
         line = daemon.wait_line(r"^<4>listen_socket_unused ")
         assert f"address=127.0.0.1:{held.getsockname()[1]}" in line
-        assert "gateway=off" in line
+        assert ("gateway=off" in line) == (command == "gateway")
         notify.wait_for("READY", "1")
         pid = daemon.pid
         fds = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}

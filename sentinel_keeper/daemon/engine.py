@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sentinel_keeper.daemon.progress import Progress
 from sentinel_keeper.errors import SentinelError
@@ -118,6 +119,8 @@ class Engines:
         self._current = self._build(policy, None)
         self._last_pass: PassReport | None = None  # the pass worker's own
         self._watch_memory = WatchMemory()  # the pass worker's own, since the last pass
+        # the last look's /api/ps and when (for the gateway's view); the pass worker's
+        self.looked: tuple[datetime, tuple[LoadedModel, ...]] | None = None
 
     @property
     def current(self) -> Engine:
@@ -165,6 +168,7 @@ class Engines:
             loaded = engine.client.ps()
         except SentinelError as exc:
             return Look(f"ollama: {exc}", (), self._watch_memory)
+        self.looked = (datetime.now(UTC), loaded)
         seen = look(
             last,
             loaded,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -26,6 +27,7 @@ from sentinel_keeper.daemon.worker import PassWorker
 from sentinel_keeper.events import History, LogEvent
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.metrics.counts import Counts
+from sentinel_keeper.observation import LoadedModel, Observation
 from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import PassReport
@@ -42,10 +44,12 @@ class Crash:
 
 @dataclass(frozen=True)
 class WatchAsked:
-    """What a look between passes found: why a pass is due (None: none) and what to log."""
+    """What a look between passes found: why a pass is due (None: none), what to log, and
+    the /api/ps it saw with when (None: it asked none), for the gateway's view."""
 
     why: str | None
     events: tuple[LogEvent, ...] = ()
+    looked: tuple[datetime, tuple[LoadedModel, ...]] | None = None
 
 
 Posted = PassReport | Crash | WatchAsked
@@ -96,6 +100,8 @@ class InstanceLoop:
         # the main thread's record of this instance's passes
         self.history = History()
         self.last: PassReport | None = None
+        # the last look at Ollama: the last pass's, with /api/ps as seen since (the gateway's)
+        self.view: Observation | None = None
         self.counts = Counts()
         self.ready: Ready | None = None  # READY=1 is due as far as this instance goes
         self.outage_since: float | None = None  # monotonic
@@ -112,9 +118,11 @@ class InstanceLoop:
     def _watch(self) -> None:
         if self._stop.is_set():
             return
+        self.engines.looked = None
         seen = self.engines.watch()
-        if seen.events or seen.due is not None:
-            self._post(self.name, WatchAsked(seen.due, seen.events))
+        looked = self.engines.looked
+        if seen.events or seen.due is not None or looked is not None:
+            self._post(self.name, WatchAsked(seen.due, seen.events, looked))
         if seen.due is not None:
             self.worker.request_pass()
 

@@ -13,6 +13,11 @@ Threads and who owns what:
   APScheduler triggers (:mod:`schedule`: the interval with its jitter, the watch period, a
   probe while Ollama does not answer, the window edges) only ask its worker for work; so do a
   reload and the watch. Instances never wait for each other.
+- With the policy's ``gateway:``, the keeper publishes its look at the fronted instance for
+  the gateway's own process (``sentinel-keeper gateway``, :mod:`gateway.exchange`): after
+  every pass and every look between passes, and every few seconds besides, so the gateway
+  can tell a live keeper from a dead one. It reads the gateway's figures back for its
+  metrics. The keeper serves no client traffic itself.
 - A :class:`Progress` record per instance, updated through the tracked client, tells the main
   thread whether a pass is within its own time limits. When one is not (a call stuck past its
   timeout), the watchdog pings stop and systemd restarts the service.
@@ -33,6 +38,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -42,12 +48,19 @@ from sentinel_keeper.daemon import lifecycle
 from sentinel_keeper.daemon.instance import InstanceLoop, Posted, WatchAsked
 from sentinel_keeper.daemon.progress import Stuck
 from sentinel_keeper.daemon.schedule import new_scheduler
-from sentinel_keeper.daemon.signals import SignalFlags
 from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.events import LogEvent, advance, pass_events
+from sentinel_keeper.gateway.exchange import (
+    View,
+    encode_view,
+    figures_path,
+    live_figures,
+    replace_file,
+    view_path,
+)
+from sentinel_keeper.gateway.measure import GatewayFigures
 from sentinel_keeper.gpu import GpuProbe
-from sentinel_keeper.listen import ListenAddress
-from sentinel_keeper.listenfds import address_of, listens_at, take_listen_fds
+from sentinel_keeper.listenfds import address_of, take_listen_fds
 from sentinel_keeper.logs import LEVEL_NUMBERS
 from sentinel_keeper.metrics.counts import ReloadResult, add_reload, count_pass
 from sentinel_keeper.metrics.families import InstanceView, MetricsView
@@ -58,13 +71,14 @@ from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
 from sentinel_keeper.policy.risks import file_risks
 from sentinel_keeper.reconcile import PassReport
 from sentinel_keeper.runtime import make_client
+from sentinel_keeper.signals import SignalFlags
 from sentinel_keeper.timings import Timings
 
 if TYPE_CHECKING:
-    from sentinel_keeper.gateway.runner import Gateway
     from sentinel_keeper.metrics.exporter import Exporter
 
 CRASHES_BEFORE_EXIT = 3
+VIEW_EVERY = 5.0  # seconds: the gateway's view is written at least this often
 
 log = structlog.get_logger("sentinel_keeper.daemon")
 
@@ -111,10 +125,10 @@ class Daemon:
         self._reloads: dict[str, int] = {}  # policy reloads by result
         self._started_unix = time.time()
         self._exporter: Exporter | None = None
-        self._gateway: Gateway | None = None  # imported, with aiohttp, only when it is on
-        # the sockets systemd passed (sentinel-keeper-gateway.socket), sorted at the start
+        # sockets systemd passed: the gateway's socket unit once named this service
         self._passed = list(listen_sockets)
-        self._gateway_socket: socket.socket | None = None
+        self._view_written = float("-inf")  # monotonic
+        self._view_error: str | None = None
 
     def _loop(self, part: Policy) -> InstanceLoop:
         return InstanceLoop(
@@ -171,8 +185,8 @@ class Daemon:
             for loop in self.loops.values():
                 self._event(lifecycle.instance_event("instance_started", loop.policy))
         self._file_risks()
-        self._sort_passed_sockets()
-        self._gateway_sync()
+        self._close_passed_sockets()
+        self._publish_view()
         self._metrics()
         self.notifier.status(self._status_text())
         for loop in self.loops.values():
@@ -188,10 +202,6 @@ class Daemon:
             loop.stop()
         self._scheduler.shutdown(wait=False)
         self._event(LogEvent("stopping", "info", {"signal": name, "pass_running": running}))
-        if self._gateway is not None:
-            self._gateway.stop()  # requests in flight get a second, then are cut
-        if self._gateway_socket is not None:
-            self._gateway_socket.close()  # systemd's copy keeps listening, queueing clients
         if self._exporter is not None:
             self._exporter.close()
         self._wake_r.close()
@@ -216,6 +226,11 @@ class Daemon:
                     self._event(event, loop)
                 if item.why is not None:
                     log.debug("pass_requested", why=item.why, instance=loop.name)
+                if item.looked is not None and loop.view is not None:
+                    at, loaded = item.looked
+                    loop.view = replace(loop.view, at=at, loaded=loaded)
+                    if loop.name == self.policy.gateway_instance:
+                        self._publish_view()
             else:
                 self._on_crash(loop, item.error)
 
@@ -239,8 +254,9 @@ class Daemon:
         )
         loop.history = advance(loop.history, report)
         loop.last = report
+        loop.view = report.latest
         if loop.name == self.policy.gateway_instance:
-            self._gateway_sync()
+            self._publish_view()
         self._metrics(textfile=True)
         if report.reachable:
             loop.outage_since = None
@@ -281,7 +297,7 @@ class Daemon:
             self.policy = decision.policy
             self._apply_parts(decision.policy.split())
             self._file_risks()
-            self._gateway_sync()
+            self._publish_view()
         self._metrics()
         if announce:
             self.notifier.ready(self._status_text())
@@ -311,78 +327,59 @@ class Daemon:
         for event in lifecycle.risk_events(self.policy_path, risks):
             self._event(event)
 
-    # -- the gateway -------------------------------------------------------------------------
+    # -- the gateway's view -----------------------------------------------------------------
 
-    def _release_passed_socket(self, wanted: ListenAddress | None) -> None:
-        """A reload that moves the gateway off the passed socket's address (takeover off)
-        closes the daemon's copy: only systemd's stays (disabling the socket unit frees the
-        address for Ollama)."""
-        sock = self._gateway_socket
-        if sock is None or (wanted is not None and listens_at(sock, wanted)):
-            return
-        self._event(
-            LogEvent(
-                "listen_socket_closed",
-                "info",
-                {
-                    "address": str(address_of(sock)),
-                    "why": "the gateway no longer listens there",
-                },
-            )
-        )
-        self._gateway_socket = None
-        if self._gateway is not None:
-            self._gateway.forget_socket()
-        sock.close()
-
-    def _sort_passed_sockets(self) -> None:
-        """Keep the socket systemd passed that listens at the gateway's address (the
-        gateway serves on it instead of binding); log and close any other, once."""
-        name = self.policy.gateway_instance
-        loop = self.loops.get(name) if name is not None else None
-        wanted = loop.policy.gateway.address if loop is not None else None
+    def _close_passed_sockets(self) -> None:
+        """The keeper serves no socket: one systemd passed (a socket unit still naming this
+        service, from before the gateway had its own) is logged and closed, once."""
         for sock in self._passed:
-            if self._gateway_socket is None and wanted is not None and listens_at(sock, wanted):
-                self._gateway_socket = sock
-                continue
             self._event(
                 LogEvent(
                     "listen_socket_unused",
                     "warning",
                     {
                         "address": str(address_of(sock)),
-                        "gateway": str(wanted) if wanted is not None else "off",
-                        "why": "systemd passed it (sentinel-keeper-gateway.socket) and the "
-                        "gateway does not listen there; closed",
+                        "why": "systemd passed it to the keeper; the gateway serves in its own "
+                        "process (sentinel-keeper-gateway.service); closed",
                     },
                 )
             )
             sock.close()
         self._passed = []
 
-    def _gateway_sync(self) -> None:
-        """Start, feed, move or stop the gateway as the policy says: its view is the part
-        and the last look of the instance it fronts (a failed bind is retried here, at each
-        pass of that instance)."""
+    def _publish_view(self) -> None:
+        """Write the keeper's look at the instance the gateway fronts for the gateway's
+        process (nothing without a gateway or a state directory). A failed write is logged
+        once per distinct error and tried again at the next chance."""
         name = self.policy.gateway_instance
         loop = self.loops.get(name) if name is not None else None
-        self._release_passed_socket(loop.policy.gateway.address if loop is not None else None)
-        if loop is None:
-            if self._gateway is not None:
-                self._gateway.stop()
-                self._gateway = None
-                if self._exporter is not None:
-                    self._exporter.live_gateway(None)
+        if loop is None or self._state_dir is None:
             return
-        latest = loop.last.latest if loop.last is not None else None
-        if self._gateway is not None and self._gateway.instance != loop.name:
-            self._gateway.stop()  # it fronts another instance now: its figures start anew
-            self._gateway = None
-        if self._gateway is None:
-            from sentinel_keeper.gateway.runner import Gateway  # noqa: PLC0415 (lazy: aiohttp)
+        view = View(instance=loop.name, written=time.time(), observation=loop.view)
+        path = view_path(self._state_dir)
+        try:
+            replace_file(path, encode_view(view), mode=0o600)
+        except OSError as exc:
+            error = f"{path}: {exc.strerror or exc}"
+            if error != self._view_error:
+                self._event(LogEvent("gateway_view_failed", "error", {"error": error}))
+            self._view_error = error
+            return
+        self._view_error = None
+        self._view_written = time.monotonic()
 
-            self._gateway = Gateway(loop.policy, self._event, inherited=self._gateway_socket)
-        self._gateway.update(loop.policy, latest)
+    def _gateway_figures(self) -> GatewayFigures | None:
+        """The gateway process's figures as it last wrote them (None: none for the instance
+        it fronts)."""
+        name = self.policy.gateway_instance
+        if name is None or self._state_dir is None:
+            return None
+        try:
+            text = figures_path(self._state_dir).read_text(encoding="utf-8")
+        except OSError:
+            text = None
+        found = live_figures(text, instance=name, now=time.time())
+        return found.figures if found is not None else None
 
     # -- metrics -------------------------------------------------------------------------------
 
@@ -401,14 +398,16 @@ class Daemon:
             version=__version__,
             python=platform.python_version(),
             started_unix=self._started_unix,
-            gateway=self._gateway.figures() if self._gateway is not None else None,
+            gateway=self._gateway_figures(),
         )
         if self._exporter is None:
             from sentinel_keeper.metrics.exporter import Exporter  # noqa: PLC0415 (lazy)
 
             self._exporter = Exporter(view)
         self._exporter.publish(view)
-        self._exporter.live_gateway(self._gateway.figures if self._gateway is not None else None)
+        self._exporter.live_gateway(
+            self._gateway_figures if self.policy.gateway_instance is not None else None
+        )
         events = self._exporter.apply(section)
         if textfile:
             events += self._exporter.write_textfile(section.textfile)
@@ -439,6 +438,8 @@ class Daemon:
         if due.ping:
             self.notifier.watchdog()
             self._last_ping = now
+        if now - self._view_written >= VIEW_EVERY:
+            self._publish_view()  # the gateway tells a live keeper by the file's age
         if not self._ready_sent:
             self._readiness(now, extend=due.extend)
         self.notifier.status(self._status_text())

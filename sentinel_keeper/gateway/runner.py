@@ -1,18 +1,20 @@
-"""The gateway as the daemon drives it: started when the policy turns it on, fed the
-keeper's last look at the instance it fronts after each pass, given the new policy at a
-reload, stopped at shutdown. Holds what the server's thread reads per request (the view:
-one reference, swapped whole) and what it reports (the figures, the log events).
-
-Imported by the daemon only when ``gateway.listen`` is set: it imports aiohttp.
+"""The gateway as its process (:mod:`.process`) drives it: started with the policy, fed the
+keeper's last look at the instance it fronts whenever the keeper publishes one, given the
+new policy at a reload, drained and stopped at the end. Holds what the server's thread reads
+per request (the view: one reference, swapped whole) and what it reports (the figures, the
+log events). It imports aiohttp.
 
 Logged once, not per request: each change the gateway makes, per client address, User-Agent,
 model and field (``gateway_changed``), and a request passed as it came that reloads a pinned
 model with a larger num_ctx, per client, model and num_ctx (``gateway_client_reload``); an
 answer the gateway makes itself instead of Ollama (``gateway_upstream_unreachable``,
 ``gateway_rejected``) once per model a minute at most.
-A ``listen`` changed by a reload moves the server (the old socket closes first). A listening
-socket systemd passed (``inherited``, sentinel-keeper-gateway.socket) is served on, instead of
-binding, while ``listen`` is its address.
+A ``listen`` changed by a reload moves the server: the old one stops accepting and drains in
+the background (:meth:`Gateway.reap` ends it), the new one listens. A listening socket
+handed in (``inherited``: systemd's, from sentinel-keeper-gateway.socket, or the previous
+process's at an upgrade) is served on instead of binding while ``listen`` is its address;
+otherwise the gateway binds its own. Either way :attr:`Gateway.listening` is the socket, so
+that an upgrade can hand it to the next process.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sentinel_keeper.errors import GatewayError
 from sentinel_keeper.events import Level, LogEvent
 from sentinel_keeper.gateway.measure import GatewayFigures, RequestRecord, Tally
 from sentinel_keeper.gateway.rules import GatewayView
-from sentinel_keeper.gateway.server import HEADER_TIMEOUT, GatewayServer
+from sentinel_keeper.gateway.server import BACKLOG, HEADER_TIMEOUT, GatewayServer
 from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.listenfds import listens_at
 from sentinel_keeper.observation import Observation
@@ -46,9 +48,13 @@ class Gateway:
         monotonic: Callable[[], float] = time.monotonic,
         header_timeout: float = HEADER_TIMEOUT,
         inherited: socket.socket | None = None,
+        inherited_from: str = "passed",
     ) -> None:
         self.instance = part.instance
-        self._inherited = inherited  # systemd's listening socket; the daemon's to close
+        self._inherited = inherited  # a listening socket handed in; its owner's to close
+        self._inherited_from = inherited_from  # passed (systemd) or handed_over (upgrade)
+        self.listening: socket.socket | None = None  # what the server serves on
+        self._draining: list[GatewayServer] = []  # servers a move left, finishing requests
         self._view = GatewayView(part, None)
         self._emit = emit
         self._monotonic = monotonic
@@ -62,31 +68,51 @@ class Gateway:
 
     # -- the daemon's side ---------------------------------------------------------------
 
-    def start(self, part: Policy) -> None:
-        self.update(part, None)
-
-    def reconfigure(self, part: Policy) -> None:
-        """A policy reload: the new rules from the next request on; a new listen moves."""
-        self.update(part, self._view.observation)
-
     def update(self, part: Policy, observation: Observation | None) -> None:
         """The view from now on, and listening where the policy says (a failed bind is
         retried at every call, logged once per distinct error)."""
         self._view = GatewayView(part, observation)
         wanted = part.gateway.address
         server = self._server
+        if server is not None:
+            server.drain = part.gateway.drain
         if server is not None and server.address != wanted:
-            self._close("listen changed")
+            self._close("listen changed", wait=False)
             server = None
         if server is None and wanted is not None:
-            self._listen(wanted)
+            self._listen(wanted, part.gateway.drain)
 
-    def stop(self) -> None:
-        self._close("stopping")
+    def stop(self, why: str = "stopping") -> None:
+        """Stop accepting, drain, stop (blocks up to ``gateway.drain``)."""
+        self._close(why, wait=True)
+        for old in self._draining:
+            old.wait_stopped(old.drain)
+        self.reap()
+
+    def begin_stop(self) -> GatewayServer | None:
+        """Stop accepting and start draining; the server, to wait for (None: none ran)."""
+        server = self._server
+        self._close("stopping", wait=False)
+        return server
+
+    def reap(self) -> None:
+        """Say how the drains that ended went (servers a move or a stop left)."""
+        for old in [s for s in self._draining if s.wait_stopped(0.0)]:
+            self._draining.remove(old)
+            self._log(
+                "gateway_drained",
+                "info" if not old.cut else "warning",
+                {"listen": str(old.address), "cut": old.cut or 0, "drain": f"{old.drain:g}s"},
+            )
+
+    @property
+    def draining(self) -> int:
+        """Requests in flight on servers that no longer accept."""
+        return sum(s.in_flight for s in self._draining)
 
     def forget_socket(self) -> None:
-        """The passed socket is closed (the policy no longer listens there): bind from now
-        on. A server already on it keeps its own copy until it moves or stops."""
+        """The handed-in socket is closed (the policy no longer listens there): bind from
+        now on. A server already on it keeps its own copy until it moves or stops."""
         self._inherited = None
 
     @property
@@ -96,25 +122,41 @@ class Gateway:
     def figures(self) -> GatewayFigures:
         return self.tally.figures(self._monotonic())
 
-    def _listen(self, address: ListenAddress) -> None:
+    def _listen(self, address: ListenAddress, drain: float) -> None:
         inherited = self._inherited
-        sock = None
-        if inherited is not None and listens_at(inherited, address):
-            sock = inherited.dup()  # the server closes its copy; systemd's stays listening
-        server = GatewayServer(address, self, header_timeout=self._header_timeout, sock=sock)
+        source = self._inherited_from
         try:
-            server.start()
-        except GatewayError as exc:
+            if inherited is not None and listens_at(inherited, address):
+                listening = inherited
+            else:
+                listening = _bind(address)
+                source = "bound"
+            server = GatewayServer(
+                address,
+                self,
+                header_timeout=self._header_timeout,
+                sock=listening.dup(),  # the server closes its copy when it stops accepting
+                drain=drain,
+            )
+            try:
+                server.start()
+            finally:
+                if listening is not inherited and server.port is None:
+                    listening.close()
+        except (GatewayError, OSError) as exc:
+            if isinstance(exc, OSError):
+                exc = GatewayError(f"cannot listen on {address}: {exc.strerror or exc}")
             if str(exc) != self._bind_error:
                 self._log(
                     "gateway_unavailable",
                     "error",
-                    {"listen": str(address), "error": str(exc), "retry": "at every pass"},
+                    {"listen": str(address), "error": str(exc), "retry": "every few seconds"},
                 )
             self._bind_error = str(exc)
             return
         self._bind_error = None
         self._server = server
+        self.listening = listening
         self.tally.up = True
         self._log(
             "gateway_listening",
@@ -122,17 +164,31 @@ class Gateway:
             {
                 "listen": f"{address.connect_host}:{server.port}",
                 "ollama": self._view.policy.ollama.url,
-                # passed: systemd's (sentinel-keeper-gateway.socket); bound: its own
-                "socket": "passed" if sock is not None else "bound",
+                # passed: systemd's (sentinel-keeper-gateway.socket); handed_over: the
+                # previous process's (an upgrade); bound: its own
+                "socket": source,
             },
         )
 
-    def _close(self, why: str) -> None:
+    def _close(self, why: str, *, wait: bool) -> None:
         server, self._server = self._server, None
+        listening, self.listening = self.listening, None
         self.tally.up = False
-        if server is not None:
-            server.stop()
-            self._log("gateway_stopped", "info", {"listen": str(server.address), "why": why})
+        if server is None:
+            return
+        busy = server.in_flight
+        server.begin_stop()
+        if listening is not None and listening is not self._inherited:
+            listening.close()  # the server's copy closes as it stops accepting
+        self._log(
+            "gateway_stopped",
+            "info",
+            {"listen": str(server.address), "why": why, "in_flight": busy},
+        )
+        self._draining.append(server)
+        if wait:
+            server.wait_stopped(server.drain + 10.0)
+            self.reap()
 
     def _log(self, event: str, level: Level, fields: dict[str, object]) -> None:
         self._emit(LogEvent(event, level, {**fields, "instance": self.instance}))
@@ -192,6 +248,13 @@ class Gateway:
                 return
             self._refused[key] = now
         self._log(event, "warning", {"model": model, **fields})
+
+
+def _bind(address: ListenAddress) -> socket.socket:
+    """A listening TCP socket at ``address`` (localhost: 127.0.0.1). Raises OSError."""
+    host = "127.0.0.1" if address.host == "localhost" else address.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, address.port), family=family, backlog=BACKLOG)
 
 
 def _shown(value: object) -> object:

@@ -52,7 +52,9 @@ HEADER_TIMEOUT = 60.0
 BODY_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
 QUEUE_POLL_SECONDS = 0.5  # a queued request asks the rules again this often
-STOP_SECONDS = 1.0  # a stop waits this long for requests in flight, then cuts them
+DRAIN_SECONDS = 1.0  # by default a stop waits this long for requests in flight, then cuts
+CUT_SECONDS = 1.0  # what is left after the drain is cancelled within this
+DRAIN_POLL = 0.05
 START_SECONDS = 10.0
 UPSTREAM_CONNECTIONS = 512  # to Ollama at once, at most (Ollama queues the rest itself)
 BACKLOG = 1024
@@ -147,9 +149,13 @@ class GatewayServer:
         header_timeout: float = HEADER_TIMEOUT,
         body_timeout: float = BODY_TIMEOUT,
         sock: socket.socket | None = None,
+        drain: float = DRAIN_SECONDS,
     ) -> None:
         self.address = address
-        self._sock = sock  # a listening socket to serve on instead of binding (systemd's)
+        self._sock = sock  # a listening socket to serve on instead of binding (closed with it)
+        self.drain = drain  # at a stop: seconds requests in flight may take to finish
+        self.in_flight = 0  # requests being answered (the loop's thread writes it)
+        self.cut: int | None = None  # after a stop: requests still running when it cut them
         self._hooks = hooks
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
@@ -174,16 +180,28 @@ class GatewayServer:
         if not self._ready.wait(START_SECONDS):
             raise GatewayError(f"cannot listen on {self.address}: the server did not start")
         if self._error is not None:
-            self._thread.join(timeout=STOP_SECONDS)
+            self._thread.join(timeout=CUT_SECONDS)
             raise GatewayError(f"cannot listen on {self.address}: {self._error}")
 
     def stop(self) -> None:
+        """Stop accepting at once, let the requests in flight finish for :attr:`drain`
+        seconds, then cut what is left (counted in :attr:`cut`). Blocks until done."""
+        self.begin_stop()
+        self.wait_stopped(self.drain + CUT_SECONDS + 5.0)
+
+    def begin_stop(self) -> None:
+        """The start of :meth:`stop`, without waiting."""
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(stopping.set)
-        if self._thread is not None:
-            self._thread.join(timeout=STOP_SECONDS + 2.0)
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Whether the server's thread ended within ``timeout`` seconds."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout=timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -211,7 +229,7 @@ class GatewayServer:
             keepalive_timeout=self._header_timeout,
             access_log=None,
         )
-        runner = web.ServerRunner(server, shutdown_timeout=STOP_SECONDS, handle_signals=False)
+        runner = web.ServerRunner(server, shutdown_timeout=CUT_SECONDS, handle_signals=False)
         await runner.setup()
         host = "127.0.0.1" if self.address.host == "localhost" else self.address.host
         site: web.BaseSite
@@ -236,8 +254,21 @@ class GatewayServer:
         )
 
     async def _close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        runner = self._runner
+        if runner is not None:
+            # the drain: no new connection (the listening socket closes; systemd's copy, or
+            # the next process's, queues them), idle kept-alive ones closed, the requests in
+            # flight given until the deadline; then aiohttp cancels what is left
+            for site in list(runner.sites):
+                await site.stop()
+            if runner.server is not None:
+                runner.server.pre_shutdown()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.drain
+            while self.in_flight and loop.time() < deadline:
+                await asyncio.sleep(min(DRAIN_POLL, max(deadline - loop.time(), 0.0)))
+            self.cut = self.in_flight
+            await runner.cleanup()
         if self._session is not None:
             await self._session.close()
 
@@ -246,6 +277,7 @@ class GatewayServer:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         probe = _Probe(loop.time(), self._hooks.current())
+        self.in_flight += 1
         try:
             if request.method == "POST" and request.path in rules.MODEL_PATHS:
                 refused = await self._read_and_decide(request, probe)
@@ -263,6 +295,7 @@ class GatewayServer:
                 body = None
             return await self._relay(request, body, probe)
         finally:
+            self.in_flight -= 1
             self._finish(request, probe, loop.time())
 
     async def _read_and_decide(

@@ -31,7 +31,7 @@ class Exporter:
         self._server: MetricsServer | None = None
         self._listen_error: str | None = None
         self._textfile_error: str | None = None
-        self._gateway: Callable[[], GatewayFigures] | None = None
+        self._gateway: Callable[[], GatewayFigures | None] | None = None
 
     def families(self) -> tuple[Family, ...]:
         view = self._view
@@ -39,7 +39,7 @@ class Exporter:
             view = replace(view, gateway=self._gateway())  # its figures as of the scrape
         return families(view, mono=self._monotonic())
 
-    def live_gateway(self, figures: Callable[[], GatewayFigures] | None) -> None:
+    def live_gateway(self, figures: Callable[[], GatewayFigures | None] | None) -> None:
         """Where the gateway's figures come from at each scrape (None: the view's own)."""
         self._gateway = figures
 

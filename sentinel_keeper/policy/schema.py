@@ -506,6 +506,16 @@ class GatewaySection(_Section):
         DEFAULT_UPSTREAM,
         description="with takeover: the private loopback address Ollama moves to",
     )
+    drain: Duration = Field(
+        300.0,
+        description="at a stop, requests in flight may finish for this long (a long "
+        "generation), then are cut; the gateway's unit has TimeoutStopSec=330s",
+    )
+    view_max_age: Duration = Field(
+        30.0,
+        description="the keeper's view of Ollama older than this (the keeper gone or stuck): "
+        "the rules that need it forward requests unchanged until a fresh one arrives",
+    )
 
     @property
     def address(self) -> ListenAddress | None:

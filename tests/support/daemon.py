@@ -139,7 +139,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 class DaemonProcess:
-    """``sentinel-keeper --policy P run ARGS`` with NOTIFY_SOCKET bound here (``notify``: a
+    """``sentinel-keeper --policy P run ARGS`` (or another ``command``: ``gateway``) with NOTIFY_SOCKET bound here (``notify``: a
     :class:`NotifySocket`, or the path of any socket), a STATE_DIRECTORY in ``workdir``, no
     watchdog unless ``env`` (more environment) sets one. ``log_format="journal"``: stderr is
     a pipe that JOURNAL_STREAM names, so the daemon writes journald's ``<N>event key=value``
@@ -155,6 +155,7 @@ class DaemonProcess:
         log_format: Literal["journal", "json"] = "journal",
         env: Mapping[str, str] | None = None,
         listen_socket: socket.socket | None = None,
+        command: str = "run",
     ) -> None:
         read_fd, write_fd = os.pipe()
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("WATCHDOG_", "NOTIFY"))}
@@ -172,13 +173,13 @@ class DaemonProcess:
             args = (*args, "--log-format", "json")
         environ.update(env or {})
         self.started = time.monotonic()
-        command = [*daemon_command(time_scale), "--policy", str(policy), "run", *args]
+        argv = [*daemon_command(time_scale), "--policy", str(policy), command, *args]
         passed: tuple[int, ...] = ()
         if listen_socket is not None:  # socket activation, as sentinel-keeper-gateway.socket
             passed = (listen_socket.fileno(),)
-            command = [sys.executable, "-c", SOCKET_ACTIVATE, str(passed[0]), *command]
+            argv = [sys.executable, "-c", SOCKET_ACTIVATE, str(passed[0]), *argv]
         self.proc = subprocess.Popen(
-            command,
+            argv,
             cwd=ROOT,
             env=environ,
             stdin=subprocess.DEVNULL,

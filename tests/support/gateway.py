@@ -89,7 +89,7 @@ def running_gateway(
     )
     events: list[LogEvent] = []
     made = Gateway(policy, events.append, header_timeout=header_timeout)
-    made.start(policy)
+    made.update(policy, None)
     assert made.port is not None, events
     try:
         yield Running(made, policy, events, double)
