@@ -62,11 +62,13 @@ from sentinel_keeper.gateway.exchange import (
     view_path,
 )
 from sentinel_keeper.gateway.runner import Gateway
+from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.listenfds import address_of, listens_at, take_listen_fds
 from sentinel_keeper.logs import LEVEL_NUMBERS
 from sentinel_keeper.notify import Notifier
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
+from sentinel_keeper.policy.schema import DEFAULT_UPSTREAM
 from sentinel_keeper.signals import SignalFlags
 
 log = structlog.get_logger("sentinel_keeper.gateway")
@@ -94,11 +96,23 @@ def gateway_part(policy: Policy) -> Policy | None:
     return next((p for p in policy.split() if p.instance == name), None)
 
 
-def pass_through() -> Policy:
+def pass_through(passed: ListenAddress | None) -> Policy:
     """The rules with no valid policy ever seen: forward everything as it came, from the
-    address the socket unit holds to ``gateway.upstream``'s default."""
+    socket systemd passed (the socket unit holds Ollama's usual address under takeover) to
+    ``gateway.upstream``'s default, where takeover moved Ollama. Without a passed socket
+    the gateway is off: it never takes an address on its own guess."""
+    if passed is None:
+        return Policy.model_validate({"gateway": {"listen": None}})
     return Policy.model_validate(
-        {"gateway": {"takeover": True, "pin_keep_alive": False, "align_options": False}}
+        {
+            "ollama": {"url": DEFAULT_UPSTREAM},
+            "gateway": {
+                "listen": str(passed),
+                "allow_remote": True,  # systemd's socket: the administrator chose it
+                "pin_keep_alive": False,
+                "align_options": False,
+            },
+        }
     )
 
 
@@ -245,7 +259,8 @@ class GatewayProcess:
         with contextlib.suppress(SentinelError, OSError):
             policy = load_policy(str(copy))
             return Rules(policy, gateway_part(policy), "last_good")
-        policy = pass_through()
+        passed = address_of(self._sockets[0]) if self._sockets else None
+        policy = pass_through(passed)
         return Rules(policy, gateway_part(policy), "none")
 
     def _policy_errors(self, exc: BaseException, keeping: str) -> None:
@@ -302,16 +317,14 @@ class GatewayProcess:
             if self.gateway is not None:
                 self.gateway.stop("the policy turns the gateway off")
                 self.gateway = None
+            why = (
+                "no valid policy, ever, and no socket passed: nothing to serve until a valid "
+                "policy and a reload (SIGHUP)"
+                if rules.source == "none"
+                else "the policy has no gateway.listen nor gateway.takeover: nothing to serve"
+            )
             self._event(
-                LogEvent(
-                    "gateway_off",
-                    "warning",
-                    {
-                        "policy": self.policy_path,
-                        "why": "the policy has no gateway.listen nor gateway.takeover: "
-                        "nothing to serve",
-                    },
-                )
+                LogEvent("gateway_off", "warning", {"policy": self.policy_path, "why": why})
             )
             return
         if self.gateway is not None and self.gateway.instance != part.instance:
@@ -326,12 +339,12 @@ class GatewayProcess:
             )
         self.gateway.update(part, self._state.observation)
 
-    def _sort_sockets(self, wanted: object) -> None:
+    def _sort_sockets(self, wanted: ListenAddress | None) -> None:
         """Keep the handed-in socket that listens at the gateway's address; log and close
         the others (and the kept one once the policy moves off its address)."""
         keep: socket.socket | None = None
         for sock in [*self._sockets, *([self._socket] if self._socket is not None else [])]:
-            if keep is None and wanted is not None and listens_at(sock, wanted):  # type: ignore[arg-type]
+            if keep is None and wanted is not None and listens_at(sock, wanted):
                 keep = sock
                 continue
             if sock is self._socket and self.gateway is not None:

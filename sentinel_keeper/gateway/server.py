@@ -55,6 +55,11 @@ QUEUE_POLL_SECONDS = 0.5  # a queued request asks the rules again this often
 DRAIN_SECONDS = 1.0  # by default a stop waits this long for requests in flight, then cuts
 CUT_SECONDS = 1.0  # what is left after the drain is cancelled within this
 DRAIN_POLL = 0.05
+# While draining, every answer says Connection: close, so a kept-alive client moves to the next
+# process; idle connections are closed once no request has come for this long (or the drain
+# ends). Closing an idle connection always races a client that sends on it at that instant
+# (HTTP/1.1 has no way around it: Go's and nginx's shutdowns share it); the quiet narrows it.
+DRAIN_QUIET = 1.0
 START_SECONDS = 10.0
 UPSTREAM_CONNECTIONS = 512  # to Ollama at once, at most (Ollama queues the rest itself)
 BACKLOG = 1024
@@ -156,6 +161,8 @@ class GatewayServer:
         self.drain = drain  # at a stop: seconds requests in flight may take to finish
         self.in_flight = 0  # requests being answered (the loop's thread writes it)
         self.cut: int | None = None  # after a stop: requests still running when it cut them
+        self._draining = False
+        self._last_activity = 0.0  # the loop's time of the last request's start or end
         self._hooks = hooks
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
@@ -259,16 +266,17 @@ class GatewayServer:
             # the drain: no new connection (the listening socket closes; systemd's copy, or
             # the next process's, queues them), idle kept-alive ones closed, the requests in
             # flight given until the deadline; then aiohttp cancels what is left
+            self._draining = True
             for site in list(runner.sites):
                 await site.stop()
-            if runner.server is not None:
-                runner.server.pre_shutdown()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.drain
-            while self.in_flight and loop.time() < deadline:
+            while loop.time() < deadline and (
+                self.in_flight or loop.time() - self._last_activity < DRAIN_QUIET
+            ):
                 await asyncio.sleep(min(DRAIN_POLL, max(deadline - loop.time(), 0.0)))
             self.cut = self.in_flight
-            await runner.cleanup()
+            await runner.cleanup()  # idle connections closed, what is left cancelled
         if self._session is not None:
             await self._session.close()
 
@@ -278,11 +286,12 @@ class GatewayServer:
         loop = asyncio.get_running_loop()
         probe = _Probe(loop.time(), self._hooks.current())
         self.in_flight += 1
+        self._last_activity = loop.time()
         try:
             if request.method == "POST" and request.path in rules.MODEL_PATHS:
                 refused = await self._read_and_decide(request, probe)
                 if refused is not None:
-                    return self._answer(probe, refused)
+                    return self._closing(self._answer(probe, refused))
                 decision = probe.decision
                 body: bytes | AsyncIterator[bytes] | None = (
                     probe.raw
@@ -293,9 +302,10 @@ class GatewayServer:
                 body = self._stream(request)
             else:
                 body = None
-            return await self._relay(request, body, probe)
+            return self._closing(await self._relay(request, body, probe))
         finally:
             self.in_flight -= 1
+            self._last_activity = loop.time()
             self._finish(request, probe, loop.time())
 
     async def _read_and_decide(
@@ -335,6 +345,12 @@ class GatewayServer:
             message += f"; waited {gateway.queue_timeout:g} s for memory (gateway.queue_timeout)"
         self._hooks.refused("gateway_rejected", decision.model, {"error": message})
         return _error(503, message)
+
+    def _closing(self, response: web.StreamResponse) -> web.StreamResponse:
+        """While draining, an answer not sent yet closes its connection after it."""
+        if self._draining and not response.prepared:
+            response.force_close()
+        return response
 
     def _answer(self, probe: _Probe, response: web.Response) -> web.Response:
         probe.status = response.status
@@ -416,6 +432,7 @@ class GatewayServer:
         probe.status = upstream.status
         kind = upstream.headers.get("Content-Type", "")
         probe.scanned = "ndjson" in kind or kind.startswith("application/json")
+        self._closing(response)
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
