@@ -30,7 +30,7 @@ from sentinel_keeper.gateway.exchange import (
 )
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket, free_port, wait_until
 from tests.support.gateway import observe
-from tests.support.ollama_double import FakeModel, GiB, MiB, OllamaDouble, iter_ndjson
+from tests.support.ollama_double import FakeModel, GiB, MiB, OllamaDouble
 
 PINNED = "llama3.2:1b"
 FOREIGN = "big:13b"
@@ -286,7 +286,7 @@ class Stream:
 
 
 def slow(double: OllamaDouble) -> None:
-    double.reply_tokens = [f"t{i} " for i in range(STREAM_TOKENS)]
+    double.reply_tokens = tuple(f"t{i} " for i in range(STREAM_TOKENS))
     double.token_seconds = 0.1
 
 
@@ -473,7 +473,8 @@ def test_the_keeper_publishes_its_look_after_passes_and_watch_looks(
 
         first = wait_until("a view", seen)
         assert first.instance == "default"
-        assert [m.name for m in first.observation.loaded] == [PINNED]  # type: ignore[union-attr]
+        assert first.observation is not None
+        assert [m.name for m in first.observation.loaded] == [PINNED]
         # a model loaded by a client between passes shows at the next watch look
         httpx.post(f"{double.url}/api/generate", json={"model": FOREIGN}, timeout=WAIT)
 

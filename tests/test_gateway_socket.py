@@ -115,9 +115,7 @@ def test_takeover_with_a_passed_socket_queues_clients_across_restarts(
     notify = NotifySocket(tmp_path / "notify.sock")
     gateway_notify = NotifySocket(tmp_path / "gateway-notify.sock")
     daemon = DaemonProcess(policy, tmp_path, notify)
-    served = DaemonProcess(
-        policy, tmp_path, gateway_notify, listen_socket=held, command="gateway"
-    )
+    served = DaemonProcess(policy, tmp_path, gateway_notify, listen_socket=held, command="gateway")
     try:
         # the keeper's own client talks to Ollama at its private address
         daemon.wait_event(rf"^<6>starting .*ollama=http://127\.0\.0\.1:{private}\b")

@@ -139,8 +139,9 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 class DaemonProcess:
-    """``sentinel-keeper --policy P run ARGS`` (or another ``command``: ``gateway``) with NOTIFY_SOCKET bound here (``notify``: a
-    :class:`NotifySocket`, or the path of any socket), a STATE_DIRECTORY in ``workdir``, no
+    """``sentinel-keeper --policy P run ARGS`` (or another ``command``: ``gateway``) with
+    NOTIFY_SOCKET bound here (``notify``: a :class:`NotifySocket`, or the path of any
+    socket), a STATE_DIRECTORY in ``workdir``, no
     watchdog unless ``env`` (more environment) sets one. ``log_format="journal"``: stderr is
     a pipe that JOURNAL_STREAM names, so the daemon writes journald's ``<N>event key=value``
     lines; ``"json"``: JSON lines (the benchmarks)."""
