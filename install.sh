@@ -18,7 +18,8 @@ PREFIX=/opt/sentinel-keeper
 BIN_LINK=/usr/local/bin/sentinel-keeper
 UNIT_DIR=/etc/systemd/system
 UNIT=sentinel-keeper.service
-SOCKET=sentinel-keeper-gateway.socket # gateway.takeover: installed, never enabled here
+GATEWAY=sentinel-keeper-gateway.service # enabled when the policy has a gateway: section
+SOCKET=sentinel-keeper-gateway.socket # gateway.takeover: started by the keeper's apply-override
 POLICY_DIR=/etc/sentinel
 STATE_DIRS=(/var/lib/sentinel-keeper /var/lib/private/sentinel-keeper)
 DROPIN_NAME=zz-sentinel-keeper.conf
@@ -110,8 +111,26 @@ remove_socket() {
     fi
 }
 
+remove_gateway() {
+    # After the socket, before the keeper: it drains its streams (up to gateway.drain).
+    if ((systemd)); then
+        if systemctl is-active --quiet "$GATEWAY" || systemctl is-enabled --quiet "$GATEWAY" 2>/dev/null; then
+            if systemctl disable --now "$GATEWAY"; then
+                say "stopped and disabled $GATEWAY"
+            else
+                say "warning: could not stop and disable $GATEWAY; removing its files anyway"
+            fi
+        fi
+    fi
+    if [[ -e $DESTDIR$UNIT_DIR/$GATEWAY ]]; then
+        rm -f "$DESTDIR$UNIT_DIR/$GATEWAY"
+        say "removed $UNIT_DIR/$GATEWAY"
+    fi
+}
+
 uninstall() {
     remove_socket
+    remove_gateway
     if ((systemd)); then
         if systemctl is-active --quiet "$UNIT" || systemctl is-enabled --quiet "$UNIT" 2>/dev/null; then
             if systemctl disable --now "$UNIT"; then
@@ -162,7 +181,7 @@ uninstall() {
     fi
     if ((systemd)); then
         systemctl daemon-reload
-        systemctl reset-failed "$UNIT" 2>/dev/null || true
+        systemctl reset-failed "$UNIT" "$GATEWAY" 2>/dev/null || true
     fi
     say "sentinel-keeper is uninstalled"
 }
@@ -249,6 +268,7 @@ install -d "$DESTDIR$(dirname "$BIN_LINK")" "$DESTDIR$UNIT_DIR" "$DESTDIR$POLICY
 ln -sfn "$PREFIX/bin/sentinel-keeper" "$DESTDIR$BIN_LINK"
 install -m 0644 "$here/systemd/$UNIT" "$DESTDIR$UNIT_DIR/$UNIT"
 install -m 0644 "$here/systemd/$SOCKET" "$DESTDIR$UNIT_DIR/$SOCKET"
+install -m 0644 "$here/systemd/$GATEWAY" "$DESTDIR$UNIT_DIR/$GATEWAY"
 # the unit's Documentation= names the README; docs/ beside it, where its links point
 install -D -m 0644 "$here/README.md" "$venv/share/doc/sentinel-keeper/README.md"
 install -d "$venv/share/doc/sentinel-keeper/docs"
@@ -315,6 +335,8 @@ fi
 
 was_active=0
 systemctl is-active --quiet "$UNIT" && was_active=1
+gateway_was_active=0
+systemctl is-active --quiet "$GATEWAY" && gateway_was_active=1
 systemctl daemon-reload
 if ((!start)); then
     if ((was_active)); then
@@ -325,6 +347,29 @@ if ((!start)); then
         next_steps stopped
     fi
     exit 0
+fi
+
+# The gateway (the policy's gateway: section) is the data path: an upgrade swaps its code
+# with a reload (the new process takes the listening socket, the old one drains its streams),
+# never a restart; it is started before the keeper, which it does not need.
+if "$venv/bin/python" -c '
+import sys
+from sentinel_keeper.policy.loading import load_policy
+try:
+    policy = load_policy(sys.argv[1])
+except Exception:
+    sys.exit(2)
+sys.exit(0 if policy.gateway_instance is not None else 1)
+' "$policy" 2>/dev/null; then
+    systemctl enable --quiet "$GATEWAY"
+    if ((gateway_was_active)); then
+        systemctl reload "$GATEWAY" && say "reloaded $GATEWAY: the new code serves, the old drains"
+    else
+        systemctl start --no-block "$GATEWAY" && say "started $GATEWAY (the policy has a gateway)"
+    fi
+elif ((gateway_was_active)); then
+    # a policy it cannot read, or without gateway: the running one goes on, on the new code
+    systemctl reload "$GATEWAY" && say "reloaded $GATEWAY: the new code serves, the old drains"
 fi
 
 systemctl enable --quiet "$UNIT"

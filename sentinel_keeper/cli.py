@@ -34,6 +34,7 @@ from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.observation import GpuSnapshot, Observation
 from sentinel_keeper.override.apply import NoReload, OverrideReport, apply_override
 from sentinel_keeper.override.render import default_dropin_dir
+from sentinel_keeper.override.takeover import Steps, after_dropin, before_dropin
 from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema
 from sentinel_keeper.policy.loading import load_policy
@@ -728,7 +729,19 @@ def cmd_apply_override(args: argparse.Namespace) -> int:
     if _file_risks(policy.source) and not (args.dry_run or args.remove):
         _err(f"{policy.source}: refusing to write Ollama's drop-in as root from it")
         return EXIT_CONFIG
+    # gateway.takeover and the gateway's unit follow the policy, with the drop-ins systemd
+    # reads and a systemd to tell (not in a trial into another directory, nor at --remove,
+    # whose uninstall stops the gateway's units itself)
+    manage = (
+        not (args.dry_run or args.no_reload or args.remove)
+        and args.dropin_dir is None
+        and args.unit_dir is None
+        and systemd.systemd_running()
+    )
+    fronted = _fronted_part(policy)
     codes = []
+    if manage:
+        codes.append(_takeover_steps(before_dropin(fronted, systemd.Systemctl())))
     for count, part in enumerate(parts):
         if several:
             if count:
@@ -736,9 +749,25 @@ def cmd_apply_override(args: argparse.Namespace) -> int:
             _out(f"{_header(part)}{part.ollama.unit}")
         # one instance failing does not stop the others
         codes.append(_override(part, args))
+    if manage:
+        codes.append(_takeover_steps(after_dropin(fronted, systemd.Systemctl())))
     if args.remove and not (args.dry_run or args.no_reload) and systemd.systemd_running():
         _socket_holds_the_address()
     return _worst(codes, (EXIT_CANTCREAT, EXIT_UNAVAILABLE))
+
+
+def _fronted_part(policy: Policy) -> Policy:
+    """The part of the instance the gateway fronts (the first one when it is off)."""
+    parts = policy.split()
+    return next((p for p in parts if p.instance == policy.gateway_instance), parts[0])
+
+
+def _takeover_steps(steps: Steps) -> int:
+    for call in steps.calls:
+        _out(f"ran: {' '.join(call)}")
+    for problem in steps.problems:
+        _err(f"sentinel-keeper: {problem}")
+    return EXIT_UNAVAILABLE if steps.problems else EXIT_OK
 
 
 def _socket_holds_the_address() -> None:

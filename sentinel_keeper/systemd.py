@@ -142,8 +142,46 @@ def gateway_socket_active() -> bool | None:
     return done.returncode == 0
 
 
+def _quiet(*args: str) -> bool:
+    """Whether ``systemctl ARGS`` (a question: is-active, is-enabled) answers yes; False
+    when systemctl cannot say."""
+    exe = shutil.which("systemctl")
+    if exe is None:
+        return False
+    try:
+        done = subprocess.run(
+            [exe, *args],
+            capture_output=True,
+            timeout=SYSTEMCTL_TIMEOUT_S,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+    return done.returncode == 0
+
+
 class Systemctl:
-    """The real systemd, as :mod:`sentinel_keeper.override.apply` uses it (tests pass a fake)."""
+    """The real systemd, as :mod:`sentinel_keeper.override.apply` and
+    :mod:`sentinel_keeper.override.takeover` use it (tests pass a fake)."""
+
+    def installed(self, unit: str) -> bool:
+        """Whether a unit file of that name is on the unit search path."""
+        return any((directory / unit).exists() for directory in unit_search_path())
+
+    def active(self, unit: str) -> bool:
+        return _quiet("is-active", "--quiet", unit)
+
+    def enabled(self, unit: str) -> bool:
+        return _quiet("is-enabled", "--quiet", unit)
+
+    def run(self, *args: str) -> tuple[str, ...]:
+        """``systemctl ARGS`` for the gateway's units; SystemdError if it fails."""
+        for unit in (a for a in args if not a.startswith("-") and "." in a):
+            problem = unit_name_problem(unit)
+            if problem is not None:
+                raise SystemdError(f"{problem}, got {unit!r}")
+        return _systemctl(*args)
 
     def running(self) -> bool:
         return systemd_running()
