@@ -125,6 +125,7 @@ def test_requests_through_the_daemon_s_gateway_show_in_status(
         assert f"{PINNED}" in text and "67 requests, 0 cold (0%)" in text
         page = httpx.get(metrics, timeout=5).text
         assert 'sentinel_keeper_gateway_up{instance="default"} 1.0' in page
+        assert 'sentinel_keeper_gateway_degraded{instance="default",why="view_stale"} 0.0' in page
         assert daemon.alive() and served.alive()
     finally:
         code = daemon.stop()

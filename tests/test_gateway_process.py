@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from sentinel_keeper.gateway.exchange import (
-    Degraded,
     View,
     decode_figures,
     decode_view,
@@ -28,6 +27,7 @@ from sentinel_keeper.gateway.exchange import (
     judge,
     view_path,
 )
+from sentinel_keeper.gateway.measure import Degraded
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket, free_port, wait_until
 from tests.support.gateway import observe
 from tests.support.ollama_double import FakeModel, GiB, MiB, OllamaDouble

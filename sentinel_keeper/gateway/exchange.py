@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sentinel_keeper.gateway.measure import GatewayFigures, Recent
+from sentinel_keeper.gateway.measure import Degraded, GatewayFigures, Recent
 from sentinel_keeper.metrics.counts import Histogram
 from sentinel_keeper.observation import (
     Footprint,
@@ -49,18 +49,6 @@ FIGURES_FILE = "figures.json"
 POLICY_COPY = "policy.yaml"
 FORMAT = 1
 FIGURES_MAX_AGE = 10.0  # seconds: older figures mean the gateway is not running
-
-
-class Degraded:
-    """Why the gateway runs without some of its rules (``gateway_degraded why=...``)."""
-
-    NO_VIEW = "view_missing"  # the keeper never wrote one (or it was removed)
-    STALE = "view_stale"  # older than gateway.view_max_age: the keeper is gone or stuck
-    UNREADABLE = "view_unreadable"
-    OTHER_INSTANCE = "view_other_instance"  # the keeper fronts another instance
-    POLICY_COPY = "policy_last_good"  # the policy file is invalid: the last good copy rules
-    NO_POLICY = "policy_none"  # no valid policy ever: everything forwarded as it came
-    ALL = (NO_VIEW, STALE, UNREADABLE, OTHER_INSTANCE, POLICY_COPY, NO_POLICY)
 
 
 def view_path(state_dir: str | Path) -> Path:
@@ -389,9 +377,10 @@ def live_figures(text: str | None, *, instance: str, now: float) -> FiguresFile 
         return None
     if data.figures.instance != instance:
         return None
+    figures = replace(data.figures, degraded=data.degraded)
     if now - data.written > FIGURES_MAX_AGE:
-        return replace(data, figures=replace(data.figures, up=False))
-    return data
+        figures = replace(figures, up=False, degraded=None)
+    return replace(data, figures=figures)
 
 
 # -- shapes ---------------------------------------------------------------------------------

@@ -47,6 +47,18 @@ class Cause:
     ALL = (NOT_LOADED, OTHER_NUM_CTX, UNKNOWN)
 
 
+class Degraded:
+    """Why the gateway runs without some of its rules (``gateway_degraded why=...``)."""
+
+    NO_VIEW = "view_missing"  # the keeper never wrote one (or it was removed)
+    STALE = "view_stale"  # older than gateway.view_max_age: the keeper is gone or stuck
+    UNREADABLE = "view_unreadable"
+    OTHER_INSTANCE = "view_other_instance"  # the keeper fronts another instance
+    POLICY_COPY = "policy_last_good"  # the policy file is invalid: the last good copy rules
+    NO_POLICY = "policy_none"  # no valid policy ever: everything forwarded as it came
+    ALL = (NO_VIEW, STALE, UNREADABLE, OTHER_INSTANCE, POLICY_COPY, NO_POLICY)
+
+
 @dataclass(frozen=True)
 class RequestRecord:
     """One request through the gateway, once its answer is over."""
@@ -167,6 +179,7 @@ class GatewayFigures:
     recent: Mapping[str, Recent] = field(default_factory=dict)  # model: the last hour
     # requests that reload a pinned model with a larger num_ctx: model, num_ctx
     reloads: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    degraded: str | None = None  # why some rules are off (a Degraded reason); None: none
 
 
 class Tally:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sentinel_keeper.causes import LoadCause
-from sentinel_keeper.gateway.measure import NO_MODEL, Cause, GatewayFigures
+from sentinel_keeper.gateway.measure import NO_MODEL, Cause, Degraded, GatewayFigures
 from sentinel_keeper.metrics.counts import FAILURE_KINDS, Counts, Histogram
 from sentinel_keeper.observation import Observation
 from sentinel_keeper.plan import FindingKind, expected_footprint
@@ -197,6 +197,14 @@ RELOADS = _spec(
     ("result",),
 )
 GATEWAY_UP = _spec("gateway_up", "gauge", "1 while the gateway listens", (INSTANCE,))
+GATEWAY_DEGRADED = _spec(
+    "gateway_degraded",
+    "gauge",
+    "1 while the gateway runs without some of its rules, by why: view_missing, view_stale, "
+    "view_unreadable, view_other_instance (the keeper's look at Ollama: foreign-model rules "
+    "off), policy_last_good, policy_none",
+    (INSTANCE, "why"),
+)
 GATEWAY_REQUESTS = _spec(
     "gateway_requests",
     "counter",
@@ -257,7 +265,8 @@ CATALOG: tuple[Spec, ...] = (
     OLLAMA_UP, OLLAMA_INFO, STALLED, OUTAGES, OUTAGE_SECONDS, RESTARTS,
     GPU_TOTAL, GPU_USED, GPU_FREE, NVML,
     PASSES, PASS_DURATION, LAST_PASS, RELOADS, BUILD, START,
-    GATEWAY_UP, GATEWAY_REQUESTS, GATEWAY_COLD, GATEWAY_TTFB, GATEWAY_CHANGES, GATEWAY_RELOADS,
+    GATEWAY_UP, GATEWAY_DEGRADED, GATEWAY_REQUESTS, GATEWAY_COLD, GATEWAY_TTFB, GATEWAY_CHANGES,
+    GATEWAY_RELOADS,
     GATEWAY_COLD_SHARE, GATEWAY_RECENT, GATEWAY_RECENT_COLD,
 )  # fmt: skip
 
@@ -414,6 +423,8 @@ def _gateway(figures: GatewayFigures, put: _Put, observed: _Observe) -> None:
     """The gateway's samples; every cause of each model from zero."""
     name = figures.instance
     put(GATEWAY_UP, (name,), 1 if figures.up else 0)
+    for why in Degraded.ALL:
+        put(GATEWAY_DEGRADED, (name, why), 1 if figures.degraded == why else 0)
     for (model, endpoint, code), number in sorted(figures.requests.items()):
         put(GATEWAY_REQUESTS, (name, model, endpoint, code), number)
     models = sorted({m for m, _, _ in figures.requests if m != NO_MODEL} | set(figures.recent))

@@ -2061,6 +2061,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-seconds-per-gib", type=float, default=0.5)
     p.add_argument("--first-token-seconds", type=float, default=0.05)
     p.add_argument("--token-seconds", type=float, default=0.01)
+    p.add_argument(
+        "--reply-tokens",
+        type=int,
+        default=0,
+        help="tokens of each answer (0: three); with --token-seconds, how long a stream lasts",
+    )
     p.add_argument("--version", default=OLLAMA_VERSION)
     args = p.parse_args(argv)
 
@@ -2079,6 +2085,11 @@ def main(argv: list[str] | None = None) -> int:
         load_seconds_per_gib=args.load_seconds_per_gib,
         first_token_seconds=args.first_token_seconds,
         token_seconds=args.token_seconds,
+        **(
+            {"reply_tokens": tuple(f" t{i}" for i in range(args.reply_tokens))}
+            if args.reply_tokens > 0
+            else {}
+        ),
         time_scale=args.time_scale,
         version=args.version,
     )
