@@ -67,19 +67,38 @@ def test_the_daemon_loads_prometheus_client_only_when_metrics_are_on() -> None:
     assert "prometheus_client" not in loaded
 
 
-def test_the_daemon_loads_aiohttp_only_when_the_gateway_is_on() -> None:
-    """Without a gateway, the daemon's code (and the metrics it publishes) costs no memory
-    for an HTTP server stack."""
+def test_the_keeper_never_loads_aiohttp() -> None:
+    """The gateway runs in its own process: the keeper's code (and the metrics it publishes,
+    the gateway's figures included) costs no memory for an HTTP server stack."""
     loaded = loaded_after_import(
         (
             "sentinel_keeper.cli",
             "sentinel_keeper.daemon.service",
             "sentinel_keeper.metrics.exporter",
             "sentinel_keeper.metrics.families",
+            "sentinel_keeper.gateway.exchange",
         )
     )
     assert "aiohttp" not in loaded
-    assert "aiohttp" in loaded_after_import(("sentinel_keeper.gateway.runner",))
+    assert "aiohttp" in loaded_after_import(("sentinel_keeper.gateway.process",))
+
+
+def test_the_gateway_imports_nothing_of_the_daemon() -> None:
+    """The data path shares no code path with the keeper's process: what it needs arrives
+    as files (gateway/exchange.py)."""
+    importers = []
+    for path in sorted((PACKAGE / "gateway").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            if any(n.startswith(("sentinel_keeper.daemon", "sentinel_keeper.cli")) for n in names):
+                importers.append(path.relative_to(ROOT).as_posix())
+    assert importers == []
+    loaded = loaded_after_import(("sentinel_keeper.gateway.process",))
+    assert "apscheduler" not in loaded  # nor the keeper's scheduler, transitively
 
 
 def test_pure_modules_load_no_yaml() -> None:

@@ -305,7 +305,7 @@ def test_only_the_metrics_endpoint_and_the_gateway_have_server_code() -> None:
     forbidden = re.compile(
         r"\.bind\(|\.listen\(|HTTPServer|WSGIServer|socketserver|serve_forever"
         r"|asyncio\.start_server|make_server|start_http_server|start_wsgi_server"
-        r"|TCPSite|UnixSite|SockSite|web\.Server\(|run_app"
+        r"|TCPSite|UnixSite|SockSite|web\.Server\(|run_app|create_server"
     )
     offenders = []
     sources = sorted((ROOT / "sentinel_keeper").rglob("*.py"))
@@ -315,10 +315,15 @@ def test_only_the_metrics_endpoint_and_the_gateway_have_server_code() -> None:
             if forbidden.search(line):
                 offenders.append(f"{source.relative_to(ROOT).as_posix()}:{number}")
     assert offenders
+    # and apply-override's probe whether an address is free for the takeover: a bind that
+    # never listens, closed at once
+    probe = "sentinel_keeper/override/takeover.py"
     assert {o.split(":")[0] for o in offenders} == {
         "sentinel_keeper/metrics/endpoint.py",
         "sentinel_keeper/gateway/server.py",
+        probe,
     }
+    assert ".listen(" not in (ROOT / probe).read_text()
 
 
 @pytest.mark.slow

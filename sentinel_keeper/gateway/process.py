@@ -168,6 +168,7 @@ class GatewayProcess:
         self._flags = SignalFlags(self._wake_w.fileno(), upgrade=True)
         self.rules: Rules | None = None
         self.gateway: Gateway | None = None
+        self._retired: list[Gateway] = []  # gateways a reload replaced, finishing requests
         self._socket: socket.socket | None = None  # the handed-in socket the gateway uses
         self._view_key: tuple[int, int, int] | None = None  # (inode, size, mtime) read last
         self._view: View | None = None
@@ -314,9 +315,7 @@ class GatewayProcess:
         wanted = part.gateway.address if part is not None else None
         self._sort_sockets(wanted)
         if part is None:
-            if self.gateway is not None:
-                self.gateway.stop("the policy turns the gateway off")
-                self.gateway = None
+            self._retire("the policy turns the gateway off")
             why = (
                 "no valid policy, ever, and no socket passed: nothing to serve until a valid "
                 "policy and a reload (SIGHUP)"
@@ -328,8 +327,7 @@ class GatewayProcess:
             )
             return
         if self.gateway is not None and self.gateway.instance != part.instance:
-            self.gateway.stop("it fronts another instance now")
-            self.gateway = None
+            self._retire("it fronts another instance now")
         if self.gateway is None:
             self.gateway = Gateway(
                 part,
@@ -338,6 +336,14 @@ class GatewayProcess:
                 inherited_from="handed_over" if self._handed_over else "passed",
             )
         self.gateway.update(part, self._state.observation)
+
+    def _retire(self, why: str) -> None:
+        """Stop the gateway accepting; its requests in flight finish in the background (the
+        loop must go on pinging the watchdog meanwhile)."""
+        gateway, self.gateway = self.gateway, None
+        if gateway is not None:
+            gateway.begin_stop(why)
+            self._retired.append(gateway)
 
     def _sort_sockets(self, wanted: ListenAddress | None) -> None:
         """Keep the handed-in socket that listens at the gateway's address; log and close
@@ -374,6 +380,10 @@ class GatewayProcess:
         if gateway is not None and rules is not None and rules.part is not None:
             gateway.update(rules.part, self._state.observation)  # also retries a failed bind
             gateway.reap()
+        for old in list(self._retired):
+            old.reap()
+            if not old.draining_servers:
+                self._retired.remove(old)
         self._say_degraded()
         if now - self._figures_at >= FIGURES_EVERY:
             self._write_figures()
@@ -576,11 +586,13 @@ class GatewayProcess:
         name = signal.Signals(signum).name if signum is not None else "upgrade"
         self._event(LogEvent("gateway_stopping", "info", {"signal": name, "serving": serving}))
         if gateway is not None:
-            server = gateway.begin_stop()
-            while server is not None and not server.wait_stopped(1.0):
+            gateway.begin_stop("stopping")
+        for each in [*([gateway] if gateway is not None else []), *self._retired]:
+            while not each.wait_drained(1.0):
                 if not upgraded:
                     self.notifier.extend_timeout(EXTEND_SECONDS)
-            gateway.stop("stopping")
+            each.reap()
+        if gateway is not None:
             self._write_figures()
         if self._socket is not None:
             self._socket.close()

@@ -29,7 +29,7 @@ from sentinel_keeper.errors import GatewayError
 from sentinel_keeper.events import Level, LogEvent
 from sentinel_keeper.gateway.measure import GatewayFigures, RequestRecord, Tally
 from sentinel_keeper.gateway.rules import GatewayView
-from sentinel_keeper.gateway.server import BACKLOG, HEADER_TIMEOUT, GatewayServer
+from sentinel_keeper.gateway.server import HEADER_TIMEOUT, GatewayServer, bind_listening
 from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.listenfds import listens_at
 from sentinel_keeper.observation import Observation
@@ -86,14 +86,20 @@ class Gateway:
         """Stop accepting, drain, stop (blocks up to ``gateway.drain``)."""
         self._close(why, wait=True)
         for old in self._draining:
-            old.wait_stopped(old.drain)
+            old.wait_stopped(old.drain + 10.0)
         self.reap()
 
-    def begin_stop(self) -> GatewayServer | None:
-        """Stop accepting and start draining; the server, to wait for (None: none ran)."""
-        server = self._server
-        self._close("stopping", wait=False)
-        return server
+    def begin_stop(self, why: str = "stopping") -> None:
+        """Stop accepting and start draining, without waiting (:meth:`wait_drained`)."""
+        self._close(why, wait=False)
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Whether every server that stopped accepting is done, within ``timeout`` s each."""
+        return all(old.wait_stopped(timeout) for old in self._draining)
+
+    @property
+    def draining_servers(self) -> int:
+        return len(self._draining)
 
     def reap(self) -> None:
         """Say how the drains that ended went (servers a move or a stop left)."""
@@ -129,7 +135,7 @@ class Gateway:
             if inherited is not None and listens_at(inherited, address):
                 listening = inherited
             else:
-                listening = _bind(address)
+                listening = bind_listening(address)
                 source = "bound"
             server = GatewayServer(
                 address,
@@ -248,13 +254,6 @@ class Gateway:
                 return
             self._refused[key] = now
         self._log(event, "warning", {"model": model, **fields})
-
-
-def _bind(address: ListenAddress) -> socket.socket:
-    """A listening TCP socket at ``address`` (localhost: 127.0.0.1). Raises OSError."""
-    host = "127.0.0.1" if address.host == "localhost" else address.host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, address.port), family=family, backlog=BACKLOG)
 
 
 def _shown(value: object) -> object:

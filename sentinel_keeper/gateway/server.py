@@ -96,6 +96,14 @@ KNOWN_ENDPOINTS = rules.MODEL_PATHS | {
 CLIENT_GONE = 499  # the status of a request whose client left before its answer ended
 
 
+def bind_listening(address: ListenAddress) -> socket.socket:
+    """A listening TCP socket at ``address`` (localhost: 127.0.0.1), for a server to serve
+    on and an upgrade to hand over. Raises OSError."""
+    host = "127.0.0.1" if address.host == "localhost" else address.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, address.port), family=family, backlog=BACKLOG)
+
+
 class Hooks(Protocol):
     """What the server asks of its owner, from the server's thread (none may block)."""
 

@@ -2085,14 +2085,11 @@ def main(argv: list[str] | None = None) -> int:
         load_seconds_per_gib=args.load_seconds_per_gib,
         first_token_seconds=args.first_token_seconds,
         token_seconds=args.token_seconds,
-        **(
-            {"reply_tokens": tuple(f" t{i}" for i in range(args.reply_tokens))}
-            if args.reply_tokens > 0
-            else {}
-        ),
         time_scale=args.time_scale,
         version=args.version,
     )
+    if args.reply_tokens > 0:
+        double.reply_tokens = tuple(f" t{i}" for i in range(args.reply_tokens))
     done = threading.Event()
 
     def _on_signal(_signum: int, _frame: object) -> None:

@@ -580,7 +580,9 @@ class Asker:
                 f"{len(self.failures)} of {len(self.failures) + len(self.waits)} requests "
                 f"failed: {self.failures[:2]}"
             )
-        return f"{len(self.waits)} requests meanwhile, none refused (longest {max(self.waits):.2f}s)"
+        return (
+            f"{len(self.waits)} requests meanwhile, none refused (longest {max(self.waits):.2f}s)"
+        )
 
 
 def log(text: str) -> None:
@@ -1314,11 +1316,12 @@ class Scenario:
                     raise Failed(f"install.sh exited {done.returncode}")
                 if f"reloaded {GATEWAY}" not in done.stdout:
                     raise Failed(f"install.sh did not reload {GATEWAY}")
-            new = wait_for(
-                "systemd following the new process",
-                lambda: unit_pid(GATEWAY) if unit_pid(GATEWAY) not in (0, pid) else None,
-                60,
-            )
+
+            def replaced(old: int = pid) -> int | None:
+                now = unit_pid(GATEWAY)
+                return now if now not in (0, old) else None
+
+            new = wait_for("systemd following the new process", replaced, 60)
             journal_until(
                 "the new process serves the handed-over socket",
                 mark,
