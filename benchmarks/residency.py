@@ -517,13 +517,15 @@ class Keeper(Strategy):
 
 
 class GatewayKeeper(Keeper):
-    """The daemon with its gateway on, the clients sending their requests to it."""
+    """The daemon with the gateway's own process beside it, the clients sending their
+    requests to the gateway."""
 
     def __init__(self, foreign: str, *, stock: bool = False) -> None:
         super().__init__(stock=stock)
         self.foreign = foreign
         self.name = f"gateway:{foreign}"
         self.port = free_port()
+        self.gateway: DaemonProcess | None = None
 
     def policy_extras(self, scale: float) -> dict[str, Any]:
         return {
@@ -531,14 +533,22 @@ class GatewayKeeper(Keeper):
                 f"listen: 127.0.0.1:{self.port}",
                 f"foreign: {self.foreign}",
                 f"queue_timeout: {_harness.format_seconds(QUEUE_TIMEOUT / scale)}",
+                "drain: 2s",
             ],
             "vram_budget": _harness.VRAM,
         }
 
     def setup(self, double: OllamaDouble, workdir: Path, scale: float) -> None:
         super().setup(double, workdir, scale)
+        self.gateway = DaemonProcess(
+            workdir / "policy.yaml",
+            workdir,
+            workdir / "gateway-notify.sock",
+            log_format="json",
+            command="gateway",
+        )
         deadline = time.monotonic() + 30
-        while True:  # READY=1 comes after the first pass, and the gateway with it
+        while True:
             with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
@@ -548,6 +558,11 @@ class GatewayKeeper(Keeper):
 
     def client_address(self, double: OllamaDouble) -> tuple[str, int]:
         return "127.0.0.1", self.port
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+        super().stop()
 
 
 def make_strategy(name: str, *, stock_daemon: bool = False) -> Strategy:
