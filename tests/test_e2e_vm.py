@@ -32,7 +32,7 @@ def _mode() -> str:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-@pytest.mark.timeout(2700)  # above the sum of its own limits (lock, build, wheels, guest)
+@pytest.mark.timeout(3600)  # above the sum of its own limits (lock, build, wheels, guest)
 def test_install_and_operate_under_a_real_systemd(tmp_path: Path) -> None:
     mode = _mode()
     if mode in {"0", "no", "off", "skip"}:

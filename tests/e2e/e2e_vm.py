@@ -49,7 +49,7 @@ BUILD_TIMEOUT = 420.0  # debootstrap, kernel, mkfs: about 80 s
 WHEELS_TIMEOUT = 240.0  # pip download: seconds with a warm pip cache
 # the checks: 220-290 s seen (install.sh twice under emulation, 40-100 s waiting for a time
 # window to open, a second Ollama instance...)
-GUEST_TIMEOUT = 1200
+GUEST_TIMEOUT = 1800
 BOOT_ALLOWANCE = 120.0  # boot to the runner unit, and the power-off after it
 POWEROFF_GRACE = 60.0
 

@@ -630,7 +630,7 @@ class Scenario:
         dropins.mkdir(parents=True, exist_ok=True)
         shutil.copy(self.guest / "sentinel-keeper-watchdog.conf", dropins / "e2e-watchdog.conf")
         started = time.monotonic()
-        done = run("./install.sh", "--wheels", str(self.wheels), timeout=420, cwd=CHECKOUT)
+        done = run("./install.sh", "--wheels", str(self.wheels), timeout=900, cwd=CHECKOUT)
         took = time.monotonic() - started
         log(done.stdout + done.stderr)
         self.install_output = done.stdout
@@ -925,7 +925,7 @@ class Scenario:
         before = POLICY.read_bytes()
         pid = main_pid()
         started = time.monotonic()
-        done = run("./install.sh", "--wheels", str(self.wheels), timeout=420, cwd=CHECKOUT)
+        done = run("./install.sh", "--wheels", str(self.wheels), timeout=900, cwd=CHECKOUT)
         took = time.monotonic() - started
         log(done.stdout + done.stderr)
         if done.returncode != 0:
@@ -1310,7 +1310,7 @@ class Scenario:
             if how == "reload":
                 must("systemctl", "reload", GATEWAY, timeout=60)
             else:
-                done = run("./install.sh", "--wheels", str(self.wheels), timeout=420, cwd=CHECKOUT)
+                done = run("./install.sh", "--wheels", str(self.wheels), timeout=900, cwd=CHECKOUT)
                 log(done.stdout + done.stderr)
                 if done.returncode != 0:
                     raise Failed(f"install.sh exited {done.returncode}")
