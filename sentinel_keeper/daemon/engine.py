@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from sentinel_keeper.daemon.progress import Progress
-from sentinel_keeper.errors import SentinelError
+from sentinel_keeper.errors import OllamaUnreachable, SentinelError
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
 from sentinel_keeper.ollama import OllamaClient
@@ -77,6 +77,16 @@ class TrackedClient:
         # between progress lines, so the watchdog sets no limit of its own.
         with self._call("pull", model, None):
             self.inner.pull(model)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one look between passes found in /api/ps: the names listed, or why it did not
+    answer; ``at`` is time.monotonic() when it answered (what /ready answers from)."""
+
+    at: float
+    listed: frozenset[str] | None  # None: no answer
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,10 +158,10 @@ class Engines:
         self._watch_memory = WatchMemory()
         return report
 
-    def watch(self) -> Look:
+    def watch(self) -> tuple[Look, Seen | None]:
         """Between passes, a look at /api/ps (watch.py): why a pass is due now, if one is (a
-        pinned model gone, or an Ollama that stopped answering), and what to log. The pass
-        worker's."""
+        pinned model gone, or an Ollama that stopped answering), and what to log; and what
+        the look found (None: no look was taken). The pass worker's."""
         last = self._last_pass
         engine = self.current
         idle = Look(None, (), self._watch_memory)
@@ -160,11 +170,14 @@ class Engines:
             or not last.reachable  # an outage: the probing after a failed pass handles it
             or engine.policy.interval <= self._timings.watch
         ):
-            return idle
+            return idle, None
         try:
             loaded = engine.client.ps()
         except SentinelError as exc:
-            return Look(f"ollama: {exc}", (), self._watch_memory)
+            reason = exc.reason if isinstance(exc, OllamaUnreachable) else str(exc)
+            failed = Seen(time.monotonic(), None, reason)
+            return Look(f"ollama: {exc}", (), self._watch_memory), failed
+        listed = Seen(time.monotonic(), frozenset(model.name for model in loaded))
         seen = look(
             last,
             loaded,
@@ -173,7 +186,7 @@ class Engines:
             settle=self._timings.watch_settle,
         )
         self._watch_memory = seen.memory
-        return seen
+        return seen, listed
 
     def close(self) -> None:
         engine = self.current

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from sentinel_keeper.daemon.engine import Engines
+from sentinel_keeper.daemon.engine import Engines, Seen
 from sentinel_keeper.daemon.lifecycle import Ready
 from sentinel_keeper.daemon.progress import Progress, Stuck
 from sentinel_keeper.daemon.schedule import Schedule
@@ -46,6 +46,7 @@ class WatchAsked:
 
     why: str | None
     events: tuple[LogEvent, ...] = ()
+    seen: Seen | None = None  # what the look found (None: no look taken)
 
 
 Posted = PassReport | Crash | WatchAsked
@@ -96,6 +97,8 @@ class InstanceLoop:
         # the main thread's record of this instance's passes
         self.history = History()
         self.last: PassReport | None = None
+        self.last_at: float | None = None  # monotonic: when the main thread got it
+        self.seen: Seen | None = None  # the latest look between passes since the last pass
         self.counts = Counts()
         self.ready: Ready | None = None  # READY=1 is due as far as this instance goes
         self.outage_since: float | None = None  # monotonic
@@ -112,9 +115,9 @@ class InstanceLoop:
     def _watch(self) -> None:
         if self._stop.is_set():
             return
-        seen = self.engines.watch()
-        if seen.events or seen.due is not None:
-            self._post(self.name, WatchAsked(seen.due, seen.events))
+        seen, found = self.engines.watch()
+        if seen.events or seen.due is not None or found is not None:
+            self._post(self.name, WatchAsked(seen.due, seen.events, found))
         if seen.due is not None:
             self.worker.request_pass()
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from sentinel_keeper import __version__
-from sentinel_keeper.daemon import lifecycle
+from sentinel_keeper.daemon import health, lifecycle
 from sentinel_keeper.daemon.instance import InstanceLoop, Posted, WatchAsked
 from sentinel_keeper.daemon.progress import Stuck
 from sentinel_keeper.daemon.schedule import new_scheduler
@@ -56,6 +56,7 @@ from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
 from sentinel_keeper.policy.risks import file_risks
+from sentinel_keeper.readiness import Health
 from sentinel_keeper.reconcile import PassReport
 from sentinel_keeper.runtime import make_client
 from sentinel_keeper.timings import Timings
@@ -212,6 +213,8 @@ class Daemon:
                 loop.crashes = 0
                 self._on_report(loop, item)
             elif isinstance(item, WatchAsked):
+                if item.seen is not None:
+                    loop.seen = item.seen  # /ready answers from the newest look
                 for event in item.events:
                     self._event(event, loop)
                 if item.why is not None:
@@ -239,6 +242,7 @@ class Daemon:
         )
         loop.history = advance(loop.history, report)
         loop.last = report
+        loop.last_at = time.monotonic()
         if loop.name == self.policy.gateway_instance:
             self._gateway_sync()
         self._metrics(textfile=True)
@@ -442,6 +446,28 @@ class Daemon:
         if not self._ready_sent:
             self._readiness(now, extend=due.extend)
         self.notifier.status(self._status_text())
+        self._publish_health(now)
+
+    def _publish_health(self, now: float) -> None:
+        """What the endpoint's /ready and /live answer until the next tick."""
+        if self._exporter is None:
+            return
+        instances = tuple(
+            health.instance_health(
+                loop.name,
+                loop.last,
+                report_at=loop.last_at,
+                seen=loop.seen,
+                down_since=loop.outage_since,
+                loading=loop.progress.loading(),
+                now=now,
+            )
+            for loop in self.loops.values()
+        )
+        self._exporter.publish_health(
+            Health(self.policy.ready, instances, several=self.policy.instances is not None),
+            health.liveness(now, [(loop.name, loop.stuck) for loop in self.loops.values()]),
+        )
 
     def _readiness(self, now: float, *, extend: bool) -> None:
         """READY=1 once every instance is ready (its pinned models resident, or hopeless, or
