@@ -80,7 +80,10 @@ def _instance(
 ) -> tuple[bool, list[str], str]:
     """Ready or not, the models missing, and why."""
     if inst.looked_at is None:
-        return False, [], "no look at ollama yet"
+        why = "no look at ollama yet"
+        if inst.loading is not None:  # the first pass loads it
+            why += f"; loading {inst.loading}" + _seconds(now, inst.loading_since)
+        return False, [], why
     if not inst.answered:
         return (
             False,

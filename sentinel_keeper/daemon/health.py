@@ -31,10 +31,12 @@ def instance_health(
     """One instance from its last pass (``report``, received at ``report_at``), the look
     between passes after it (``seen``, newer when there is one), the model a pass loads now
     (not resident while it loads) and since when Ollama has not answered."""
-    if report is None or report_at is None:
-        return InstanceHealth(name, answered=False)
     loading_model = loading[0] if loading is not None else None
     loading_since = now - loading[1] if loading is not None else None
+    if report is None or report_at is None:
+        return InstanceHealth(
+            name, answered=False, loading=loading_model, loading_since=loading_since
+        )
     if seen is not None and seen.at >= report_at:
         answered, at, error = seen.listed is not None, seen.at, seen.error
         listed = seen.listed or frozenset()
