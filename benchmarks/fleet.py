@@ -414,16 +414,17 @@ def report(runs: Sequence[Run], settings: Settings, command: str, binary: str) -
         START,
         "",
         "| HAProxy's check | requests | cold hits (load_duration > 0.5 s) | slowest cold hit | "
-        "failed requests | restarted host out of rotation |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "slowest answer | failed requests | restarted host out of rotation |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in runs:
         cold = run.cold
         slowest = f"{max(a.load_duration or 0.0 for a in cold):.1f} s" if cold else "-"
         out = run.out_of_rotation("host1")
+        longest = max((a.seconds for a in run.answers), default=0.0)
         lines.append(
             f"| {label[run.check]} | {len(run.answers)} | {len(cold)} | {slowest} | "
-            f"{run.failed} | {'never' if out is None else f'{out:.1f} s'} |"
+            f"{longest:.2f} s | {run.failed} | {'never' if out is None else f'{out:.1f} s'} |"
         )
     lines += [
         "",
