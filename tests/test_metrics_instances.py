@@ -32,7 +32,7 @@ models:
   - {{name: {SMALL}, instance: gpu1, tier: extra}}
   - {{name: {SHARED}, instance: gpu1}}
 """
-DAEMON_WIDE = {f.RELOADS.name, f.BUILD.name, f.START.name}
+DAEMON_WIDE = {f.RELOADS.name, f.BUILD.name, f.START.name, f.ENDPOINT_REQUESTS.name}
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
 

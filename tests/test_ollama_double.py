@@ -351,6 +351,22 @@ def test_ps_lists_a_model_only_once_its_load_or_reload_is_done() -> None:
         assert "llama3.2:1b" in ps_names(d)
 
 
+def test_load_duration_counts_the_wait_behind_another_load() -> None:
+    """server/routes.go: load_duration = checkpointLoaded - checkpointStart, the time until
+    scheduleRunner returned, so a request queued behind a load of its model reports the
+    wait too (a client sees a cold hit); a warm model reports none."""
+    with make_double(load_seconds=1.0) as d:
+        answers: list[httpx.Response] = []
+        first = threading.Thread(target=lambda: answers.append(load(d, "llama3.2:1b")))
+        first.start()
+        wait_until("the load under way", d._load_lock.locked, timeout=2.0)
+        queued = post(d, "/api/generate", {"model": "llama3.2:1b", "prompt": "hi", "stream": False})
+        first.join(5)
+        assert queued.json()["load_duration"] >= 0.5 * NS_PER_SECOND
+        warm = post(d, "/api/generate", {"model": "llama3.2:1b", "prompt": "hi", "stream": False})
+        assert warm.json()["load_duration"] == 0
+
+
 def test_what_does_not_reload(double: OllamaDouble) -> None:
     load(double, "llama3.2:1b", keep_alive=-1)  # automatic num_ctx (4096 on 8 GiB)
     load(double, "llama3.2:1b")  # automatic again

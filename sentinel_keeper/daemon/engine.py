@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sentinel_keeper.daemon.progress import Progress
-from sentinel_keeper.errors import SentinelError
+from sentinel_keeper.errors import OllamaUnreachable, SentinelError
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
 from sentinel_keeper.ollama import OllamaClient
@@ -81,6 +81,18 @@ class TrackedClient:
 
 
 @dataclass(frozen=True)
+class Seen:
+    """What one look between passes found in /api/ps: the names listed, or why it did not
+    answer; ``at`` is time.monotonic() when it answered (what /ready answers from)."""
+
+    at: float
+    listed: frozenset[str] | None  # None: no answer
+    error: str | None = None
+    loaded: tuple[LoadedModel, ...] = ()  # what it listed (the gateway's view)
+    when: datetime | None = None  # the wall-clock time of the look
+
+
+@dataclass(frozen=True)
 class Engine:
     policy: Policy
     client: OllamaClient
@@ -119,8 +131,6 @@ class Engines:
         self._current = self._build(policy, None)
         self._last_pass: PassReport | None = None  # the pass worker's own
         self._watch_memory = WatchMemory()  # the pass worker's own, since the last pass
-        # the last look's /api/ps and when (for the gateway's view); the pass worker's
-        self.looked: tuple[datetime, tuple[LoadedModel, ...]] | None = None
 
     @property
     def current(self) -> Engine:
@@ -151,10 +161,10 @@ class Engines:
         self._watch_memory = WatchMemory()
         return report
 
-    def watch(self) -> Look:
+    def watch(self) -> tuple[Look, Seen | None]:
         """Between passes, a look at /api/ps (watch.py): why a pass is due now, if one is (a
-        pinned model gone, or an Ollama that stopped answering), and what to log. The pass
-        worker's."""
+        pinned model gone, or an Ollama that stopped answering), and what to log; and what
+        the look found (None: no look was taken). The pass worker's."""
         last = self._last_pass
         engine = self.current
         idle = Look(None, (), self._watch_memory)
@@ -163,12 +173,19 @@ class Engines:
             or not last.reachable  # an outage: the probing after a failed pass handles it
             or engine.policy.interval <= self._timings.watch
         ):
-            return idle
+            return idle, None
         try:
             loaded = engine.client.ps()
         except SentinelError as exc:
-            return Look(f"ollama: {exc}", (), self._watch_memory)
-        self.looked = (datetime.now(UTC), loaded)
+            reason = exc.reason if isinstance(exc, OllamaUnreachable) else str(exc)
+            failed = Seen(time.monotonic(), None, reason)
+            return Look(f"ollama: {exc}", (), self._watch_memory), failed
+        listed = Seen(
+            time.monotonic(),
+            frozenset(model.name for model in loaded),
+            loaded=loaded,
+            when=datetime.now(UTC),
+        )
         seen = look(
             last,
             loaded,
@@ -177,7 +194,7 @@ class Engines:
             settle=self._timings.watch_settle,
         )
         self._watch_memory = seen.memory
-        return seen
+        return seen, listed
 
     def close(self) -> None:
         engine = self.current

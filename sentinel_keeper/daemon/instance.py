@@ -15,11 +15,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from sentinel_keeper.daemon.engine import Engines
+from sentinel_keeper.daemon.engine import Engines, Seen
 from sentinel_keeper.daemon.lifecycle import Ready
 from sentinel_keeper.daemon.progress import Progress, Stuck
 from sentinel_keeper.daemon.schedule import Schedule
@@ -27,7 +26,7 @@ from sentinel_keeper.daemon.worker import PassWorker
 from sentinel_keeper.events import History, LogEvent
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.metrics.counts import Counts
-from sentinel_keeper.observation import LoadedModel, Observation
+from sentinel_keeper.observation import Observation
 from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import PassReport
@@ -49,7 +48,7 @@ class WatchAsked:
 
     why: str | None
     events: tuple[LogEvent, ...] = ()
-    looked: tuple[datetime, tuple[LoadedModel, ...]] | None = None
+    seen: Seen | None = None  # what the look found (None: no look taken)
 
 
 Posted = PassReport | Crash | WatchAsked
@@ -102,6 +101,8 @@ class InstanceLoop:
         self.last: PassReport | None = None
         # the last look at Ollama: the last pass's, with /api/ps as seen since (the gateway's)
         self.view: Observation | None = None
+        self.last_at: float | None = None  # monotonic: when the main thread got it
+        self.seen: Seen | None = None  # the latest look between passes since the last pass
         self.counts = Counts()
         self.ready: Ready | None = None  # READY=1 is due as far as this instance goes
         self.outage_since: float | None = None  # monotonic
@@ -118,11 +119,9 @@ class InstanceLoop:
     def _watch(self) -> None:
         if self._stop.is_set():
             return
-        self.engines.looked = None
-        seen = self.engines.watch()
-        looked = self.engines.looked
-        if seen.events or seen.due is not None or looked is not None:
-            self._post(self.name, WatchAsked(seen.due, seen.events, looked))
+        seen, found = self.engines.watch()
+        if seen.events or seen.due is not None or found is not None:
+            self._post(self.name, WatchAsked(seen.due, seen.events, found))
         if seen.due is not None:
             self.worker.request_pass()
 

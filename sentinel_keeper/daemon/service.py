@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from sentinel_keeper import __version__
-from sentinel_keeper.daemon import lifecycle
+from sentinel_keeper.daemon import health, lifecycle
 from sentinel_keeper.daemon.instance import InstanceLoop, Posted, WatchAsked
 from sentinel_keeper.daemon.progress import Stuck
 from sentinel_keeper.daemon.schedule import new_scheduler
@@ -69,6 +69,7 @@ from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
 from sentinel_keeper.policy.risks import file_risks
+from sentinel_keeper.readiness import Health
 from sentinel_keeper.reconcile import PassReport
 from sentinel_keeper.runtime import make_client
 from sentinel_keeper.signals import SignalFlags
@@ -222,13 +223,20 @@ class Daemon:
                 loop.crashes = 0
                 self._on_report(loop, item)
             elif isinstance(item, WatchAsked):
+                if item.seen is not None:
+                    loop.seen = item.seen  # /ready answers from the newest look
                 for event in item.events:
                     self._event(event, loop)
                 if item.why is not None:
                     log.debug("pass_requested", why=item.why, instance=loop.name)
-                if item.looked is not None and loop.view is not None:
-                    at, loaded = item.looked
-                    loop.view = replace(loop.view, at=at, loaded=loaded)
+                seen = item.seen
+                if (
+                    seen is not None
+                    and seen.listed is not None
+                    and seen.when is not None
+                    and loop.view is not None
+                ):
+                    loop.view = replace(loop.view, at=seen.when, loaded=seen.loaded)
                     if loop.name == self.policy.gateway_instance:
                         self._publish_view()
             else:
@@ -255,6 +263,7 @@ class Daemon:
         loop.history = advance(loop.history, report)
         loop.last = report
         loop.view = report.latest
+        loop.last_at = time.monotonic()
         if loop.name == self.policy.gateway_instance:
             self._publish_view()
         self._metrics(textfile=True)
@@ -443,6 +452,28 @@ class Daemon:
         if not self._ready_sent:
             self._readiness(now, extend=due.extend)
         self.notifier.status(self._status_text())
+        self._publish_health(now)
+
+    def _publish_health(self, now: float) -> None:
+        """What the endpoint's /ready and /live answer until the next tick."""
+        if self._exporter is None:
+            return
+        instances = tuple(
+            health.instance_health(
+                loop.name,
+                loop.last,
+                report_at=loop.last_at,
+                seen=loop.seen,
+                down_since=loop.outage_since,
+                loading=loop.progress.loading(),
+                now=now,
+            )
+            for loop in self.loops.values()
+        )
+        self._exporter.publish_health(
+            Health(self.policy.ready, instances, several=self.policy.instances is not None),
+            health.liveness(now, [(loop.name, loop.stuck) for loop in self.loops.values()]),
+        )
 
     def _readiness(self, now: float, *, extend: bool) -> None:
         """READY=1 once every instance is ready (its pinned models resident, or hopeless, or

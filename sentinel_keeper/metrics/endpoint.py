@@ -1,6 +1,8 @@
-"""The metrics endpoint: a small read-only HTTP server (the standard library's WSGI server,
-serving prometheus-client's WSGI app) on the policy's ``metrics.listen``, and the scrape `status`
-makes of it. The only listening socket the daemon opens.
+"""The keeper's endpoint: a small read-only HTTP server (the standard library's WSGI server)
+on the policy's ``metrics.listen``, serving prometheus-client's WSGI app at /metrics and, for
+load balancers, /ready and /live (:mod:`sentinel_keeper.readiness`, answered from the last
+look: no call to Ollama per request); and the scrape `status` makes of it. The only
+listening socket the daemon opens besides the gateway's.
 
 Read-only: GET and HEAD, nothing else (405). It runs in its own threads, so it answers while
 a pass waits minutes for a load. A few connections at a time, each with a socket timeout, so
@@ -10,31 +12,76 @@ a client that connects and sends nothing cannot use up the service's threads (Ta
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from sentinel_keeper.errors import MetricsError
 from sentinel_keeper.listen import ListenAddress
+from sentinel_keeper.readiness import Answer
 
 MAX_CONNECTIONS = 4  # served at once; others wait in the listen backlog
 SOCKET_TIMEOUT = 5.0  # a request must arrive, and its answer be taken, within this
 MAX_PAGE_BYTES = 4 * 1024**2  # what `status` reads of a page at most
-INDEX = b"sentinel-keeper: Prometheus metrics at /metrics\n"
+INDEX = (
+    b"sentinel-keeper: Prometheus metrics at /metrics; readiness at /ready"
+    b" (?instance=NAME, ?model=NAME); liveness at /live\n"
+)
+PATHS = ("/metrics", "/ready", "/live", "/")  # what the request counter names; others: "other"
+QUERY_KEYS = {"/ready": ("instance", "model"), "/live": ()}
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def read_only(metrics: WsgiApp) -> WsgiApp:
-    """``metrics`` at /metrics for GET and HEAD; a short index at /; 404 elsewhere; 405 for
-    any other method. Every answer says its Content-Length (a HEAD's too)."""
+@dataclass(frozen=True)
+class Probes:
+    """What /ready and /live answer (from the daemon's last look, at the time of the
+    request), and where each request is counted (its path, or "other", and status code)."""
+
+    ready: Callable[[str | None, str | None], Answer]  # (instance, model)
+    live: Callable[[], Answer]
+    count: Callable[[str, int], None]
+
+
+def _probe(path: str, query: str, probes: Probes) -> tuple[str, list[tuple[str, str]], bytes]:
+    try:
+        params = urllib.parse.parse_qs(query, keep_blank_values=True, strict_parsing=False)
+    except ValueError:
+        params = {}
+    unknown = sorted(set(params) - set(QUERY_KEYS[path]))
+    repeated = sorted(k for k, v in params.items() if len(v) > 1)
+    if unknown or repeated:
+        what = f"unknown parameter {unknown[0]!r}" if unknown else f"{repeated[0]!r} twice"
+        answer = Answer(
+            400, {"why": f"{what}; {path} takes {', '.join(QUERY_KEYS[path]) or 'none'}"}
+        )
+    elif path == "/ready":
+        answer = probes.ready(
+            params["instance"][0] if "instance" in params else None,
+            params["model"][0] if "model" in params else None,
+        )
+    else:
+        answer = probes.live()
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}
+    body = (json.dumps(answer.body, separators=(", ", ": ")) + "\n").encode()
+    headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+    return f"{answer.status} {reason.get(answer.status, '')}".rstrip(), headers, body
+
+
+def read_only(metrics: WsgiApp, probes: Probes | None = None) -> WsgiApp:
+    """``metrics`` at /metrics for GET and HEAD; /ready and /live from ``probes`` (404
+    without); a short index at /; 404 elsewhere; 405 for any other method. Every answer says
+    its Content-Length (a HEAD's too); every request is counted in ``probes``."""
 
     def answer(
         status: str, headers: list[tuple[str, str]], body: bytes
@@ -58,6 +105,8 @@ def read_only(metrics: WsgiApp) -> WsgiApp:
 
             body = b"".join(metrics({**environ, "REQUEST_METHOD": "GET"}, keep))
             status, headers = started[0]
+        elif path in QUERY_KEYS and probes is not None:
+            status, headers, body = _probe(path, environ.get("QUERY_STRING", ""), probes)
         elif path == "/":
             status, headers, body = answer("200 OK", [], INDEX)
         else:
@@ -65,6 +114,8 @@ def read_only(metrics: WsgiApp) -> WsgiApp:
                 "404 Not Found", [], b"not found: the metrics are at /metrics\n"
             )
         headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        if probes is not None:
+            probes.count(path if path in PATHS else "other", int(status.split(" ", 1)[0]))
         start_response(status, [*headers, ("Content-Length", str(len(body)))])
         return [] if method == "HEAD" else [body]
 
@@ -114,16 +165,18 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class MetricsServer:
-    """Serves ``metrics`` (the WSGI app of :func:`.exposition.wsgi_app`) on ``address``,
-    read-only, until :meth:`stop`."""
+    """Serves ``metrics`` (the WSGI app of :func:`.exposition.wsgi_app`) and ``probes`` on
+    ``address``, read-only, until :meth:`stop`."""
 
-    def __init__(self, address: ListenAddress, metrics: WsgiApp) -> None:
+    def __init__(
+        self, address: ListenAddress, metrics: WsgiApp, probes: Probes | None = None
+    ) -> None:
         self.address = address
         try:
             self._server = _Server(address)
         except OSError as exc:
             raise MetricsError(f"cannot listen on {address}: {exc.strerror or exc}") from None
-        self._server.set_app(read_only(metrics))
+        self._server.set_app(read_only(metrics, probes))
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.5},

@@ -1,10 +1,13 @@
 """What the daemon publishes after each pass: the figures behind the endpoint (served from
-their own threads, read from an immutable view swapped in whole) and the textfile (written
-atomically by the main thread). Imported only when the policy turns metrics on."""
+their own threads, read from an immutable view swapped in whole), what /ready and /live
+answer (the same: a frozen health swapped in at every tick of the main loop) and the textfile
+(written atomically by the main thread). Imported only when the policy turns metrics on."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -14,10 +17,11 @@ from sentinel_keeper.errors import AtomicFileError, MetricsError
 from sentinel_keeper.events import LogEvent
 from sentinel_keeper.gateway.measure import GatewayFigures
 from sentinel_keeper.listen import ListenAddress
-from sentinel_keeper.metrics.endpoint import MetricsServer
+from sentinel_keeper.metrics.endpoint import MetricsServer, Probes
 from sentinel_keeper.metrics.exposition import registry, render, wsgi_app
 from sentinel_keeper.metrics.families import Family, MetricsView, families
 from sentinel_keeper.policy.schema import MetricsSection
+from sentinel_keeper.readiness import Answer, Health, Liveness, decide_live, decide_ready
 
 TEXTFILE_MODE = 0o644  # node_exporter runs as another user
 
@@ -32,12 +36,37 @@ class Exporter:
         self._listen_error: str | None = None
         self._textfile_error: str | None = None
         self._gateway: Callable[[], GatewayFigures | None] | None = None
+        self._health: tuple[Health, Liveness] | None = None  # None: not published yet
+        self._requests: Counter[tuple[str, int]] = Counter()
+        self._requests_lock = threading.Lock()
 
     def families(self) -> tuple[Family, ...]:
         view = self._view
         if self._gateway is not None:
             view = replace(view, gateway=self._gateway())  # its figures as of the scrape
+        with self._requests_lock:
+            view = replace(view, requests=dict(self._requests))
         return families(view, mono=self._monotonic())
+
+    def publish_health(self, health: Health, live: Liveness) -> None:
+        """What /ready and /live answer from now on (one reference swap)."""
+        self._health = (health, live)
+
+    def ready(self, instance: str | None, model: str | None) -> Answer:
+        published = self._health
+        if published is None:
+            return Answer(503, {"ready": False, "why": "starting: no look at ollama yet"})
+        return decide_ready(published[0], now=self._monotonic(), instance=instance, model=model)
+
+    def live(self) -> Answer:
+        published = self._health
+        if published is None:
+            return Answer(200, {"live": True, "why": "starting"})
+        return decide_live(published[1], now=self._monotonic())
+
+    def count(self, path: str, code: int) -> None:
+        with self._requests_lock:
+            self._requests[(path, code)] += 1
 
     def live_gateway(self, figures: Callable[[], GatewayFigures | None] | None) -> None:
         """Where the gateway's figures come from at each scrape (None: the view's own)."""
@@ -70,7 +99,9 @@ class Exporter:
             self._listen_error = None
             return events
         try:
-            self._server = MetricsServer(wanted, wsgi_app(self._served))
+            self._server = MetricsServer(
+                wanted, wsgi_app(self._served), Probes(self.ready, self.live, self.count)
+            )
         except MetricsError as exc:
             if str(exc) != self._listen_error:
                 events.append(
@@ -92,7 +123,7 @@ class Exporter:
                     {
                         "listen": str(wanted),
                         "risk": "other hosts can read the figures (model names, memory, "
-                        "Ollama's version); allow_remote: true says that is meant",
+                        "Ollama's version) and /ready; allow_remote: true says that is meant",
                     },
                 )
             )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as default_field
 from typing import Literal
 
 from sentinel_keeper.causes import LoadCause
@@ -230,6 +231,13 @@ GATEWAY_CHANGES = _spec(
     "Fields of requests the gateway changed (keep_alive, options.num_ctx...), by model",
     (INSTANCE, "model", "field"),
 )
+ENDPOINT_REQUESTS = _spec(
+    "endpoint_requests",
+    "counter",
+    "Requests to the keeper's endpoint, by path (/metrics, /ready, /live, /, other) and status "
+    "code",
+    ("path", "code"),
+)
 GATEWAY_RELOADS = _spec(
     "gateway_client_reloads",
     "counter",
@@ -264,7 +272,7 @@ CATALOG: tuple[Spec, ...] = (
     FOREIGN, FOREIGN_SIZE,
     OLLAMA_UP, OLLAMA_INFO, STALLED, OUTAGES, OUTAGE_SECONDS, RESTARTS,
     GPU_TOTAL, GPU_USED, GPU_FREE, NVML,
-    PASSES, PASS_DURATION, LAST_PASS, RELOADS, BUILD, START,
+    PASSES, PASS_DURATION, LAST_PASS, RELOADS, BUILD, START, ENDPOINT_REQUESTS,
     GATEWAY_UP, GATEWAY_DEGRADED, GATEWAY_REQUESTS, GATEWAY_COLD, GATEWAY_TTFB, GATEWAY_CHANGES,
     GATEWAY_RELOADS,
     GATEWAY_COLD_SHARE, GATEWAY_RECENT, GATEWAY_RECENT_COLD,
@@ -302,6 +310,8 @@ class MetricsView:
     python: str
     started_unix: float
     gateway: GatewayFigures | None = None  # None: the gateway is off (no samples)
+    # requests to the endpoint so far, by (path, status code)
+    requests: Mapping[tuple[str, int], int] = default_field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [instance.name for instance in self.instances]
@@ -349,6 +359,8 @@ def families(view: MetricsView, *, mono: float) -> tuple[Family, ...]:
         put(RELOADS, (result,), number)
     put(BUILD, (view.version, view.python), 1)
     put(START, (), view.started_unix)
+    for (path, code), number in sorted(view.requests.items()):
+        put(ENDPOINT_REQUESTS, (path, str(code)), number)
     if view.gateway is not None:
         _gateway(view.gateway, put, observed)
     return tuple(

@@ -446,7 +446,8 @@ class MetricsSection(_Section):
 
     listen: Listen | None = Field(
         DEFAULT_METRICS_LISTEN,
-        description="address of the read-only /metrics endpoint; null turns it off",
+        description="address of the read-only endpoint (/metrics, /ready, /live); null turns "
+        "it off",
     )
     textfile: TextfilePath | None = Field(
         None, description="also write the figures to this .prom file after every pass"

@@ -948,7 +948,10 @@ class OllamaDouble:
         stop: threading.Event,
     ) -> tuple[_Instance, float]:
         """getRunner + processPending + load: the instance to use (its use count taken) and
-        the seconds spent loading (0 when it was already loaded)."""
+        the seconds until it was ready (0 when it was already loaded). Like Ollama's
+        ``load_duration`` (checkpointLoaded - checkpointStart in server/routes.go), that
+        includes the wait behind another request's load of the same model."""
+        entered = time.monotonic()
         opts = self._runner_options(model, request_opts)
         key = model.name.lower()
         with self._lock:
@@ -970,11 +973,12 @@ class OllamaDouble:
             with self._lock:
                 self._waiting_loads -= 1
         try:
-            return self._schedule(
+            inst, _ = self._schedule(
                 model, opts, keep_alive_ns=keep_alive_ns, alive=alive, stop=stop, epoch=epoch
             )
         finally:
             self._load_lock.release()
+        return inst, time.monotonic() - entered
 
     def _use_locked(self, inst: _Instance, keep_alive_ns: int | None) -> None:
         """useLoadedRunner: take a use; an explicit keep_alive replaces the duration, an
