@@ -28,6 +28,7 @@ from sentinel_keeper.gateway.exchange import (
     view_path,
 )
 from sentinel_keeper.gateway.measure import Degraded
+from sentinel_keeper.readiness import InstanceHealth
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket, free_port, wait_until
 from tests.support.gateway import observe
 from tests.support.ollama_double import FakeModel, GiB, MiB, OllamaDouble
@@ -125,6 +126,19 @@ def test_a_view_survives_its_codec(double: OllamaDouble) -> None:
     httpx.post(f"{double.url}/api/generate", json={"model": PINNED}, timeout=WAIT)
     view = View("default", 12.5, observe(double, free=3 * GiB))
     assert decode_view(encode_view(view)) == view
+    health = InstanceHealth(
+        "default",
+        answered=True,
+        pinned=(PINNED,),
+        resident=frozenset({PINNED}),
+        not_installed=frozenset({"gone:1b"}),
+        looked_at=10.5,
+        loading="x:1b",
+        loading_since=9.0,
+        stalled="slow",
+    )
+    full = View("default", 12.5, None, health, "started")
+    assert decode_view(encode_view(full)) == full
     with pytest.raises(ValueError, match="format"):
         decode_view(json.dumps({"format": 99}))
     with pytest.raises(ValueError):

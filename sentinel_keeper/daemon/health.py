@@ -6,6 +6,7 @@ passes in what it knows and the time."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from sentinel_keeper.daemon.engine import Seen
 from sentinel_keeper.daemon.lifecycle import hopeless
@@ -58,6 +59,21 @@ def instance_health(
         loading=loading_model,
         loading_since=loading_since,
         stalled=report.stall.describe(report.started) if report.stall is not None else None,
+    )
+
+
+def shifted(inst: InstanceHealth, by: float) -> InstanceHealth:
+    """``inst`` with its times moved by ``by`` seconds: monotonic to Unix time, the clock
+    of the files the keeper and the gateway's process share."""
+
+    def move(t: float | None) -> float | None:
+        return None if t is None else t + by
+
+    return replace(
+        inst,
+        looked_at=move(inst.looked_at),
+        down_since=move(inst.down_since),
+        loading_since=move(inst.loading_since),
     )
 
 

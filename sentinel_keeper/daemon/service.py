@@ -69,7 +69,7 @@ from sentinel_keeper.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
 from sentinel_keeper.policy.risks import file_risks
-from sentinel_keeper.readiness import Health
+from sentinel_keeper.readiness import Health, InstanceHealth
 from sentinel_keeper.reconcile import PassReport
 from sentinel_keeper.runtime import make_client
 from sentinel_keeper.signals import SignalFlags
@@ -364,7 +364,15 @@ class Daemon:
         loop = self.loops.get(name) if name is not None else None
         if loop is None or self._state_dir is None:
             return
-        view = View(instance=loop.name, written=time.time(), observation=loop.view)
+        mono, unix = time.monotonic(), time.time()
+        view = View(
+            instance=loop.name,
+            written=unix,
+            observation=loop.view,
+            # /ready's input, its monotonic times made Unix ones for another process
+            health=health.shifted(self._instance_health(loop, mono), unix - mono),
+            rule=self.policy.ready,
+        )
         path = view_path(self._state_dir)
         try:
             replace_file(path, encode_view(view), mode=0o600)
@@ -458,21 +466,22 @@ class Daemon:
         """What the endpoint's /ready and /live answer until the next tick."""
         if self._exporter is None:
             return
-        instances = tuple(
-            health.instance_health(
-                loop.name,
-                loop.last,
-                report_at=loop.last_at,
-                seen=loop.seen,
-                down_since=loop.outage_since,
-                loading=loop.progress.loading(),
-                now=now,
-            )
-            for loop in self.loops.values()
-        )
+        instances = tuple(self._instance_health(loop, now) for loop in self.loops.values())
         self._exporter.publish_health(
             Health(self.policy.ready, instances, several=self.policy.instances is not None),
             health.liveness(now, [(loop.name, loop.stuck) for loop in self.loops.values()]),
+        )
+
+    @staticmethod
+    def _instance_health(loop: InstanceLoop, now: float) -> InstanceHealth:
+        return health.instance_health(
+            loop.name,
+            loop.last,
+            report_at=loop.last_at,
+            seen=loop.seen,
+            down_since=loop.outage_since,
+            loading=loop.progress.loading(),
+            now=now,
         )
 
     def _readiness(self, now: float, *, extend: bool) -> None:

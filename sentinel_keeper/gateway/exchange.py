@@ -42,6 +42,7 @@ from sentinel_keeper.observation import (
     ModelDetails,
     Observation,
 )
+from sentinel_keeper.readiness import InstanceHealth, ReadyRule
 
 VIEW_FILE = "gateway-view.json"
 GATEWAY_DIR = "gateway"
@@ -83,12 +84,16 @@ def replace_file(path: Path, content: str, *, mode: int = 0o600) -> None:
 
 @dataclass(frozen=True)
 class View:
-    """One ``gateway-view.json``: the instance, when it was written (Unix seconds) and the
-    keeper's last look (None: Ollama has not answered yet)."""
+    """One ``gateway-view.json``: the instance, when it was written (Unix seconds), the
+    keeper's last look (None: Ollama has not answered yet), and what the keeper's own /ready
+    decides from for that instance (its times in Unix seconds) with the policy's ``ready:``
+    rule, so that the gateway's /ready answers as the keeper's does."""
 
     instance: str
     written: float
     observation: Observation | None
+    health: InstanceHealth | None = None
+    rule: ReadyRule = "pinned"
 
 
 def encode_view(view: View) -> str:
@@ -99,8 +104,55 @@ def encode_view(view: View) -> str:
             "instance": view.instance,
             "written": view.written,
             "observation": None if obs is None else _observation(obs),
+            "rule": view.rule,
+            "health": None if view.health is None else _health(view.health),
         },
         separators=(",", ":"),
+    )
+
+
+def _health(h: InstanceHealth) -> dict[str, Any]:
+    return {
+        "name": h.name,
+        "answered": h.answered,
+        "pinned": list(h.pinned),
+        "extras": list(h.extras),
+        "resident": sorted(h.resident),
+        "not_installed": sorted(h.not_installed),
+        "looked_at": h.looked_at,
+        "error": h.error,
+        "down_since": h.down_since,
+        "loading": h.loading,
+        "loading_since": h.loading_since,
+        "stalled": h.stalled,
+    }
+
+
+def _decode_health(data: Mapping[str, Any]) -> InstanceHealth:
+    def opt_str(key: str) -> str | None:
+        value = data.get(key)
+        return None if value is None else _str(value, f"health.{key}")
+
+    def opt_num(key: str) -> float | None:
+        value = data.get(key)
+        return None if value is None else _number(value, f"health.{key}")
+
+    def strs(key: str) -> tuple[str, ...]:
+        return tuple(_str(v, f"health.{key}") for v in _list(data.get(key, []), f"health.{key}"))
+
+    return InstanceHealth(
+        name=_str(data.get("name"), "health.name"),
+        answered=bool(data.get("answered")),
+        pinned=strs("pinned"),
+        extras=strs("extras"),
+        resident=frozenset(strs("resident")),
+        not_installed=frozenset(strs("not_installed")),
+        looked_at=opt_num("looked_at"),
+        error=opt_str("error"),
+        down_since=opt_num("down_since"),
+        loading=opt_str("loading"),
+        loading_since=opt_num("loading_since"),
+        stalled=opt_str("stalled"),
     )
 
 
@@ -156,10 +208,16 @@ def decode_view(text: str) -> View:
     if data.get("format") != FORMAT:
         raise ValueError(f"format {data.get('format')!r}, not {FORMAT}")
     raw = data.get("observation")
+    health = data.get("health")
+    rule = data.get("rule", "pinned")
+    if rule not in ("pinned", "started"):
+        raise ValueError(f"rule: {rule!r}")
     return View(
         instance=_str(data.get("instance"), "instance"),
         written=_number(data.get("written"), "written"),
         observation=None if raw is None else _decode_observation(_object(raw, "observation")),
+        health=None if health is None else _decode_health(_object(health, "health")),
+        rule=rule,
     )
 
 
