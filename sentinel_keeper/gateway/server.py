@@ -5,8 +5,24 @@ Every method and path is relayed to the fronted Ollama as it came: the request b
 (uploads to /api/blobs and /api/create included), the answer's status and headers kept (less
 the hop-by-hop ones), its body passed on chunk by chunk as it arrives (NDJSON lines, the /v1
 endpoints' server-sent events). Only the JSON body of a generate, chat or embed request
-(:data:`rules.MODEL_PATHS`, at most ``gateway.max_body``) is read whole, handed to
-:func:`rules.decide`, and forwarded as it says.
+(:data:`rules.MODEL_PATHS`, at most ``gateway.max_body``) is read whole, as Ollama's handler
+will read it (:mod:`.gojson`), handed to :func:`rules.decide`, and forwarded as it says: the
+bytes as they came when nothing changes, else the body as read, in JSON, with the changes.
+
+Requests are taken as Ollama's Go server takes them, not more loosely:
+
+- Only origin-form targets (``/path``) are relayed, to the policy's Ollama URL with the
+  target appended as it came; CONNECT is 405, any other form 400, and the connection closes.
+  A path Go's ServeMux would redirect (``//api/generate``, ``/x/../api/generate``) gets the
+  same 301 from the gateway, and the path the rules go by is the one Go routes on
+  (:mod:`.target`: ``/api/%67enerate`` is /api/generate).
+- A body of a model request that Ollama would refuse, or that the gateway cannot be sure it
+  reads as Ollama does, is answered 400 ``{"error": ...}`` and never forwarded.
+- ``Expect: 100-continue`` is answered ``100 Continue`` when the body is first read, as Go
+  does; another Expect is 417. Headers may take :data:`MAX_HEADER_BYTES` (Go's 1 MiB); a
+  request without an HTTP version (HTTP/0.9) is 400 in HTTP/1.1. No ``Server`` header.
+- A malformed request is 400 and one short ``gateway_bad_request`` line at info, a minute
+  apart at most per client address; never a traceback.
 
 What is bounded, and what is not:
 
@@ -27,18 +43,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import socket
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web, web_protocol
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
+from yarl import URL
 
 from sentinel_keeper.errors import GatewayError
-from sentinel_keeper.gateway import rules
+from sentinel_keeper.events import Level
+from sentinel_keeper.gateway import gojson, rules, target
 from sentinel_keeper.gateway.measure import (
     FinalChunk,
     RequestRecord,
@@ -56,6 +77,20 @@ STOP_SECONDS = 1.0  # a stop waits this long for requests in flight, then cuts t
 START_SECONDS = 10.0
 UPSTREAM_CONNECTIONS = 512  # to Ollama at once, at most (Ollama queues the rest itself)
 BACKLOG = 1024
+# Go's http.Server: DefaultMaxHeaderBytes (1 MiB) for the request line and headers, and the
+# 4096 bytes of slack its reader allows; aiohttp's limits are per line and per count, so each
+# is set to what Go would let through in total
+MAX_HEADER_BYTES = (1 << 20) + 4096
+MAX_HEADERS = MAX_HEADER_BYTES // 4  # "a:\r\n": the shortest header line
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# the fields of Ollama's request structs the gateway reads, by endpoint
+READ_FIELDS = {
+    "/api/generate": ("model", "prompt", "keep_alive", "options"),
+    "/api/chat": ("model", "messages", "keep_alive", "options"),
+    "/api/embed": ("model", "keep_alive", "options"),
+    "/api/embeddings": ("model", "keep_alive", "options"),
+}
+REWRITTEN = ("keep_alive", "options")  # the fields the rules may change
 # RFC 9110 7.6.1, and Expect (aiohttp answers 100-continue to the client itself)
 HOP_BY_HOP = frozenset(
     {
@@ -96,7 +131,9 @@ class Hooks(Protocol):
 
     def record(self, record: RequestRecord) -> None: ...
 
-    def refused(self, event: str, model: str | None, fields: dict[str, object]) -> None: ...
+    def refused(
+        self, event: str, model: str | None, fields: dict[str, object], level: Level = "warning"
+    ) -> None: ...
 
 
 def endpoint_of(path: str) -> str:
@@ -115,6 +152,44 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _Request(web.BaseRequest):
+    """A request as the gateway's server makes it: one sent with no HTTP version (HTTP/0.9)
+    is answered in HTTP/1.1, and no answer gains aiohttp's ``Server`` header."""
+
+    http09 = False
+    continued = False  # 100 Continue sent (or not to be)
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        if response.headers.get(hdrs.SERVER) == SERVER_SOFTWARE:
+            del response.headers[hdrs.SERVER]
+        await super()._prepare_hook(response)
+
+
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger, less its tracebacks for requests it could not parse (bad
+    request lines, targets, headers, limits): those go to ``malformed`` as one line."""
+
+    def __init__(self, malformed: Any) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._malformed = malformed
+
+    def _parse_error(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        exc = kwargs.get("exc_info")
+        if not isinstance(exc, HttpProcessingError):
+            return False
+        remote = args[1] if len(args) > 1 else ""
+        self._malformed(str(remote or ""), exc)
+        return True
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self._parse_error((msg, *args), kwargs):
+            super().exception(msg, *args, **kwargs)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self._parse_error((msg, *args), kwargs):
+            super().debug(msg, *args, **kwargs)
+
+
 class _ClientStalled(Exception):
     pass
 
@@ -127,7 +202,9 @@ class _Probe:
         self.view = view
         self.decision: rules.Decision | None = None
         self.raw = b""  # a model request's body, as it came
+        self.read: gojson.Request | None = None  # that body, as Ollama reads it
         self.forwarded: object = None  # the JSON body forwarded, when one was read
+        self.path = ""  # the path Ollama routes the request by
         self.status = CLIENT_GONE
         self.ttfb: float | None = None
         self.final = FinalChunk()
@@ -207,9 +284,14 @@ class GatewayServer:
         self._stopping = asyncio.Event()
         server = web.Server(
             self._handle,
+            request_factory=self._make_request,
             handler_cancellation=True,  # a client that leaves cancels its request to Ollama
             keepalive_timeout=self._header_timeout,
             access_log=None,
+            logger=cast(logging.Logger, _ServerLog(self._malformed)),
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+            max_headers=MAX_HEADERS,
         )
         runner = web.ServerRunner(server, shutdown_timeout=STOP_SECONDS, handle_signals=False)
         await runner.setup()
@@ -243,20 +325,45 @@ class GatewayServer:
 
     # -- one request ---------------------------------------------------------------------
 
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: aiohttp.StreamReader,
+        protocol: web.RequestHandler,
+        writer: Any,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        http09 = message.version < (1, 0)
+        if http09 or message is web_protocol.ERROR:
+            # Go answers a request it cannot parse in HTTP/1.1, and never in HTTP/0.9
+            message = message._replace(version=HttpVersion11, should_close=True)
+        made = _Request(message, payload, protocol, writer, task, asyncio.get_running_loop())
+        made.http09 = http09
+        return made
+
+    def _malformed(self, client: str, exc: HttpProcessingError) -> None:
+        """A request aiohttp could not parse: answered 400 by aiohttp; one line here."""
+        reason = str(exc.message or type(exc).__name__).splitlines()[0][:200]
+        with contextlib.suppress(Exception):  # a log line must never cost the server
+            self._hooks.refused(
+                "gateway_bad_request",
+                None,
+                {"client": client, "status": exc.code or 400, "error": reason},
+                "info",
+            )
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         probe = _Probe(loop.time(), self._hooks.current())
         try:
-            if request.method == "POST" and request.path in rules.MODEL_PATHS:
+            refused = self._refused_outright(request, probe)
+            if refused is not None:
+                return refused
+            if request.method == "POST" and probe.path in rules.MODEL_PATHS:
                 refused = await self._read_and_decide(request, probe)
                 if refused is not None:
                     return self._answer(probe, refused)
-                decision = probe.decision
-                body: bytes | AsyncIterator[bytes] | None = (
-                    probe.raw
-                    if decision is None or decision.body is None
-                    else json.dumps(decision.body, separators=(",", ":")).encode()
-                )
+                body: bytes | AsyncIterator[bytes] | None = self._forwarded_body(probe)
             elif request.body_exists:
                 body = self._stream(request)
             else:
@@ -265,11 +372,59 @@ class GatewayServer:
         finally:
             self._finish(request, probe, loop.time())
 
+    def _refused_outright(self, request: web.BaseRequest, probe: _Probe) -> web.Response | None:
+        """The gateway's own answer to a request it does not relay as such: no HTTP version,
+        a target that is not a path, a path Go redirects, an Expect Go refuses."""
+        http09 = isinstance(request, _Request) and request.http09
+        if http09:
+            response = _error(400, "malformed HTTP request: no HTTP version")
+        else:
+            where = target.route(request.method, request.raw_path)
+            if isinstance(where, target.Refused):
+                response = _error(where.status, where.error)
+            elif isinstance(where, target.Redirect):
+                response = web.Response(status=301, headers={hdrs.LOCATION: where.location})
+                if request.method == "GET":
+                    response.content_type = "text/html"
+                    response.text = f'<a href="{where.location}">Moved Permanently</a>.\n\n'
+            else:
+                probe.path = where.path
+                expect = request.headers.get(hdrs.EXPECT)
+                if expect is None or _continues(expect):
+                    return None
+                response = web.Response(status=417)
+        if response.status >= 400:
+            response.force_close()
+            self._hooks.refused(
+                "gateway_bad_request",
+                None,
+                {"client": request.remote or "", "status": response.status, "error": response.text},
+                "info",
+            )
+        return self._answer(probe, response)
+
+    def _forwarded_body(self, probe: _Probe) -> bytes:
+        """The bytes as they came when the rules change nothing, else the body as read with
+        the rules' values of the fields they may change."""
+        decision, read = probe.decision, probe.read
+        if decision is None or decision.body is None or read is None:
+            return probe.raw
+        if not isinstance(read.body, gojson.Pairs):
+            return probe.raw
+        fields = READ_FIELDS.get(probe.path, ("model",))
+        # every field the gateway read and the rules may see is written once, by its exact
+        # name, with the value read (or the rules' value): one reading left, Go's
+        changed = {k: decision.body[k] for k in REWRITTEN if k in decision.body}
+        for name, value in (("model", read.model), ("prompt", read.prompt)):
+            if value is not None and name in fields:
+                changed.setdefault(name, value)
+        return gojson.rewrite(read.body, changed, fields)
+
     async def _read_and_decide(
         self, request: web.BaseRequest, probe: _Probe
     ) -> web.Response | None:
-        """Read a model request's JSON body and ask the rules (again, while they say queue);
-        an answer of the gateway's own when the request goes no further."""
+        """Read a model request's JSON body as Ollama will and ask the rules (again, while
+        they say queue); an answer of the gateway's own when the request goes no further."""
         gateway = probe.view.policy.gateway
         try:
             probe.raw = await self._read_whole(request, gateway.max_body)
@@ -280,18 +435,27 @@ class GatewayServer:
         except TimeoutError:
             return _error(408, f"the request body did not arrive within {self._body_timeout:g} s")
         try:
-            parsed: object = json.loads(probe.raw)
-        except ValueError:
-            parsed = None  # forwarded as it came: Ollama's own 400 says what is wrong
+            probe.read = gojson.read_request(probe.raw, READ_FIELDS.get(probe.path, ("model",)))
+        except gojson.BodyError as exc:
+            # what Ollama would refuse too, or what the gateway cannot be sure it reads as
+            # Ollama does: never forwarded
+            self._hooks.refused(
+                "gateway_bad_request",
+                None,
+                {"client": request.remote or "", "status": 400, "error": str(exc)},
+                "info",
+            )
+            return _error(400, str(exc))
+        parsed = _for_rules(probe.read)
         loop = asyncio.get_running_loop()
         view = probe.view
-        decision = rules.decide(request.path, parsed, view, gateway, datetime.now(UTC))
+        decision = rules.decide(probe.path, parsed, view, gateway, datetime.now(UTC))
         deadline = loop.time() + gateway.queue_timeout
         while decision.verdict is rules.Verdict.QUEUE and loop.time() < deadline:
             await asyncio.sleep(min(QUEUE_POLL_SECONDS, max(deadline - loop.time(), 0.0)))
             view = self._hooks.current()
             decision = rules.decide(
-                request.path, parsed, view, view.policy.gateway, datetime.now(UTC)
+                probe.path, parsed, view, view.policy.gateway, datetime.now(UTC)
             )
         probe.view, probe.decision = view, decision
         probe.forwarded = parsed if decision.body is None else decision.body
@@ -300,8 +464,29 @@ class GatewayServer:
         message = decision.error or "refused by the gateway's rules"
         if decision.verdict is rules.Verdict.QUEUE:
             message += f"; waited {gateway.queue_timeout:g} s for memory (gateway.queue_timeout)"
-        self._hooks.refused("gateway_rejected", decision.model, {"error": message})
-        return _error(503, message)
+        fields: dict[str, object] = {"error": message}
+        if decision.status != 503:  # a refused unload: said for each client and value
+            fields["client"] = request.remote or ""
+            fields["user_agent"] = request.headers.get("User-Agent", "")
+            fields["value"] = parsed.get("keep_alive") if isinstance(parsed, dict) else None
+        self._hooks.refused("gateway_rejected", decision.model, fields)
+        return _error(decision.status, message)
+
+    async def _continue(self, request: web.BaseRequest) -> None:
+        """Go's server: ``100 Continue`` when the handler first reads a body the client
+        said it waits to send (HTTP/1.1, ``Expect: 100-continue``, a body not said empty)."""
+        if not isinstance(request, _Request) or request.continued:
+            return
+        request.continued = True
+        expect = request.headers.get(hdrs.EXPECT)
+        if (
+            expect is not None
+            and _continues(expect)
+            and request.version >= HttpVersion11
+            and request.content_length != 0
+        ):
+            await request.writer.write(CONTINUE)
+            cast(Any, request.writer).output_size = 0  # the answer proper has not started
 
     def _answer(self, probe: _Probe, response: web.Response) -> web.Response:
         probe.status = response.status
@@ -312,6 +497,7 @@ class GatewayServer:
         if request.content_length is not None and request.content_length > limit:
             raise _BodyTooLarge
         data = bytearray()
+        await self._continue(request)
         async with asyncio.timeout(self._body_timeout):
             while chunk := await request.content.readany():
                 data += chunk
@@ -320,6 +506,7 @@ class GatewayServer:
         return bytes(data)
 
     async def _stream(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
+        await self._continue(request)
         while True:
             try:
                 async with asyncio.timeout(self._body_timeout):
@@ -340,6 +527,12 @@ class GatewayServer:
         if session is None:
             raise RuntimeError("the gateway's client session is not open")
         base = probe.view.policy.ollama.url.rstrip("/")
+        # the target as it came (origin-form, checked): appended to the configured URL and
+        # never parsed again, so that what Ollama routes is what the gateway routed
+        url = URL(base + request.raw_path, encoded=True)
+        if url.raw_path_qs != URL(base, encoded=True).raw_path.rstrip("/") + request.raw_path:
+            message = f"request target {request.raw_path[:80]!r} cannot be relayed as it came"
+            return self._answer(probe, _error(400, message))
         changed = probe.decision is not None and probe.decision.body is not None
         headers = [
             (k, v)
@@ -351,7 +544,7 @@ class GatewayServer:
         try:
             upstream = await session.request(
                 request.method,
-                base + request.raw_path,
+                url,
                 headers=headers,
                 data=body,
                 allow_redirects=False,
@@ -411,7 +604,7 @@ class GatewayServer:
             cause = cause_of(model, num_ctx, view.observation)
         record = RequestRecord(
             model=model,
-            endpoint=endpoint_of(request.path),
+            endpoint=endpoint_of(probe.path or request.path),
             client=request.remote or "",
             user_agent=request.headers.get("User-Agent", ""),
             status=probe.status,
@@ -424,6 +617,25 @@ class GatewayServer:
         )
         with contextlib.suppress(Exception):  # the figures must never cost a request
             self._hooks.record(record)
+
+
+def _continues(expect: str) -> bool:
+    return any(t.strip().lower() == "100-continue" for t in expect.split(","))
+
+
+def _for_rules(read: gojson.Request) -> dict[str, Any] | None:
+    """What Ollama's handler decodes, for :func:`rules.decide`: the fields set, numbers as
+    Go reads them (an integer literal kept an int for the logs)."""
+    if read.body is None:
+        return None
+    out = read.as_mapping()
+    if isinstance(read.keep_alive, gojson.Number):
+        literal = str(read.keep_alive)
+        try:
+            out["keep_alive"] = int(literal)
+        except ValueError:
+            out["keep_alive"] = gojson.go_float(read.keep_alive)
+    return out
 
 
 def _reason(exc: BaseException) -> str:
