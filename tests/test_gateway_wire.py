@@ -363,3 +363,16 @@ def test_nothing_is_added_and_there_is_no_http_0_9(gw: Running) -> None:
     line, headers, _ = head_of(exchange(gw.gateway.port or 0, b"GET /api/version\r\n\r\n"))
     assert line.startswith("HTTP/1.1 400 ")
     assert "server" not in headers
+
+
+def test_a_target_that_cannot_be_sent_as_it_came_is_refused(
+    gw: Running, double: OllamaDouble
+) -> None:
+    body = json.dumps({"model": PINNED, "prompt": "hi", "keep_alive": 0}).encode()
+    for where in ("/api/generate#x", "/api/generate%zz", "/api/gen%2"):
+        request = (
+            f"POST {where} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        line, _, _ = head_of(exchange(gw.gateway.port or 0, request + body))
+        assert line.startswith("HTTP/1.1 400 "), (where, line)
+    assert double.requests == []

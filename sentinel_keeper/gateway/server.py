@@ -205,6 +205,7 @@ class _Probe:
         self.read: gojson.Request | None = None  # that body, as Ollama reads it
         self.forwarded: object = None  # the JSON body forwarded, when one was read
         self.path = ""  # the path Ollama routes the request by
+        self.url: URL | None = None  # where it goes: Ollama's URL and the target as it came
         self.status = CLIENT_GONE
         self.ttfb: float | None = None
         self.final = FinalChunk()
@@ -375,32 +376,34 @@ class GatewayServer:
     def _refused_outright(self, request: web.BaseRequest, probe: _Probe) -> web.Response | None:
         """The gateway's own answer to a request it does not relay as such: no HTTP version,
         a target that is not a path, a path Go redirects, an Expect Go refuses."""
-        http09 = isinstance(request, _Request) and request.http09
-        if http09:
-            response = _error(400, "malformed HTTP request: no HTTP version")
-        else:
-            where = target.route(request.method, request.raw_path)
-            if isinstance(where, target.Refused):
-                response = _error(where.status, where.error)
-            elif isinstance(where, target.Redirect):
-                response = web.Response(status=301, headers={hdrs.LOCATION: where.location})
-                if request.method == "GET":
-                    response.content_type = "text/html"
-                    response.text = f'<a href="{where.location}">Moved Permanently</a>.\n\n'
+        where = target.route(request.method, request.raw_path)
+        if isinstance(request, _Request) and request.http09:
+            where = target.Refused(400, "malformed HTTP request: no HTTP version")
+        if isinstance(where, target.Redirect):
+            response = web.Response(status=301, headers={hdrs.LOCATION: where.location})
+            if request.method == "GET":  # as Go's http.Redirect writes it
+                response.content_type = "text/html"
+                response.text = f'<a href="{where.location}">Moved Permanently</a>.\n\n'
+            return self._answer(probe, response)
+        if isinstance(where, target.Routed):
+            probe.path = where.path
+            probe.url = _upstream(probe.view.policy.ollama.url, where.target)
+            expect = request.headers.get(hdrs.EXPECT)
+            if probe.url is None:
+                shown = repr(where.target[:80])
+                where = target.Refused(400, f"request target {shown} cannot be relayed as it came")
+            elif expect is None or _continues(expect):
+                return None
             else:
-                probe.path = where.path
-                expect = request.headers.get(hdrs.EXPECT)
-                if expect is None or _continues(expect):
-                    return None
-                response = web.Response(status=417)
-        if response.status >= 400:
-            response.force_close()
-            self._hooks.refused(
-                "gateway_bad_request",
-                None,
-                {"client": request.remote or "", "status": response.status, "error": response.text},
-                "info",
-            )
+                where = target.Refused(417, f"Expect: {expect[:80]} is not understood")
+        response = _error(where.status, where.error)
+        response.force_close()
+        self._hooks.refused(
+            "gateway_bad_request",
+            None,
+            {"client": request.remote or "", "status": where.status, "error": where.error},
+            "info",
+        )
         return self._answer(probe, response)
 
     def _forwarded_body(self, probe: _Probe) -> bytes:
@@ -527,12 +530,9 @@ class GatewayServer:
         if session is None:
             raise RuntimeError("the gateway's client session is not open")
         base = probe.view.policy.ollama.url.rstrip("/")
-        # the target as it came (origin-form, checked): appended to the configured URL and
-        # never parsed again, so that what Ollama routes is what the gateway routed
-        url = URL(base + request.raw_path, encoded=True)
-        if url.raw_path_qs != URL(base, encoded=True).raw_path.rstrip("/") + request.raw_path:
-            message = f"request target {request.raw_path[:80]!r} cannot be relayed as it came"
-            return self._answer(probe, _error(400, message))
+        url = probe.url
+        if url is None:
+            raise RuntimeError("a request relayed without its upstream URL")
         changed = probe.decision is not None and probe.decision.body is not None
         headers = [
             (k, v)
@@ -617,6 +617,17 @@ class GatewayServer:
         )
         with contextlib.suppress(Exception):  # the figures must never cost a request
             self._hooks.record(record)
+
+
+def _upstream(base: str, raw_target: str) -> URL | None:
+    """Ollama's URL with the request's target appended as it came, never parsed again, so
+    that what Ollama routes is what the gateway routed; None when it would not go as it
+    came (a ``#``, which a URL takes for a fragment)."""
+    base = base.rstrip("/")
+    url = URL(base + raw_target, encoded=True)
+    if url.raw_path_qs != URL(base, encoded=True).raw_path.rstrip("/") + raw_target:
+        return None
+    return url
 
 
 def _continues(expect: str) -> bool:
