@@ -83,6 +83,11 @@ BACKLOG = 1024
 MAX_HEADER_BYTES = (1 << 20) + 4096
 MAX_HEADERS = MAX_HEADER_BYTES // 4  # "a:\r\n": the shortest header line
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+HEAD_TOO_LARGE = (  # as Go's server answers it
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+    b"431 Request Header Fields Too Large"
+)
 # the fields of Ollama's request structs the gateway reads, by endpoint
 READ_FIELDS = {
     "/api/generate": ("model", "prompt", "keep_alive", "options"),
@@ -165,6 +170,41 @@ class _Request(web.BaseRequest):
         await super()._prepare_hook(response)
 
 
+class _Connection(web.RequestHandler):
+    """aiohttp's connection, with Go's bound on a request's head as a whole: aiohttp bounds
+    each line and the number of headers, not their total, so the bytes that arrive while no
+    body is being read (a request's line and headers, being parsed) are counted, and past
+    :data:`MAX_HEADER_BYTES` the connection gets Go's 431 and is closed."""
+
+    _head = 0
+    _payload: Any = None  # the body of the last request parsed (None: none yet)
+
+    def data_received(self, data: bytes) -> None:
+        count = self._request_count
+        counting = self._payload is None or self._payload.is_eof()
+        super().data_received(data)
+        if self._request_count != count:  # a request's head was parsed whole
+            self._head = 0
+            self._payload = self._messages[-1][1] if self._messages else None
+            return
+        if not counting:
+            return
+        self._head += len(data)
+        if self._head > MAX_HEADER_BYTES + len(data) and self.transport is not None:
+            log: Any = self.logger
+            if isinstance(log, _ServerLog):
+                peer = self.peername
+                client = peer[0] if isinstance(peer, tuple) else peer
+                log.malformed(client, 431, f"request head past {MAX_HEADER_BYTES} bytes")
+            self.transport.write(HEAD_TOO_LARGE)
+            self.force_close()
+
+
+class _Server(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
 class _ServerLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server logger, less its tracebacks for requests it could not parse (bad
     request lines, targets, headers, limits): those go to ``malformed`` as one line."""
@@ -173,12 +213,15 @@ class _ServerLog(logging.LoggerAdapter[logging.Logger]):
         super().__init__(logging.getLogger("aiohttp.server"), {})
         self._malformed = malformed
 
+    def malformed(self, client: object, status: int, reason: str) -> None:
+        self._malformed(str(client or ""), status, reason)
+
     def _parse_error(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         exc = kwargs.get("exc_info")
         if not isinstance(exc, HttpProcessingError):
             return False
-        remote = args[1] if len(args) > 1 else ""
-        self._malformed(str(remote or ""), exc)
+        reason = str(exc.message or type(exc).__name__).splitlines()[0][:200]
+        self.malformed(args[1] if len(args) > 1 else "", exc.code or 400, reason)
         return True
 
     def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
@@ -283,7 +326,7 @@ class GatewayServer:
 
     async def _open(self) -> None:
         self._stopping = asyncio.Event()
-        server = web.Server(
+        server = _Server(
             self._handle,
             request_factory=self._make_request,
             handler_cancellation=True,  # a client that leaves cancels its request to Ollama
@@ -342,14 +385,13 @@ class GatewayServer:
         made.http09 = http09
         return made
 
-    def _malformed(self, client: str, exc: HttpProcessingError) -> None:
-        """A request aiohttp could not parse: answered 400 by aiohttp; one line here."""
-        reason = str(exc.message or type(exc).__name__).splitlines()[0][:200]
+    def _malformed(self, client: str, status: int, reason: str) -> None:
+        """A request aiohttp could not parse (answered by aiohttp): one line here."""
         with contextlib.suppress(Exception):  # a log line must never cost the server
             self._hooks.refused(
                 "gateway_bad_request",
                 None,
-                {"client": client, "status": exc.code or 400, "error": reason},
+                {"client": client, "status": status, "error": reason},
                 "info",
             )
 
