@@ -398,3 +398,12 @@ def test_a_target_that_cannot_be_sent_as_it_came_is_refused(
         line, _, _ = head_of(exchange(gw.gateway.port or 0, request + body))
         assert line.startswith("HTTP/1.1 400 "), (where, line)
     assert double.requests == []
+
+
+def test_each_value_a_client_sends_is_logged_not_only_the_first(gw: Running) -> None:
+    for value in ("5m", "5m", "10m", 30):
+        body = {"model": PINNED, "prompt": "hi", "keep_alive": value, "stream": False}
+        assert httpx.post(gw.url + "/api/generate", json=body, timeout=10).status_code == 200
+    wait_until("three lines", lambda: len(gw.named("gateway_changed")) >= 3)
+    time.sleep(0.2)
+    assert [e.fields["before"] for e in gw.named("gateway_changed")] == ["5m", "10m", 30]
