@@ -407,3 +407,25 @@ def test_each_value_a_client_sends_is_logged_not_only_the_first(gw: Running) -> 
     wait_until("three lines", lambda: len(gw.named("gateway_changed")) >= 3)
     time.sleep(0.2)
     assert [e.fields["before"] for e in gw.named("gateway_changed")] == ["5m", "10m", 30]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model":"llama3.2:1b","prompt":"hi","keep_alive":0,"KEEP_ALIVE":-1}',
+        b'{"model":"llama3.2:1b","prompt":"hi","keep_alive":-1} {"keep_alive":0}',
+        b'{"model":"llama3.2:1b","prompt":"h\xffi","keep_alive":-1}',
+        b'{"model":"llama3.2:1b","prompt":"hi","keep_alive":-1,"Keep_alive":null}',
+    ],
+)
+def test_a_body_another_reader_could_read_otherwise_goes_as_go_reads_it(
+    gw: Running, double: OllamaDouble, raw: bytes
+) -> None:
+    """Nothing to change by Go's reading, but a reader with exact keys or a strict parser
+    (an emulator, a proxy behind) might read an unload: sent as Go read it."""
+    assert httpx.post(gw.url + "/api/generate", content=raw, timeout=10).status_code == 200
+    (seen,) = double.requests_to("/api/generate")
+    assert isinstance(seen.body, dict)
+    spellings = [k for k in seen.body if k.lower() == "keep_alive"]
+    assert spellings in (["keep_alive"], [])  # [] when Go reads none (null): the pin holds
+    assert seen.body.get("keep_alive", -1) == -1  # absent: Ollama's default, the drop-in's

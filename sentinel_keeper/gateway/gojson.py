@@ -90,6 +90,12 @@ def first_value(raw: bytes) -> Any:
     :class:`Pairs`, numbers as :class:`Number`, strings with Go's replacements made.
     BodyError when Go would fail, or when the gateway cannot follow it (nesting deeper than
     Python's parser goes)."""
+    return _first(raw)[0]
+
+
+def _first(raw: bytes) -> tuple[Any, bool]:
+    """:func:`first_value`, and whether any JSON reader would read ``raw`` the same way:
+    valid UTF-8, no escaped surrogate, nothing but whitespace after the value."""
     text = raw.decode("utf-8", "sentinel_keeper_go_replace")
     start = 0
     while start < len(text) and text[start] in _WHITESPACE:
@@ -97,13 +103,18 @@ def first_value(raw: bytes) -> Any:
     if start == len(text):
         raise BodyError("missing request body")
     try:
-        value, _ = _DECODER.raw_decode(text, start)
+        value, end = _DECODER.raw_decode(text, start)
     except RecursionError:
         raise BodyError("the JSON body is nested too deeply for the gateway to read") from None
     except ValueError as exc:
         raise BodyError(f"invalid JSON body: {_reason(exc)}") from None
+    plain = (
+        not text[end:].strip(_WHITESPACE)
+        and "\ufffd" not in text
+        and _ESCAPED_SURROGATE.search(text) is None
+    )
     try:
-        return _fixed(value)
+        return _fixed(value), plain
     except RecursionError:
         raise BodyError("the JSON body is nested too deeply for the gateway to read") from None
 
@@ -115,6 +126,7 @@ def _reason(exc: ValueError) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _fix_string(s: str) -> str:
@@ -226,6 +238,10 @@ class Request:
     options: dict[str, Any] | None = None
     messages: int | None = None  # how many messages (None: not set or null)
     fields: frozenset[str] = field(default_factory=frozenset)  # the fields set
+    # whether any JSON reader reads the body's fields as Go does: strict UTF-8, nothing after
+    # the value, each field the gateway reads set by one key of its exact name (else the
+    # gateway forwards the body as it read it, never as it came)
+    plain: bool = True
 
     def as_mapping(self) -> dict[str, Any]:
         """The fields the body sets, by their JSON names, with the values Ollama reads."""
@@ -248,9 +264,9 @@ def read_request(raw: bytes, fields: Iterable[str]) -> Request:
     "model", "prompt", "keep_alive", "options", "messages"). BodyError when Ollama would
     answer 400 for those fields, or the gateway cannot be sure."""
     names = tuple(fields)
-    body = first_value(raw)
+    body, plain = _first(raw)
     if body is None:
-        return Request(body)  # null into a struct: nothing set
+        return Request(body, plain=plain)  # null into a struct: nothing set
     if not isinstance(body, Pairs):
         raise BodyError(f"json: cannot unmarshal {_kind(body)} into Go value of type struct")
     values: dict[str, Any] = {}
@@ -258,10 +274,14 @@ def read_request(raw: bytes, fields: Iterable[str]) -> Request:
     keep_alive: Any = None
     keep_ns: int | None = None
     messages: int | None = None
+    seen: set[str] = set()
     for key, value in body.items:
         name = field_of(key, names)
         if name is None:
             continue
+        if name != key or name in seen:
+            plain = False  # another reader would read another value, or none
+        seen.add(name)
         if name in STRING_FIELDS:
             if value is None:
                 continue  # null leaves a string as it was
@@ -318,6 +338,7 @@ def read_request(raw: bytes, fields: Iterable[str]) -> Request:
         options=options,
         messages=messages,
         fields=set_fields,
+        plain=plain,
     )
 
 
@@ -338,12 +359,16 @@ def _kind(value: Any) -> str:
 # -- writing back ----------------------------------------------------------------------------
 
 
-def rewrite(body: Pairs, changed: dict[str, Any], fields: Iterable[str]) -> bytes:
-    """``body`` with the struct fields in ``changed`` (by JSON name) set to its values:
-    every member that sets one of them (in any case) is dropped and the new value written
-    once, by its exact name; every other member is kept as it came, in order."""
+def rewrite(
+    body: Pairs, changed: dict[str, Any], fields: Iterable[str], unset: Iterable[str] = ()
+) -> bytes:
+    """``body`` with the struct fields in ``changed`` (by JSON name) set to its values and
+    those in ``unset`` left out: every member that sets one of them (in any case) is dropped,
+    and each new value written once, by its exact name; every other member is kept as it
+    came, in order."""
     names = tuple(fields)
-    kept = tuple((k, v) for k, v in body.items if field_of(k, names) not in changed)
+    gone = set(changed) | set(unset)
+    kept = tuple((k, v) for k, v in body.items if field_of(k, names) not in gone)
     return encode(Pairs(kept + tuple(changed.items())))
 
 

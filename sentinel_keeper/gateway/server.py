@@ -449,21 +449,30 @@ class GatewayServer:
         return self._answer(probe, response)
 
     def _forwarded_body(self, probe: _Probe) -> bytes:
-        """The bytes as they came when the rules change nothing, else the body as read with
-        the rules' values of the fields they may change."""
+        """The bytes as they came when the rules change nothing and any JSON reader reads
+        them as Go does; else the body as read, with the rules' values of the fields they
+        may change."""
         decision, read = probe.decision, probe.read
-        if decision is None or decision.body is None or read is None:
+        if read is None or not isinstance(read.body, gojson.Pairs):
             return probe.raw
-        if not isinstance(read.body, gojson.Pairs):
+        unchanged = decision is None or decision.body is None
+        if unchanged and read.plain:
             return probe.raw
+        values = (
+            decision.body
+            if decision is not None and decision.body is not None
+            else _for_rules(read) or {}
+        )
         fields = READ_FIELDS.get(probe.path, ("model",))
         # every field the gateway read and the rules may see is written once, by its exact
         # name, with the value read (or the rules' value): one reading left, Go's
-        changed = {k: decision.body[k] for k in REWRITTEN if k in decision.body}
+        changed = {k: values[k] for k in REWRITTEN if k in values}
         for name, value in (("model", read.model), ("prompt", read.prompt)):
             if value is not None and name in fields:
                 changed.setdefault(name, value)
-        return gojson.rewrite(read.body, changed, fields)
+        # a field set to null, or only by null, is one Ollama takes as not set: left out
+        unset = [k for k in (*REWRITTEN, "model", "prompt") if k in fields and k not in changed]
+        return gojson.rewrite(read.body, changed, fields, unset)
 
     async def _read_and_decide(
         self, request: web.BaseRequest, probe: _Probe
@@ -575,7 +584,7 @@ class GatewayServer:
         url = probe.url
         if url is None:
             raise RuntimeError("a request relayed without its upstream URL")
-        changed = probe.decision is not None and probe.decision.body is not None
+        changed = isinstance(body, bytes) and body is not probe.raw  # a body of its own
         headers = [
             (k, v)
             for k, v in request.headers.items()
