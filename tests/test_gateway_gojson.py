@@ -7,6 +7,7 @@ decode, by the reference, to the rewritten values."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -404,3 +405,26 @@ def test_names_compare_as_ollama_compares_them() -> None:
     assert model_key("llama3.2") == model_key("Llama3.2:LATEST")
     assert model_key("llama3.2:1b") != model_key("llama3.2:3b")
     assert model_key("me/llama3.2:1b") != model_key("llama3.2:1b")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies)
+@example(b'{"model":"a","keep_alive":0,"KEEP_ALIVE":-1}')
+@example(b'{"model":"a","keep_alive":-1} {"keep_alive":0}')
+def test_a_body_forwarded_as_it_came_reads_the_same_to_a_strict_reader(raw: bytes) -> None:
+    """What the gateway forwards as it came (``plain``) a reader with exact keys and a strict
+    parser (Python's json, last key winning) reads as Go does."""
+    try:
+        read = gojson.read_request(raw, FIELDS)
+    except gojson.BodyError:
+        return
+    if not read.plain or not isinstance(read.body, gojson.Pairs):
+        return
+    strict = json.loads(raw.decode("utf-8"))
+    assert strict.get("model") == read.model
+    sent = strict.get("keep_alive")
+    if isinstance(sent, int | float) and not isinstance(sent, bool):
+        assert isinstance(read.keep_alive, gojson.Number) and float(read.keep_alive) == sent
+    else:
+        assert sent == read.keep_alive
+    assert strict.get("options") == read.options
