@@ -39,6 +39,9 @@ from sentinel_keeper.ollama_env.goparse import INT64_MAX, parse_go_duration
 
 NS_PER_S = 1_000_000_000
 FOREVER_NS = INT64_MAX  # what Ollama makes of any negative keep_alive
+# objects and arrays nested deeper are refused (Go allows 10,000; the gateway's own reading
+# recurses, and no request of Ollama's nests anywhere near this)
+MAX_DEPTH = 200
 _WHITESPACE = " \t\n\r"
 
 
@@ -108,6 +111,8 @@ def _first(raw: bytes) -> tuple[Any, bool]:
         raise BodyError("the JSON body is nested too deeply for the gateway to read") from None
     except ValueError as exc:
         raise BodyError(f"invalid JSON body: {_reason(exc)}") from None
+    if _depth(value) > MAX_DEPTH:
+        raise BodyError(f"the JSON body is nested deeper than the gateway reads ({MAX_DEPTH})")
     plain = (
         not text[end:].strip(_WHITESPACE)
         and "\ufffd" not in text
@@ -117,6 +122,23 @@ def _first(raw: bytes) -> tuple[Any, bool]:
         return _fixed(value), plain
     except RecursionError:
         raise BodyError("the JSON body is nested too deeply for the gateway to read") from None
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and arrays nest in ``value`` (counted without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, Pairs):
+            children: Iterable[Any] = (v for _, v in item.items)
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _reason(exc: ValueError) -> str:

@@ -372,7 +372,6 @@ def decide(
             if sent == 0:
                 return Decision(
                     name,
-                    changes=(change,),
                     verdict=Verdict.REJECT,
                     error=(
                         f"sentinel-keeper gateway: {name} is pinned, not unloaded: keep_alive "
