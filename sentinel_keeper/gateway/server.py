@@ -426,6 +426,8 @@ class GatewayServer:
             if request.method == "GET":  # as Go's http.Redirect writes it
                 response.content_type = "text/html"
                 response.text = f'<a href="{where.location}">Moved Permanently</a>.\n\n'
+            if request.body_exists:
+                response.force_close()  # its body is not read: Go does not reuse the connection
             return self._answer(probe, response)
         if isinstance(where, target.Routed):
             probe.path = where.path
