@@ -5,6 +5,7 @@ encoding/json: key case, duplicates, trailing data, bad UTF-8, number forms), Ex
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import socket
@@ -429,3 +430,17 @@ def test_a_body_another_reader_could_read_otherwise_goes_as_go_reads_it(
     spellings = [k for k in seen.body if k.lower() == "keep_alive"]
     assert spellings in (["keep_alive"], [])  # [] when Go reads none (null): the pin holds
     assert seen.body.get("keep_alive", -1) == -1  # absent: Ollama's default, the drop-in's
+
+
+def test_a_compressed_body_is_read_and_relayed_as_it_came(
+    gw: Running, double: OllamaDouble
+) -> None:
+    """Ollama's server does not undo a Content-Encoding: a gzip body to /api/generate is not
+    JSON to it, so not to the gateway either; an upload goes on compressed."""
+    body = gzip.compress(json.dumps({"model": PINNED, "keep_alive": 0}).encode())
+    headers = {"Content-Encoding": "gzip"}
+    refused = httpx.post(gw.url + "/api/generate", content=body, headers=headers, timeout=10)
+    assert refused.status_code == 400 and double.requests_to("/api/generate") == []
+    relayed = httpx.post(gw.url + "/api/show", content=body, headers=headers, timeout=10)
+    (seen,) = double.requests_to("/api/show")
+    assert relayed.status_code == 400 and not isinstance(seen.body, dict)  # not decompressed

@@ -336,6 +336,9 @@ class GatewayServer:
             max_line_size=MAX_HEADER_BYTES,
             max_field_size=MAX_HEADER_BYTES,
             max_headers=MAX_HEADERS,
+            # a body goes on as it came, compressed or not: Ollama's server does not undo a
+            # Content-Encoding (only /v1/responses reads zstd itself), so neither do the rules
+            auto_decompress=False,
         )
         runner = web.ServerRunner(server, shutdown_timeout=STOP_SECONDS, handle_signals=False)
         await runner.setup()
