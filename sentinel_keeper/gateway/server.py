@@ -96,7 +96,7 @@ READ_FIELDS = {
     "/api/embeddings": ("model", "keep_alive", "options"),
 }
 REWRITTEN = ("keep_alive", "options")  # the fields the rules may change
-# RFC 9110 7.6.1, and Expect (aiohttp answers 100-continue to the client itself)
+# RFC 9110 7.6.1, and Expect (the gateway answers 100-continue itself, as Go does)
 HOP_BY_HOP = frozenset(
     {
         "connection",
