@@ -542,6 +542,7 @@ class GatewayServer:
             expect is not None
             and _continues(expect)
             and request.version >= HttpVersion11
+            and request.body_exists
             and request.content_length != 0
         ):
             await request.writer.write(CONTINUE)
