@@ -27,3 +27,27 @@ def normalize_model_name(name: str) -> str:
     if ":" in last_part:
         return name
     return f"{name}:{DEFAULT_TAG}"
+
+
+DEFAULT_HOST = "registry.ollama.ai"
+DEFAULT_NAMESPACE = "library"
+
+
+def model_key(name: str) -> str:
+    """``name`` in the form in which Ollama compares names: two names with the same key are
+    the same model to Ollama (types/model/name.go: ParseName fills in the registry
+    ``registry.ollama.ai``, the namespace ``library`` and the tag ``latest``; EqualFold
+    compares the parts case-insensitively, and the model's files are found by the lowercased
+    path; surrounding whitespace is trimmed first). ``LLAMA3.2:1B`` and
+    ``registry.ollama.ai/library/llama3.2:1b`` are ``llama3.2:1b``."""
+    s = name.strip()
+    tag = DEFAULT_TAG
+    if s.rfind(":") > s.rfind("/"):
+        s, _, tag = s.rpartition(":")
+    host, namespace = DEFAULT_HOST, DEFAULT_NAMESPACE
+    front, slash, model = s.rpartition("/")
+    if slash:
+        registry, slash, namespace = front.rpartition("/")
+        if slash:
+            host = registry.split("://", 1)[-1]
+    return f"{host}/{namespace}/{model}:{tag}".lower()

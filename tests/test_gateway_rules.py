@@ -148,9 +148,21 @@ def test_a_shorter_keep_alive_is_replaced_by_the_pin(sent: object, replaced: boo
 
 def test_unload_is_honoured_only_when_the_policy_allows_it() -> None:
     body = {"model": PINNED, "keep_alive": 0}
-    refused = run(body)
-    assert "allow_unload" in refused.changes[0].why
+    refused = run(body)  # what `ollama stop` sends: refused, with an error it prints
+    assert refused.verdict is Verdict.REJECT and refused.status == 403
+    assert refused.error is not None and "gateway.allow_unload" in refused.error
+    assert "not found" not in refused.error  # `ollama stop` would say the model is missing
+    chat = run({"model": PINNED, "messages": 0, "keep_alive": "0s"}, path="/api/chat")
+    assert chat.verdict is Verdict.REJECT
     assert run(body, allow_unload=True).changes == ()
+    assert run(body, allow_unload=True).verdict is Verdict.FORWARD
+    # with a prompt it also generates: the answer, and the pin kept
+    kept = run({**body, "prompt": "hi"})
+    assert kept.verdict is Verdict.FORWARD and "allow_unload" in kept.changes[0].why
+    # the same model in another case or spelling is the same model to Ollama
+    assert run({"model": "LLAMA3.1:8B", "keep_alive": 0}).verdict is Verdict.REJECT
+    tiny = run({"model": PINNED, "prompt": "x", "keep_alive": 1e-10})  # 0 ns to Ollama
+    assert fields(tiny) == {"keep_alive": (1e-10, -1)}
 
 
 def test_a_missing_keep_alive_gets_the_pin_when_ollamas_default_is_shorter() -> None:
@@ -480,3 +492,19 @@ def test_any_json_gets_a_decision_that_changes_only_what_it_says(
     assert {k: v for k, v in decision.body.items() if k not in changed} == {
         k: v for k, v in body.items() if k not in changed
     }
+
+
+@pytest.mark.parametrize(
+    ("sent", "before"),
+    [(1024.0, 1024.0), (512.5, 512.5), (8191.9, 8191.9), (True, None), ("2048", None)],
+)
+def test_num_ctx_is_read_as_ollamas_options_read_it(sent: object, before: object) -> None:
+    """Options.FromMap truncates a float to the integer option; a bool or a string is its
+    own error (no load), left alone."""
+    decision = run({"model": PINNED, "options": {"num_ctx": sent}})
+    if before is None:
+        assert decision.changes == ()
+    else:
+        assert fields(decision) == {"options.num_ctx": (before, 8192)}
+    assert run({"model": PINNED, "options": {"num_ctx": 8192.0}}).changes == ()
+    assert run({"model": PINNED, "options": {"num_batch": 512.0}}).changes == ()

@@ -7,8 +7,10 @@ The rules, each of which the policy can turn off (``gateway:``):
 
 - ``pin_keep_alive``: a pinned model keeps its pin. A client's keep_alive that would shorten
   it (a number of seconds, a Go duration) is replaced by the policy's; so is a missing one
-  when Ollama's own default (the drop-in's OLLAMA_KEEP_ALIVE) is not the pin; keep_alive 0
-  (unload) only with ``allow_unload``.
+  when Ollama's own default (the drop-in's OLLAMA_KEEP_ALIVE) is not the pin. keep_alive 0
+  (unload) only with ``allow_unload``: a request that only unloads (what ``ollama stop``
+  sends: no prompt, no messages) is refused with an error the client shows; one that also
+  generates gets the pin, and its answer.
 - ``align_options``: a request for a pinned model whose load-time options would reload it
   gets the pinned model's where that cannot change the answer: a smaller num_ctx (or none,
   when Ollama's default is smaller) is raised to the pinned one, num_batch, num_thread and
@@ -20,8 +22,13 @@ The rules, each of which the policy can turn off (``gateway:``):
   it (Ollama then evicts what it must), ``queue`` waits for room, ``cpu`` loads it with
   ``num_gpu: 0`` (where memory is the only trouble), ``reject`` answers 503.
 
-A body the rules cannot read (not JSON, no model) is forwarded as it came, for Ollama to
-answer in its own way.
+``body`` is what Ollama's handler decodes from the request (:mod:`.gojson`: Go's field
+matching, the last key winning, options merged): a mapping of the fields set, by their JSON
+names. Numbers are read as Ollama reads them: a keep_alive number is truncated to whole
+nanoseconds (``1e-10`` is 0, an unload), an integer option is truncated (``num_ctx`` 512.5 is
+512), a null option is skipped. A model is found in the policy as Ollama compares names
+(:func:`names.model_key`: case-insensitive, default registry, namespace and tag). A body
+with no model is forwarded as it came.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from enum import StrEnum
 from typing import Any
 
 from sentinel_keeper import context
-from sentinel_keeper.names import normalize_model_name
+from sentinel_keeper.gateway.gojson import go_int
+from sentinel_keeper.names import model_key, normalize_model_name
 from sentinel_keeper.observation import Observation
 from sentinel_keeper.ollama_env.goparse import parse_go_duration
 from sentinel_keeper.plan import OLLAMA_MODELS_PER_GPU, expected_footprint, max_loaded_models
@@ -81,6 +89,7 @@ class Decision:
     # the request will reload a pinned model with this num_ctx (larger than the pinned one)
     reload_num_ctx: int | None = None
     pinned: bool = False
+    status: int = 503  # REJECT: the HTTP status of the gateway's answer
 
 
 @dataclass(frozen=True)
@@ -93,8 +102,10 @@ class GatewayView:
 
 
 def _request_keep_alive(value: object) -> float | None:
-    """Seconds of a request's keep_alive as Ollama reads it (negative: forever), or None
-    when Ollama would refuse it or it is absent (then the gateway leaves it alone)."""
+    """Seconds of a request's keep_alive as Ollama reads it (api.Duration: a number is
+    float64 seconds, negative forever, else truncated to whole nanoseconds; a string a Go
+    duration), -1 for forever, or None when Ollama would refuse it or it is absent (then the
+    gateway leaves it alone)."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
@@ -102,13 +113,28 @@ def _request_keep_alive(value: object) -> float | None:
             seconds = float(value)
         except OverflowError:  # past float64: Go's JSON decoding refuses it
             return None
-        return seconds if math.isfinite(seconds) else None
+        if not math.isfinite(seconds):
+            return None
+        if seconds < 0:
+            return -1.0
+        return int(seconds * 1e9) / 1e9  # 1e-10 is 0 to Ollama: an unload
     if isinstance(value, str):
         try:
-            return parse_go_duration(value) / 1e9
+            ns = parse_go_duration(value)
         except ValueError:
             return None
+        return -1.0 if ns < 0 else ns / 1e9
     return None
+
+
+def _unloads_only(path: str, body: Mapping[str, Any]) -> bool:
+    """Whether a request with keep_alive 0 only unloads (Ollama's handlers: /api/generate
+    with an empty prompt, /api/chat with no messages): nothing else comes of it."""
+    if path == "/api/generate":
+        return not body.get("prompt")
+    if path == "/api/chat":
+        return not body.get("messages")
+    return False
 
 
 def _shorter(sent: float, wanted: float) -> bool:
@@ -121,6 +147,7 @@ def _shorter(sent: float, wanted: float) -> bool:
 def _keep_alive(
     body: Mapping[str, Any], model: ModelPolicy, view: GatewayView, rules: GatewaySection
 ) -> Change | None:
+    """The change to the request's keep_alive that keeps the pin (None: none needed)."""
     wanted = model.effective_keep_alive
     after: object = -1 if wanted < 0 else int(wanted) if wanted.is_integer() else wanted
     if "keep_alive" not in body:
@@ -152,12 +179,11 @@ def _keep_alive(
 
 
 def _client_num_ctx(options: Mapping[str, Any], policy: Policy, view: GatewayView) -> int | None:
-    """The num_ctx the request loads with: its own, else Ollama's default (None: unknown)."""
+    """The num_ctx the request loads with: its own as Options.FromMap sets it (a float
+    truncated), else Ollama's default (None: unknown)."""
     sent = options.get("num_ctx")
-    if isinstance(sent, int) and not isinstance(sent, bool):
-        return sent
-    if "num_ctx" in options:
-        return None  # not an integer: Ollama's own error
+    if sent is not None:
+        return go_int(sent)  # None: not a number, Ollama's own error
     total = view.observation.gpu.total if view.observation is not None else None
     return context.client_default(policy, total).value
 
@@ -198,7 +224,7 @@ def _options(
             reload_ctx = sent
     for key in ALIGNED:
         want = getattr(pinned, key)
-        if key not in options or options[key] == want:
+        if key not in options or options[key] == want or _same_int(options[key], want):
             continue
         if want is None:
             del options[key]
@@ -218,6 +244,11 @@ def _options(
     return options, changes, reload_ctx
 
 
+def _same_int(sent: object, want: object) -> bool:
+    """Whether Options.FromMap makes ``sent`` the integer ``want`` (512.0 is 512)."""
+    return isinstance(want, int) and not isinstance(want, bool) and go_int(sent) == want
+
+
 def options_before(raw: Mapping[str, Any] | None, key: str) -> object:
     return None if raw is None else raw.get(key)
 
@@ -228,9 +259,14 @@ def _foreign(
     """A model not in the policy: forwarded, unless it is not loaded, would not fit beside
     the pinned models, and the policy says otherwise than ``evict``."""
     observation = view.observation
-    if rules.foreign == "evict" or observation is None or name in observation.loaded_by_name():
+    key = model_key(name)  # Ollama finds a model whatever the case of its name
+    if rules.foreign == "evict" or observation is None:
         return Decision(name)
-    installed = observation.installed_by_name().get(name)
+    if any(model_key(n) == key for n in observation.loaded_by_name()):
+        return Decision(name)
+    installed = next(
+        (m for n, m in observation.installed_by_name().items() if model_key(n) == key), None
+    )
     if installed is None:
         return Decision(name)  # Ollama will answer "not found" itself
     why = _crowded(name, view.policy, observation)
@@ -309,18 +345,20 @@ def decide(
     rules: GatewaySection,
     now: datetime,
 ) -> Decision:
-    """What to forward for a request to ``path`` with the JSON ``body`` (any parsed JSON,
-    or None when the body is not JSON), at ``now``."""
+    """What to forward for a request to ``path`` whose body Ollama decodes to ``body`` (the
+    fields set, as :mod:`.gojson` reads them; None or anything else: no model), at ``now``."""
     if path not in MODEL_PATHS or not isinstance(body, dict):
         return Decision(None)
     raw = body.get("model")
     if not isinstance(raw, str) or not raw.strip():
         return Decision(None)
-    name = normalize_model_name(raw)
+    key = model_key(raw)
+    named = next((m for m in view.policy.models if model_key(m.name) == key), None)
+    name = named.name if named is not None else normalize_model_name(raw)
     active, _ = in_force(view.policy.models, zone_of(view.policy.timezone), now)
     model = next((m for m in active if m.name == name), None)
     if model is None:
-        if view.policy.model(name) is not None:
+        if named is not None:
             return Decision(name)  # a policy model outside its windows: left to its clients
         return _foreign(name, path, body, view, rules)
     if not model.pinned or path not in NATIVE:
@@ -329,6 +367,21 @@ def decide(
     new = dict(body)
     if rules.pin_keep_alive:
         change = _keep_alive(body, model, view, rules)
+        if change is not None and change.before is not None and _unloads_only(path, body):
+            sent = _request_keep_alive(change.before)
+            if sent == 0:
+                return Decision(
+                    name,
+                    verdict=Verdict.REJECT,
+                    error=(
+                        f"sentinel-keeper gateway: {name} is pinned, not unloaded: keep_alive "
+                        f"{change.before} (what `ollama stop` sends) would unload it, and the "
+                        "policy keeps it loaded; set gateway.allow_unload: true to let "
+                        "clients unload pinned models"
+                    ),
+                    pinned=True,
+                    status=403,
+                )
         if change is not None:
             new["keep_alive"] = change.after
             changes.append(change)

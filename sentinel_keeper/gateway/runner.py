@@ -5,10 +5,11 @@ per request (the view: one reference, swapped whole) and what it reports (the fi
 log events). It imports aiohttp.
 
 Logged once, not per request: each change the gateway makes, per client address, User-Agent,
-model and field (``gateway_changed``), and a request passed as it came that reloads a pinned
-model with a larger num_ctx, per client, model and num_ctx (``gateway_client_reload``); an
-answer the gateway makes itself instead of Ollama (``gateway_upstream_unreachable``,
-``gateway_rejected``) once per model a minute at most.
+model, field and value sent (``gateway_changed``), and a request passed as it came that
+reloads a pinned model with a larger num_ctx, per client, model and num_ctx
+(``gateway_client_reload``); an answer the gateway makes itself instead of Ollama
+(``gateway_upstream_unreachable``, ``gateway_rejected``, ``gateway_bad_request``) once a
+minute at most per model, client address and value refused.
 A ``listen`` changed by a reload moves the server: the old one stops accepting and drains in
 the background (:meth:`Gateway.reap` ends it), the new one listens. A listening socket
 handed in (``inherited``: systemd's, from sentinel-keeper-gateway.socket, or the previous
@@ -64,7 +65,7 @@ class Gateway:
         self._bind_error: str | None = None
         self._lock = threading.Lock()  # the log-once memories, written from the server thread
         self._logged: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
-        self._refused: dict[tuple[str, str], float] = {}
+        self._refused: dict[tuple[str, str, str, str], float] = {}
 
     # -- the daemon's side ---------------------------------------------------------------
 
@@ -208,7 +209,7 @@ class Gateway:
         self.tally.add(record, self._monotonic())
         who = {"client": record.client, "user_agent": record.user_agent, "model": record.model}
         for change in record.changes:
-            if self._first(record, change.field):
+            if self._first(record, f"{change.field} {_shown(change.before)!r}"):
                 self._log(
                     "gateway_changed",
                     "info",
@@ -245,15 +246,19 @@ class Gateway:
                 self._logged.popitem(last=False)
         return True
 
-    def refused(self, event: str, model: str | None, fields: dict[str, object]) -> None:
+    def refused(
+        self, event: str, model: str | None, fields: dict[str, object], level: Level = "warning"
+    ) -> None:
         now = self._monotonic()
-        key = (event, model or "")
+        key = (event, model or "", str(fields.get("client", "")), repr(fields.get("value")))
         with self._lock:
             last = self._refused.get(key)
             if last is not None and now - last < REFUSED_EVERY:
                 return
+            if len(self._refused) > CHANGES_REMEMBERED:
+                self._refused.clear()
             self._refused[key] = now
-        self._log(event, "warning", {"model": model, **fields})
+        self._log(event, level, {"model": model, **fields})
 
 
 def _shown(value: object) -> object:

@@ -5,8 +5,24 @@ Every method and path is relayed to the fronted Ollama as it came: the request b
 (uploads to /api/blobs and /api/create included), the answer's status and headers kept (less
 the hop-by-hop ones), its body passed on chunk by chunk as it arrives (NDJSON lines, the /v1
 endpoints' server-sent events). Only the JSON body of a generate, chat or embed request
-(:data:`rules.MODEL_PATHS`, at most ``gateway.max_body``) is read whole, handed to
-:func:`rules.decide`, and forwarded as it says.
+(:data:`rules.MODEL_PATHS`, at most ``gateway.max_body``) is read whole, as Ollama's handler
+will read it (:mod:`.gojson`), handed to :func:`rules.decide`, and forwarded as it says: the
+bytes as they came when nothing changes, else the body as read, in JSON, with the changes.
+
+Requests are taken as Ollama's Go server takes them, not more loosely:
+
+- Only origin-form targets (``/path``) are relayed, to the policy's Ollama URL with the
+  target appended as it came; CONNECT is 405, any other form 400, and the connection closes.
+  A path Go's ServeMux would redirect (``//api/generate``, ``/x/../api/generate``) gets the
+  same 301 from the gateway, and the path the rules go by is the one Go routes on
+  (:mod:`.target`: ``/api/%67enerate`` is /api/generate).
+- A body of a model request that Ollama would refuse, or that the gateway cannot be sure it
+  reads as Ollama does, is answered 400 ``{"error": ...}`` and never forwarded.
+- ``Expect: 100-continue`` is answered ``100 Continue`` when the body is first read, as Go
+  does; another Expect is 417. Headers may take :data:`MAX_HEADER_BYTES` (Go's 1 MiB); a
+  request without an HTTP version (HTTP/0.9) is 400 in HTTP/1.1. No ``Server`` header.
+- A malformed request is 400 and one short ``gateway_bad_request`` line at info, a minute
+  apart at most per client address; never a traceback.
 
 What is bounded, and what is not:
 
@@ -27,18 +43,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import socket
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web, web_protocol
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
+from yarl import URL
 
 from sentinel_keeper.errors import GatewayError
-from sentinel_keeper.gateway import rules
+from sentinel_keeper.events import Level
+from sentinel_keeper.gateway import gojson, rules, target
 from sentinel_keeper.gateway.measure import (
     FinalChunk,
     RequestRecord,
@@ -63,7 +84,26 @@ DRAIN_QUIET = 1.0
 START_SECONDS = 10.0
 UPSTREAM_CONNECTIONS = 512  # to Ollama at once, at most (Ollama queues the rest itself)
 BACKLOG = 1024
-# RFC 9110 7.6.1, and Expect (aiohttp answers 100-continue to the client itself)
+# Go's http.Server: DefaultMaxHeaderBytes (1 MiB) for the request line and headers, and the
+# 4096 bytes of slack its reader allows; aiohttp's limits are per line and per count, so each
+# is set to what Go would let through in total
+MAX_HEADER_BYTES = (1 << 20) + 4096
+MAX_HEADERS = MAX_HEADER_BYTES // 4  # "a:\r\n": the shortest header line
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+HEAD_TOO_LARGE = (  # as Go's server answers it
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+    b"431 Request Header Fields Too Large"
+)
+# the fields of Ollama's request structs the gateway reads, by endpoint
+READ_FIELDS = {
+    "/api/generate": ("model", "prompt", "keep_alive", "options"),
+    "/api/chat": ("model", "messages", "keep_alive", "options"),
+    "/api/embed": ("model", "keep_alive", "options"),
+    "/api/embeddings": ("model", "keep_alive", "options"),
+}
+REWRITTEN = ("keep_alive", "options")  # the fields the rules may change
+# RFC 9110 7.6.1, and Expect (the gateway answers 100-continue itself, as Go does)
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -111,7 +151,9 @@ class Hooks(Protocol):
 
     def record(self, record: RequestRecord) -> None: ...
 
-    def refused(self, event: str, model: str | None, fields: dict[str, object]) -> None: ...
+    def refused(
+        self, event: str, model: str | None, fields: dict[str, object], level: Level = "warning"
+    ) -> None: ...
 
 
 def endpoint_of(path: str) -> str:
@@ -130,6 +172,82 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _Request(web.BaseRequest):
+    """A request as the gateway's server makes it: one sent with no HTTP version (HTTP/0.9)
+    is answered in HTTP/1.1, and no answer gains aiohttp's ``Server`` header."""
+
+    http09 = False
+    continued = False  # 100 Continue sent (or not to be)
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        if response.headers.get(hdrs.SERVER) == SERVER_SOFTWARE:
+            del response.headers[hdrs.SERVER]
+        await super()._prepare_hook(response)
+
+
+class _Connection(web.RequestHandler):
+    """aiohttp's connection, with Go's bound on a request's head as a whole: aiohttp bounds
+    each line and the number of headers, not their total, so the bytes that arrive while no
+    body is being read (a request's line and headers, being parsed) are counted, and past
+    :data:`MAX_HEADER_BYTES` the connection gets Go's 431 and is closed."""
+
+    _head = 0
+    _payload: Any = None  # the body of the last request parsed (None: none yet)
+
+    def data_received(self, data: bytes) -> None:
+        count = self._request_count
+        counting = self._payload is None or self._payload.is_eof()
+        super().data_received(data)
+        if self._request_count != count:  # a request's head was parsed whole
+            self._head = 0
+            self._payload = self._messages[-1][1] if self._messages else None
+            return
+        if not counting:
+            return
+        self._head += len(data)
+        if self._head > MAX_HEADER_BYTES + len(data) and self.transport is not None:
+            log: Any = self.logger
+            if isinstance(log, _ServerLog):
+                peer = self.peername
+                client = peer[0] if isinstance(peer, tuple) else peer
+                log.malformed(client, 431, f"request head past {MAX_HEADER_BYTES} bytes")
+            self.transport.write(HEAD_TOO_LARGE)
+            self.force_close()
+
+
+class _Server(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger, less its tracebacks for requests it could not parse (bad
+    request lines, targets, headers, limits): those go to ``malformed`` as one line."""
+
+    def __init__(self, malformed: Any) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._malformed = malformed
+
+    def malformed(self, client: object, status: int, reason: str) -> None:
+        self._malformed(str(client or ""), status, reason)
+
+    def _parse_error(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        exc = kwargs.get("exc_info")
+        if not isinstance(exc, HttpProcessingError):
+            return False
+        reason = str(exc.message or type(exc).__name__).splitlines()[0][:200]
+        self.malformed(args[1] if len(args) > 1 else "", exc.code or 400, reason)
+        return True
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self._parse_error((msg, *args), kwargs):
+            super().exception(msg, *args, **kwargs)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self._parse_error((msg, *args), kwargs):
+            super().debug(msg, *args, **kwargs)
+
+
 class _ClientStalled(Exception):
     pass
 
@@ -142,7 +260,10 @@ class _Probe:
         self.view = view
         self.decision: rules.Decision | None = None
         self.raw = b""  # a model request's body, as it came
+        self.read: gojson.Request | None = None  # that body, as Ollama reads it
         self.forwarded: object = None  # the JSON body forwarded, when one was read
+        self.path = ""  # the path Ollama routes the request by
+        self.url: URL | None = None  # where it goes: Ollama's URL and the target as it came
         self.status = CLIENT_GONE
         self.ttfb: float | None = None
         self.final = FinalChunk()
@@ -238,11 +359,19 @@ class GatewayServer:
 
     async def _open(self) -> None:
         self._stopping = asyncio.Event()
-        server = web.Server(
+        server = _Server(
             self._handle,
+            request_factory=self._make_request,
             handler_cancellation=True,  # a client that leaves cancels its request to Ollama
             keepalive_timeout=self._header_timeout,
             access_log=None,
+            logger=cast(logging.Logger, _ServerLog(self._malformed)),
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+            max_headers=MAX_HEADERS,
+            # a body goes on as it came, compressed or not: Ollama's server does not undo a
+            # Content-Encoding (only /v1/responses reads zstd itself), so neither do the rules
+            auto_decompress=False,
         )
         runner = web.ServerRunner(server, shutdown_timeout=CUT_SECONDS, handle_signals=False)
         await runner.setup()
@@ -290,22 +419,46 @@ class GatewayServer:
 
     # -- one request ---------------------------------------------------------------------
 
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: aiohttp.StreamReader,
+        protocol: web.RequestHandler,
+        writer: Any,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        http09 = message.version < (1, 0)
+        if http09 or message is web_protocol.ERROR:
+            # Go answers a request it cannot parse in HTTP/1.1, and never in HTTP/0.9
+            message = message._replace(version=HttpVersion11, should_close=True)
+        made = _Request(message, payload, protocol, writer, task, asyncio.get_running_loop())
+        made.http09 = http09
+        return made
+
+    def _malformed(self, client: str, status: int, reason: str) -> None:
+        """A request aiohttp could not parse (answered by aiohttp): one line here."""
+        with contextlib.suppress(Exception):  # a log line must never cost the server
+            self._hooks.refused(
+                "gateway_bad_request",
+                None,
+                {"client": client, "status": status, "error": reason},
+                "info",
+            )
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         probe = _Probe(loop.time(), self._hooks.current())
         self.in_flight += 1
         self._last_activity = loop.time()
         try:
-            if request.method == "POST" and request.path in rules.MODEL_PATHS:
+            refused = self._refused_outright(request, probe)
+            if refused is not None:
+                return self._closing(refused)
+            if request.method == "POST" and probe.path in rules.MODEL_PATHS:
                 refused = await self._read_and_decide(request, probe)
                 if refused is not None:
                     return self._closing(self._answer(probe, refused))
-                decision = probe.decision
-                body: bytes | AsyncIterator[bytes] | None = (
-                    probe.raw
-                    if decision is None or decision.body is None
-                    else json.dumps(decision.body, separators=(",", ":")).encode()
-                )
+                body: bytes | AsyncIterator[bytes] | None = self._forwarded_body(probe)
             elif request.body_exists:
                 body = self._stream(request)
             else:
@@ -316,11 +469,72 @@ class GatewayServer:
             self._last_activity = loop.time()
             self._finish(request, probe, loop.time())
 
+    def _refused_outright(self, request: web.BaseRequest, probe: _Probe) -> web.Response | None:
+        """The gateway's own answer to a request it does not relay as such: no HTTP version,
+        a target that is not a path, a path Go redirects, an Expect Go refuses."""
+        where = target.route(request.method, request.raw_path)
+        if isinstance(request, _Request) and request.http09:
+            where = target.Refused(400, "malformed HTTP request: no HTTP version")
+        if isinstance(where, target.Redirect):
+            response = web.Response(status=301, headers={hdrs.LOCATION: where.location})
+            if request.method == "GET":  # as Go's http.Redirect writes it
+                response.content_type = "text/html"
+                response.text = f'<a href="{where.location}">Moved Permanently</a>.\n\n'
+            if request.body_exists:
+                response.force_close()  # its body is not read: Go does not reuse the connection
+            return self._answer(probe, response)
+        if isinstance(where, target.Routed):
+            probe.path = where.path
+            probe.url = _upstream(probe.view.policy.ollama.url, where.target)
+            expect = request.headers.get(hdrs.EXPECT)
+            if probe.url is None:
+                shown = repr(where.target[:80])
+                where = target.Refused(400, f"request target {shown} cannot be relayed as it came")
+            elif expect is None or _continues(expect):
+                return None
+            else:
+                where = target.Refused(417, f"Expect: {expect[:80]} is not understood")
+        response = _error(where.status, where.error)
+        response.force_close()
+        self._hooks.refused(
+            "gateway_bad_request",
+            None,
+            {"client": request.remote or "", "status": where.status, "error": where.error},
+            "info",
+        )
+        return self._answer(probe, response)
+
+    def _forwarded_body(self, probe: _Probe) -> bytes:
+        """The bytes as they came when the rules change nothing and any JSON reader reads
+        them as Go does; else the body as read, with the rules' values of the fields they
+        may change."""
+        decision, read = probe.decision, probe.read
+        if read is None or not isinstance(read.body, gojson.Pairs):
+            return probe.raw
+        unchanged = decision is None or decision.body is None
+        if unchanged and read.plain:
+            return probe.raw
+        values = (
+            decision.body
+            if decision is not None and decision.body is not None
+            else _for_rules(read) or {}
+        )
+        fields = READ_FIELDS.get(probe.path, ("model",))
+        # every field the gateway read and the rules may see is written once, by its exact
+        # name, with the value read (or the rules' value): one reading left, Go's
+        changed = {k: values[k] for k in REWRITTEN if k in values}
+        for name, value in (("model", read.model), ("prompt", read.prompt)):
+            if value is not None and name in fields:
+                changed.setdefault(name, value)
+        # a field set to null, or only by null, is one Ollama takes as not set: left out
+        unset = [k for k in (*REWRITTEN, "model", "prompt") if k in fields and k not in changed]
+        return gojson.rewrite(read.body, changed, fields, unset)
+
     async def _read_and_decide(
         self, request: web.BaseRequest, probe: _Probe
     ) -> web.Response | None:
-        """Read a model request's JSON body and ask the rules (again, while they say queue);
-        an answer of the gateway's own when the request goes no further."""
+        """Read a model request's JSON body as Ollama will and ask the rules (again, while
+        they say queue); an answer of the gateway's own when the request goes no further."""
         gateway = probe.view.policy.gateway
         try:
             probe.raw = await self._read_whole(request, gateway.max_body)
@@ -331,18 +545,27 @@ class GatewayServer:
         except TimeoutError:
             return _error(408, f"the request body did not arrive within {self._body_timeout:g} s")
         try:
-            parsed: object = json.loads(probe.raw)
-        except ValueError:
-            parsed = None  # forwarded as it came: Ollama's own 400 says what is wrong
+            probe.read = gojson.read_request(probe.raw, READ_FIELDS.get(probe.path, ("model",)))
+        except gojson.BodyError as exc:
+            # what Ollama would refuse too, or what the gateway cannot be sure it reads as
+            # Ollama does: never forwarded
+            self._hooks.refused(
+                "gateway_bad_request",
+                None,
+                {"client": request.remote or "", "status": 400, "error": str(exc)},
+                "info",
+            )
+            return _error(400, str(exc))
+        parsed = _for_rules(probe.read)
         loop = asyncio.get_running_loop()
         view = probe.view
-        decision = rules.decide(request.path, parsed, view, gateway, datetime.now(UTC))
+        decision = rules.decide(probe.path, parsed, view, gateway, datetime.now(UTC))
         deadline = loop.time() + gateway.queue_timeout
         while decision.verdict is rules.Verdict.QUEUE and loop.time() < deadline:
             await asyncio.sleep(min(QUEUE_POLL_SECONDS, max(deadline - loop.time(), 0.0)))
             view = self._hooks.current()
             decision = rules.decide(
-                request.path, parsed, view, view.policy.gateway, datetime.now(UTC)
+                probe.path, parsed, view, view.policy.gateway, datetime.now(UTC)
             )
         probe.view, probe.decision = view, decision
         probe.forwarded = parsed if decision.body is None else decision.body
@@ -351,8 +574,30 @@ class GatewayServer:
         message = decision.error or "refused by the gateway's rules"
         if decision.verdict is rules.Verdict.QUEUE:
             message += f"; waited {gateway.queue_timeout:g} s for memory (gateway.queue_timeout)"
-        self._hooks.refused("gateway_rejected", decision.model, {"error": message})
-        return _error(503, message)
+        fields: dict[str, object] = {"error": message}
+        if decision.status != 503:  # a refused unload: said for each client and value
+            fields["client"] = request.remote or ""
+            fields["user_agent"] = request.headers.get("User-Agent", "")
+            fields["value"] = parsed.get("keep_alive") if isinstance(parsed, dict) else None
+        self._hooks.refused("gateway_rejected", decision.model, fields)
+        return _error(decision.status, message)
+
+    async def _continue(self, request: web.BaseRequest) -> None:
+        """Go's server: ``100 Continue`` when the handler first reads a body the client
+        said it waits to send (HTTP/1.1, ``Expect: 100-continue``, a body not said empty)."""
+        if not isinstance(request, _Request) or request.continued:
+            return
+        request.continued = True
+        expect = request.headers.get(hdrs.EXPECT)
+        if (
+            expect is not None
+            and _continues(expect)
+            and request.version >= HttpVersion11
+            and request.body_exists
+            and request.content_length != 0
+        ):
+            await request.writer.write(CONTINUE)
+            cast(Any, request.writer).output_size = 0  # the answer proper has not started
 
     def _closing(self, response: web.StreamResponse) -> web.StreamResponse:
         """While draining, an answer not sent yet closes its connection after it."""
@@ -369,6 +614,7 @@ class GatewayServer:
         if request.content_length is not None and request.content_length > limit:
             raise _BodyTooLarge
         data = bytearray()
+        await self._continue(request)
         async with asyncio.timeout(self._body_timeout):
             while chunk := await request.content.readany():
                 data += chunk
@@ -377,6 +623,7 @@ class GatewayServer:
         return bytes(data)
 
     async def _stream(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
+        await self._continue(request)
         while True:
             try:
                 async with asyncio.timeout(self._body_timeout):
@@ -397,7 +644,10 @@ class GatewayServer:
         if session is None:
             raise RuntimeError("the gateway's client session is not open")
         base = probe.view.policy.ollama.url.rstrip("/")
-        changed = probe.decision is not None and probe.decision.body is not None
+        url = probe.url
+        if url is None:
+            raise RuntimeError("a request relayed without its upstream URL")
+        changed = isinstance(body, bytes) and body is not probe.raw  # a body of its own
         headers = [
             (k, v)
             for k, v in request.headers.items()
@@ -408,7 +658,7 @@ class GatewayServer:
         try:
             upstream = await session.request(
                 request.method,
-                base + request.raw_path,
+                url,
                 headers=headers,
                 data=body,
                 allow_redirects=False,
@@ -469,7 +719,7 @@ class GatewayServer:
             cause = cause_of(model, num_ctx, view.observation)
         record = RequestRecord(
             model=model,
-            endpoint=endpoint_of(request.path),
+            endpoint=endpoint_of(probe.path or request.path),
             client=request.remote or "",
             user_agent=request.headers.get("User-Agent", ""),
             status=probe.status,
@@ -482,6 +732,36 @@ class GatewayServer:
         )
         with contextlib.suppress(Exception):  # the figures must never cost a request
             self._hooks.record(record)
+
+
+def _upstream(base: str, raw_target: str) -> URL | None:
+    """Ollama's URL with the request's target appended as it came, never parsed again, so
+    that what Ollama routes is what the gateway routed; None when it would not go as it
+    came (a ``#``, which a URL takes for a fragment)."""
+    base = base.rstrip("/")
+    url = URL(base + raw_target, encoded=True)
+    if url.raw_path_qs != URL(base, encoded=True).raw_path.rstrip("/") + raw_target:
+        return None
+    return url
+
+
+def _continues(expect: str) -> bool:
+    return any(t.strip().lower() == "100-continue" for t in expect.split(","))
+
+
+def _for_rules(read: gojson.Request) -> dict[str, Any] | None:
+    """What Ollama's handler decodes, for :func:`rules.decide`: the fields set, numbers as
+    Go reads them (an integer literal kept an int for the logs)."""
+    if read.body is None:
+        return None
+    out = read.as_mapping()
+    if isinstance(read.keep_alive, gojson.Number):
+        literal = str(read.keep_alive)
+        try:
+            out["keep_alive"] = int(literal)
+        except ValueError:
+            out["keep_alive"] = gojson.go_float(read.keep_alive)
+    return out
 
 
 def _reason(exc: BaseException) -> str:
