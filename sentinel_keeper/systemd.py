@@ -56,6 +56,9 @@ SYSTEM_UNIT_PATH: tuple[Path, ...] = tuple(
 
 #: The socket unit that holds the gateway's address with ``gateway.takeover`` (systemd/).
 GATEWAY_SOCKET = "sentinel-keeper-gateway.socket"
+#: The gateway's own service (systemd/), which that socket unit passes the address to.
+GATEWAY_SERVICE = "sentinel-keeper-gateway.service"
+GATEWAY_UNITS = (GATEWAY_SERVICE, GATEWAY_SOCKET)
 
 #: How long one systemctl call may take. daemon-reload on a large system takes seconds.
 SYSTEMCTL_TIMEOUT_S = 90.0
@@ -176,12 +179,13 @@ class Systemctl:
         return _quiet("is-enabled", "--quiet", unit)
 
     def run(self, *args: str) -> tuple[str, ...]:
-        """``systemctl ARGS`` for the gateway's units; SystemdError if it fails."""
-        for unit in (a for a in args if not a.startswith("-") and "." in a):
-            problem = unit_name_problem(unit)
-            if problem is not None:
-                raise SystemdError(f"{problem}, got {unit!r}")
-        return _systemctl(*args)
+        """``systemctl VERB [--options] UNIT`` for one of the gateway's own units (nothing
+        else: the names are this package's, never the policy's); SystemdError if it fails."""
+        verb, *rest = args
+        units = [a for a in rest if not a.startswith("-")]
+        if units != [args[-1]] or units[0] not in GATEWAY_UNITS:
+            raise SystemdError(f"`systemctl {' '.join(args)}`: not one of {GATEWAY_UNITS}")
+        return _systemctl(verb, *rest)
 
     def running(self) -> bool:
         return systemd_running()

@@ -184,3 +184,19 @@ def test_the_address_probe_and_its_bounded_wait() -> None:
 def test_ollama_s_address_from_its_url(url: str, expected: str | None) -> None:
     got = url_address(url)
     assert (None if got is None else str(got)) == expected
+
+
+def test_systemctl_is_run_only_on_the_gateway_s_own_units(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sentinel_keeper import systemd
+
+    ran: list[tuple[str, ...]] = []
+    monkeypatch.setattr(systemd, "_systemctl", lambda *a: ran.append(a) or ("systemctl", *a))
+    control = systemd.Systemctl()
+    control.run("enable", "--now", GATEWAY_SOCKET)
+    control.run("restart", "--no-block", GATEWAY_SERVICE)
+    for bad in (("restart", "ollama.service"), ("stop", GATEWAY_SOCKET, "x.service"), ("start",)):
+        with pytest.raises(SystemdError, match="not one of"):
+            control.run(*bad)
+    assert ran == [("enable", "--now", GATEWAY_SOCKET), ("restart", "--no-block", GATEWAY_SERVICE)]

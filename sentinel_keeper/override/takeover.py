@@ -30,9 +30,8 @@ from urllib.parse import urlsplit
 from sentinel_keeper.errors import SystemdError
 from sentinel_keeper.listen import ListenAddress, parse_listen
 from sentinel_keeper.policy import Policy
+from sentinel_keeper.systemd import GATEWAY_SERVICE, GATEWAY_SOCKET
 
-GATEWAY_SERVICE = "sentinel-keeper-gateway.service"
-GATEWAY_SOCKET = "sentinel-keeper-gateway.socket"
 FREE_SECONDS = 30.0  # how long Ollama (or the gateway) may take to let go of an address
 FREE_POLL = 0.2
 

@@ -1416,8 +1416,12 @@ class Scenario:
         )
 
     def uninstall(self) -> str:
-        # The test's own drop-in for the unit is the administrator's business: remove it first.
+        # The test's own drop-ins (the unit's watchdog, the double's slow tokens) are the
+        # administrator's business: remove them first.
         shutil.rmtree(UNIT_DIR / f"{UNIT}.d", ignore_errors=True)
+        if SLOW_DOUBLE.exists():
+            SLOW_DOUBLE.unlink()
+            run("systemctl", "daemon-reload")
         done = run("./install.sh", "--uninstall", timeout=120, cwd=CHECKOUT)
         log(done.stdout + done.stderr)
         if done.returncode != 0:
