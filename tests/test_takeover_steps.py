@@ -12,8 +12,6 @@ import pytest
 from sentinel_keeper.errors import SystemdError
 from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.override.takeover import (
-    GATEWAY_SERVICE,
-    GATEWAY_SOCKET,
     address_free,
     after_dropin,
     before_dropin,
@@ -22,6 +20,7 @@ from sentinel_keeper.override.takeover import (
 )
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import parse_policy
+from sentinel_keeper.systemd import GATEWAY_SERVICE, GATEWAY_SOCKET
 
 TAKEOVER = "gateway: {takeover: true}\nmodels: []\n"
 LISTEN = "gateway: {listen: 127.0.0.1:11435}\nmodels: []\n"
@@ -192,7 +191,12 @@ def test_systemctl_is_run_only_on_the_gateway_s_own_units(
     from sentinel_keeper import systemd
 
     ran: list[tuple[str, ...]] = []
-    monkeypatch.setattr(systemd, "_systemctl", lambda *a: ran.append(a) or ("systemctl", *a))
+
+    def recorded(*args: str) -> tuple[str, ...]:
+        ran.append(args)
+        return ("systemctl", *args)
+
+    monkeypatch.setattr(systemd, "_systemctl", recorded)
     control = systemd.Systemctl()
     control.run("enable", "--now", GATEWAY_SOCKET)
     control.run("restart", "--no-block", GATEWAY_SERVICE)
