@@ -137,7 +137,7 @@ def test_a_view_survives_its_codec(double: OllamaDouble) -> None:
         loading_since=9.0,
         stalled="slow",
     )
-    full = View("default", 12.5, None, health, "started")
+    full = View("default", 12.5, None, health)
     assert decode_view(encode_view(full)) == full
     with pytest.raises(ValueError, match="format"):
         decode_view(json.dumps({"format": 99}))
@@ -506,4 +506,63 @@ def test_the_keeper_publishes_its_look_after_passes_and_watch_looks(
         assert len(double.requests_to("/api/ps")) >= 2
     finally:
         keeper.stop()
+        notify.close()
+
+
+# -- /sentinel-keeper/ready on the gateway's address -------------------------------------------
+
+
+def test_the_gateway_s_ready_answers_from_the_keeper_then_from_its_own_look(
+    tmp_path: Path, double: OllamaDouble
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    policy = write_policy(tmp_path / "policy.yaml", double, port)
+    notify = NotifySocket(tmp_path / "keeper.sock")
+    keeper = DaemonProcess(policy, tmp_path, notify)
+    try:
+        with gateway_process(policy, tmp_path) as (served, gateway_notify):
+            notify.wait_for("READY", "1")
+            gateway_notify.wait_for("READY", "1")
+
+            def ready(query: str = "") -> httpx.Response:
+                return httpx.get(f"{url}/sentinel-keeper/ready{query}", timeout=WAIT)
+
+            first = wait_until(
+                "the keeper's /ready through the gateway",
+                lambda: (r := ready()).json().get("source") == "keeper" and r,
+            )
+            assert first.status_code == 200 and first.json()["ready"] is True
+            assert first.json()["instance"] == "default" and "degraded" not in first.json()
+            head = httpx.head(f"{url}/sentinel-keeper/ready", timeout=WAIT)
+            assert head.status_code == 200 and head.content == b""
+            assert ready("?model=other:7b").status_code == 404
+            assert ready("?colour=red").status_code == 400
+            posted = httpx.post(f"{url}/sentinel-keeper/ready", timeout=WAIT)
+            assert posted.status_code == 405 and posted.headers["Allow"] == "GET, HEAD"
+            assert httpx.get(f"{url}/sentinel-keeper/live", timeout=WAIT).json()["live"] is True
+            before = len(double.requests)
+            # the keeper gone: the gateway asks Ollama itself, and the host stays in rotation
+            keeper.proc.kill()
+            keeper.wait()
+            served.wait_event(r"^<4>gateway_degraded why=view_stale ", timeout=10)
+            own = ready()
+            assert own.status_code == 200, own.json()
+            assert own.json()["source"] == "gateway" and own.json()["degraded"] == "view_stale"
+            # a client unloads the pinned model: 503 from the gateway's own look
+            httpx.post(f"{double.url}/api/generate", json={"model": PINNED, "keep_alive": 0})
+            wait_until("unloaded", lambda: not double.loaded())
+            time.sleep(1.1)  # the gateway's look is reused for a second
+            missing = ready()
+            assert missing.status_code == 503
+            assert missing.json()["missing"] == [PINNED]
+            live = httpx.get(f"{url}/sentinel-keeper/live", timeout=WAIT).json()
+            assert live == {"live": True, "why": "the gateway serves", "degraded": "view_stale"}
+            # balancer checks are not client traffic, and reach Ollama only as /api/ps looks
+            paths = {r.path for r in double.requests[before:]}
+            assert paths <= {"/api/ps", "/api/generate"}
+            data = decode_figures(figures_path(tmp_path / "state").read_text())
+            assert not any(e == "other" for _, e, _ in data.figures.requests)
+    finally:
+        keeper.kill()
         notify.close()

@@ -27,6 +27,8 @@ PURE = (
     "sentinel_keeper.metrics.readback",
     "sentinel_keeper.gateway.rules",
     "sentinel_keeper.gateway.measure",
+    "sentinel_keeper.gateway.ready",
+    "sentinel_keeper.readiness",
 )
 # The one module allowed to import each I/O library.
 HOMES = {

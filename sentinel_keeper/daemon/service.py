@@ -371,7 +371,6 @@ class Daemon:
             observation=loop.view,
             # /ready's input, its monotonic times made Unix ones for another process
             health=health.shifted(self._instance_health(loop, mono), unix - mono),
-            rule=self.policy.ready,
         )
         path = view_path(self._state_dir)
         try:

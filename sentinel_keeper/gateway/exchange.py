@@ -42,7 +42,7 @@ from sentinel_keeper.observation import (
     ModelDetails,
     Observation,
 )
-from sentinel_keeper.readiness import InstanceHealth, ReadyRule
+from sentinel_keeper.readiness import InstanceHealth
 
 VIEW_FILE = "gateway-view.json"
 GATEWAY_DIR = "gateway"
@@ -86,14 +86,13 @@ def replace_file(path: Path, content: str, *, mode: int = 0o600) -> None:
 class View:
     """One ``gateway-view.json``: the instance, when it was written (Unix seconds), the
     keeper's last look (None: Ollama has not answered yet), and what the keeper's own /ready
-    decides from for that instance (its times in Unix seconds) with the policy's ``ready:``
-    rule, so that the gateway's /ready answers as the keeper's does."""
+    decides from for that instance (its times in Unix seconds), so that the gateway's /ready
+    answers as the keeper's does."""
 
     instance: str
     written: float
     observation: Observation | None
     health: InstanceHealth | None = None
-    rule: ReadyRule = "pinned"
 
 
 def encode_view(view: View) -> str:
@@ -104,7 +103,6 @@ def encode_view(view: View) -> str:
             "instance": view.instance,
             "written": view.written,
             "observation": None if obs is None else _observation(obs),
-            "rule": view.rule,
             "health": None if view.health is None else _health(view.health),
         },
         separators=(",", ":"),
@@ -209,15 +207,11 @@ def decode_view(text: str) -> View:
         raise ValueError(f"format {data.get('format')!r}, not {FORMAT}")
     raw = data.get("observation")
     health = data.get("health")
-    rule = data.get("rule", "pinned")
-    if rule not in ("pinned", "started"):
-        raise ValueError(f"rule: {rule!r}")
     return View(
         instance=_str(data.get("instance"), "instance"),
         written=_number(data.get("written"), "written"),
         observation=None if raw is None else _decode_observation(_object(raw, "observation")),
         health=None if health is None else _decode_health(_object(health, "health")),
-        rule=rule,
     )
 
 

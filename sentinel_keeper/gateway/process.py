@@ -378,7 +378,13 @@ class GatewayProcess:
         self._read_view()
         gateway, rules = self.gateway, self.rules
         if gateway is not None and rules is not None and rules.part is not None:
-            gateway.update(rules.part, self._state.observation)  # also retries a failed bind
+            # also retries a failed bind
+            gateway.update(
+                rules.part,
+                self._state.observation,
+                health=self._view.health if self._state.degraded is None and self._view else None,
+                degraded=self.degraded(),
+            )
             gateway.reap()
         for old in list(self._retired):
             old.reap()

@@ -48,6 +48,7 @@ from sentinel_keeper.ollama_env.goparse import parse_go_duration
 from sentinel_keeper.plan import OLLAMA_MODELS_PER_GPU, expected_footprint, max_loaded_models
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.policy.schema import GatewaySection
+from sentinel_keeper.readiness import InstanceHealth
 from sentinel_keeper.units import format_duration, format_size
 from sentinel_keeper.windows import in_force, zone_of
 
@@ -99,6 +100,9 @@ class GatewayView:
 
     policy: Policy
     observation: Observation | None
+    # what the keeper's /ready decides from, from a fresh view (None: none fresh)
+    health: InstanceHealth | None = None
+    degraded: str | None = None  # why some rules are off (a measure.Degraded reason)
 
 
 def _request_keep_alive(value: object) -> float | None:

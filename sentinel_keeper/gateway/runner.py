@@ -35,6 +35,7 @@ from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.listenfds import listens_at
 from sentinel_keeper.observation import Observation
 from sentinel_keeper.policy import Policy
+from sentinel_keeper.readiness import InstanceHealth
 
 CHANGES_REMEMBERED = 10_000  # (client, user agent, model, field) already logged
 REFUSED_EVERY = 60.0  # seconds between two log lines of the same refusal of one model
@@ -69,10 +70,17 @@ class Gateway:
 
     # -- the daemon's side ---------------------------------------------------------------
 
-    def update(self, part: Policy, observation: Observation | None) -> None:
+    def update(
+        self,
+        part: Policy,
+        observation: Observation | None,
+        *,
+        health: InstanceHealth | None = None,
+        degraded: str | None = None,
+    ) -> None:
         """The view from now on, and listening where the policy says (a failed bind is
         retried at every call, logged once per distinct error)."""
-        self._view = GatewayView(part, observation)
+        self._view = GatewayView(part, observation, health, degraded)
         wanted = part.gateway.address
         server = self._server
         if server is not None:

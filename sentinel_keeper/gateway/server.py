@@ -46,6 +46,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -57,9 +58,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 from yarl import URL
 
-from sentinel_keeper.errors import GatewayError
+from sentinel_keeper.errors import GatewayError, OllamaError, SentinelError
 from sentinel_keeper.events import Level
-from sentinel_keeper.gateway import gojson, rules, target
+from sentinel_keeper.gateway import gojson, ready, rules, target
 from sentinel_keeper.gateway.measure import (
     FinalChunk,
     RequestRecord,
@@ -68,10 +69,13 @@ from sentinel_keeper.gateway.measure import (
     requested_num_ctx,
 )
 from sentinel_keeper.listen import ListenAddress
+from sentinel_keeper.ollama_wire import parse_json, parse_ps
+from sentinel_keeper.readiness import Answer, InstanceHealth
 
 HEADER_TIMEOUT = 60.0
 BODY_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
+LOOK_TIMEOUT = 2.0  # the gateway's own look at /api/ps, for /sentinel-keeper/ready
 QUEUE_POLL_SECONDS = 0.5  # a queued request asks the rules again this often
 DRAIN_SECONDS = 1.0  # by default a stop waits this long for requests in flight, then cuts
 CUT_SECONDS = 1.0  # what is left after the drain is cancelled within this
@@ -268,6 +272,7 @@ class _Probe:
         self.ttfb: float | None = None
         self.final = FinalChunk()
         self.scanned = False
+        self.own = False  # answered by the gateway itself (/sentinel-keeper/...): not counted
 
 
 class GatewayServer:
@@ -303,6 +308,8 @@ class GatewayServer:
         self._thread: threading.Thread | None = None
         self._runner: web.ServerRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        # the last own look at /api/ps: (loop time, Unix time, models listed, error)
+        self._look: tuple[float, float, frozenset[str] | None, str | None] | None = None
 
     @property
     def port(self) -> int | None:
@@ -454,6 +461,8 @@ class GatewayServer:
             refused = self._refused_outright(request, probe)
             if refused is not None:
                 return self._closing(refused)
+            if probe.path in ready.OWN_PATHS:
+                return self._closing(await self._own(request, probe))
             if request.method == "POST" and probe.path in rules.MODEL_PATHS:
                 refused = await self._read_and_decide(request, probe)
                 if refused is not None:
@@ -709,7 +718,66 @@ class GatewayServer:
         await response.write_eof()
         return response
 
+    async def _own(self, request: web.BaseRequest, probe: _Probe) -> web.Response:
+        """``/sentinel-keeper/ready`` and ``/live``: the gateway's own answers (:mod:`.ready`)."""
+        probe.own = True
+        view = probe.view
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            response = _error(405, f"{request.method} is not allowed here: GET or HEAD")
+            response.headers[hdrs.ALLOW] = "GET, HEAD"
+            return self._answer(probe, response)
+        unknown = sorted(set(request.query) - {"instance", "model"})
+        if probe.path == ready.LIVE:
+            answer = ready.live_answer(degraded=view.degraded)
+        elif unknown:
+            answer = Answer(400, {"error": f"unknown parameter {unknown[0]!r}: instance, model"})
+        else:
+            health, source = view.health, "keeper"
+            if health is None:
+                health, source = await self._own_look(view), "gateway"
+            answer = ready.ready_answer(
+                view.policy,
+                health,
+                source=source,
+                degraded=view.degraded,
+                now=time.time(),
+                instance=request.query.get("instance"),
+                model=request.query.get("model"),
+            )
+        return self._answer(probe, web.json_response(dict(answer.body), status=answer.status))
+
+    async def _own_look(self, view: rules.GatewayView) -> InstanceHealth:
+        """The fronted instance from the gateway's own look at /api/ps (one a second at most,
+        shared by every /ready asked meanwhile)."""
+        loop = asyncio.get_running_loop()
+        cached = self._look
+        if cached is None or loop.time() - cached[0] >= ready.LOOK_EVERY:
+            listed: frozenset[str] | None = None
+            error: str | None = None
+            session = self._session
+            base = view.policy.ollama.url.rstrip("/")
+            try:
+                if session is None:
+                    raise RuntimeError("the gateway's client session is not open")
+                async with session.get(
+                    base + "/api/ps", timeout=aiohttp.ClientTimeout(total=LOOK_TIMEOUT)
+                ) as answer:
+                    data = await answer.read()
+                    if answer.status != 200:
+                        raise OllamaError(f"GET /api/ps: {answer.status}")
+                listed = frozenset(m.name for m in parse_ps(parse_json(data, "/api/ps")))
+            except (aiohttp.ClientError, OSError, TimeoutError, SentinelError, RuntimeError) as exc:
+                error = _reason(exc) if isinstance(exc, aiohttp.ClientError | OSError) else str(exc)
+            cached = (loop.time(), time.time(), listed, error)
+            self._look = cached
+        _, at, listed, error = cached
+        return ready.own_health(
+            view.policy, listed, error=error, looked_at=at, now=datetime.now(UTC)
+        )
+
     def _finish(self, request: web.BaseRequest, probe: _Probe, ended: float) -> None:
+        if probe.own:
+            return  # a balancer's checks are not client traffic
         decision, view = probe.decision, probe.view
         model = decision.model if decision is not None else None
         cold = cold_of(probe.final.final()) if probe.scanned and probe.status == 200 else None
