@@ -184,24 +184,48 @@ def test_a_fresh_view_turns_the_foreign_rule_on_and_a_stale_one_off(
     url = f"http://127.0.0.1:{port}"
     policy = write_policy(tmp_path / "policy.yaml", double, port)
     state = tmp_path / "state"
-    publish(state, double, free=2 * GiB)  # the 10 GiB model does not fit
-    with gateway_process(policy, tmp_path) as (served, notify):
-        notify.wait_for("READY", "1")
-        assert foreign(url) == 503
-        # the keeper stops writing: after gateway.view_max_age (2 s) the rule is off
-        began = time.monotonic()
-        served.wait_event(r"^<4>gateway_degraded why=view_stale ", timeout=10)
-        assert time.monotonic() - began < 5
-        assert foreign(url) == 200
-        # Ollama loaded it; a client unloads it again
-        unload = {"model": FOREIGN, "keep_alive": 0}
-        httpx.post(f"{double.url}/api/generate", json=unload, timeout=WAIT)
-        wait_until("unloaded", lambda: FOREIGN not in {i.name for i in double.loaded()})
-        # a keeper back: the rule is back
-        since = time.monotonic()
-        publish(state, double, free=2 * GiB)
-        served.wait_event(r"^<6>gateway_restored ", since=since)
-        assert foreign(url) == 503
+    # a keeper writing its view every half second: the 10 GiB model does not fit
+    keeper = Publishing(state, double, free=2 * GiB)
+    try:
+        with gateway_process(policy, tmp_path) as (served, notify):
+            notify.wait_for("READY", "1")
+            assert foreign(url) == 503
+            # the keeper stops writing: after gateway.view_max_age (2 s) the rule is off
+            keeper.stop()
+            began = time.monotonic()
+            served.wait_event(r"^<4>gateway_degraded why=view_stale ", timeout=15)
+            assert time.monotonic() - began >= 1.5  # not before the view's age says so
+            assert foreign(url) == 200
+            # Ollama loaded it; a client unloads it again
+            unload = {"model": FOREIGN, "keep_alive": 0}
+            httpx.post(f"{double.url}/api/generate", json=unload, timeout=WAIT)
+            wait_until("unloaded", lambda: FOREIGN not in {i.name for i in double.loaded()})
+            # a keeper back: the rule is back
+            since = time.monotonic()
+            keeper = Publishing(state, double, free=2 * GiB)
+            served.wait_event(r"^<6>gateway_restored ", since=since)
+            assert foreign(url) == 503
+    finally:
+        keeper.stop()
+
+
+class Publishing:
+    """A keeper's view written every half second, from a thread, until stopped."""
+
+    def __init__(self, state: Path, double: OllamaDouble, *, free: int) -> None:
+        self._stop = threading.Event()
+        publish(state, double, free=free)
+
+        def run() -> None:
+            while not self._stop.wait(0.5):
+                publish(state, double, free=free)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def test_an_invalid_policy_at_start_runs_the_last_good_copy(

@@ -209,6 +209,7 @@ def test_the_gateway_unit_outlives_the_keeper_and_drains() -> None:
     stop = settings["TimeoutStopSec"][0]
     assert stop.endswith("s") and int(stop[:-1]) > 300  # above gateway.drain's default
     assert settings["MemoryMax"] == ["1G"]
+    assert settings["TasksMax"] == ["64"]
     assert unit_settings()["PropagatesReloadTo"] == ["sentinel-keeper-gateway.service"]
 
 

@@ -75,6 +75,10 @@ from sentinel_keeper.readiness import Answer, InstanceHealth
 HEADER_TIMEOUT = 60.0
 BODY_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
+# JSON bodies held at once, from their first byte read until the last one sent to Ollama
+# (each up to max_body, with its decoded and rewritten forms): the rest wait to be read
+BODIES_AT_ONCE = 8
+SEND_SLICE = 1024**2  # a held body goes to Ollama in slices of this many bytes
 LOOK_TIMEOUT = 2.0  # the gateway's own look at /api/ps, for /sentinel-keeper/ready
 QUEUE_POLL_SECONDS = 0.5  # a queued request asks the rules again this often
 DRAIN_SECONDS = 1.0  # by default a stop waits this long for requests in flight, then cuts
@@ -273,6 +277,7 @@ class _Probe:
         self.final = FinalChunk()
         self.scanned = False
         self.own = False  # answered by the gateway itself (/sentinel-keeper/...): not counted
+        self.slot: asyncio.Semaphore | None = None  # one of the BODIES_AT_ONCE, while held
 
 
 class GatewayServer:
@@ -308,6 +313,7 @@ class GatewayServer:
         self._thread: threading.Thread | None = None
         self._runner: web.ServerRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._bodies: asyncio.Semaphore | None = None  # the loop's: BODIES_AT_ONCE
         # the last own look at /api/ps: (loop time, Unix time, models listed, error)
         self._look: tuple[float, float, frozenset[str] | None, str | None] | None = None
 
@@ -366,6 +372,7 @@ class GatewayServer:
 
     async def _open(self) -> None:
         self._stopping = asyncio.Event()
+        self._bodies = asyncio.Semaphore(BODIES_AT_ONCE)
         server = _Server(
             self._handle,
             request_factory=self._make_request,
@@ -467,13 +474,18 @@ class GatewayServer:
                 refused = await self._read_and_decide(request, probe)
                 if refused is not None:
                     return self._closing(self._answer(probe, refused))
-                body: bytes | AsyncIterator[bytes] | None = self._forwarded_body(probe)
+                data = self._forwarded_body(probe)
+                length = len(data)
+                probe.raw, probe.read = b"", None  # the body lives on only in what is sent
+                body: bytes | AsyncIterator[bytes] | None = self._sending(probe, data)
+                del data
             elif request.body_exists:
-                body = self._stream(request)
+                body, length = self._stream(request), None
             else:
-                body = None
-            return self._closing(await self._relay(request, body, probe))
+                body, length = None, None
+            return self._closing(await self._relay(request, body, probe, length=length))
         finally:
+            self._free(probe)
             self.in_flight -= 1
             self._last_activity = loop.time()
             self._finish(request, probe, loop.time())
@@ -513,6 +525,19 @@ class GatewayServer:
         )
         return self._answer(probe, response)
 
+    async def _sending(self, probe: _Probe, data: bytes) -> AsyncIterator[bytes]:
+        """A held body on its way to Ollama; its slot is free once the last byte is out."""
+        try:
+            for start in range(0, len(data), SEND_SLICE):
+                yield data[start : start + SEND_SLICE]
+        finally:
+            self._free(probe)
+
+    def _free(self, probe: _Probe) -> None:
+        slot, probe.slot = probe.slot, None
+        if slot is not None:
+            slot.release()
+
     def _forwarded_body(self, probe: _Probe) -> bytes:
         """The bytes as they came when the rules change nothing and any JSON reader reads
         them as Go does; else the body as read, with the rules' values of the fields they
@@ -545,16 +570,23 @@ class GatewayServer:
         """Read a model request's JSON body as Ollama will and ask the rules (again, while
         they say queue); an answer of the gateway's own when the request goes no further."""
         gateway = probe.view.policy.gateway
+        bodies = self._bodies
+        if bodies is None:
+            raise RuntimeError("the gateway's server is not open")
         try:
+            # the memory bound (the unit's MemoryMax= counts on it): at most BODIES_AT_ONCE
+            # bodies of up to max_body held at once, from here until sent (_sending); the
+            # others wait here, unread
+            await bodies.acquire()
+            probe.slot = bodies
             probe.raw = await self._read_whole(request, gateway.max_body)
+            probe.read = gojson.read_request(probe.raw, READ_FIELDS.get(probe.path, ("model",)))
         except _BodyTooLarge:
             return _error(
                 413, f"request body larger than {gateway.max_body} bytes (gateway.max_body)"
             )
         except TimeoutError:
             return _error(408, f"the request body did not arrive within {self._body_timeout:g} s")
-        try:
-            probe.read = gojson.read_request(probe.raw, READ_FIELDS.get(probe.path, ("model",)))
         except gojson.BodyError as exc:
             # what Ollama would refuse too, or what the gateway cannot be sure it reads as
             # Ollama does: never forwarded
@@ -648,7 +680,11 @@ class GatewayServer:
         request: web.BaseRequest,
         body: bytes | AsyncIterator[bytes] | None,
         probe: _Probe,
+        *,
+        length: int | None = None,
     ) -> web.StreamResponse:
+        """Relay to Ollama; ``length``: the Content-Length of a body the gateway read whole
+        (the client's own goes with a streamed one)."""
         session = self._session
         if session is None:
             raise RuntimeError("the gateway's client session is not open")
@@ -656,14 +692,15 @@ class GatewayServer:
         url = probe.url
         if url is None:
             raise RuntimeError("a request relayed without its upstream URL")
-        changed = isinstance(body, bytes) and body is not probe.raw  # a body of its own
         headers = [
             (k, v)
             for k, v in request.headers.items()
             if k.lower() not in HOP_BY_HOP
             and k.lower() != "host"  # Ollama answers 403 to a Host it does not serve
-            and not (changed and k.lower() == "content-length")
+            and not (length is not None and k.lower() == "content-length")
         ]
+        if length is not None:
+            headers.append((hdrs.CONTENT_LENGTH, str(length)))
         try:
             upstream = await session.request(
                 request.method,
