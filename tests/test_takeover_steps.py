@@ -86,11 +86,11 @@ def test_takeover_on_waits_for_ollama_to_let_go_then_holds_the_address() -> None
         f"enable {GATEWAY_SERVICE}",
         f"restart --no-block {GATEWAY_SERVICE}",
     ]
-    # the next reload: already held, nothing to do
+    # the next reload: already held; the gateway reads the policy again
     systemd.calls.clear()
     assert before_dropin(part(TAKEOVER), systemd).calls == []
-    assert after_dropin(part(TAKEOVER), systemd).calls == []
-    assert systemd.calls == []
+    after_dropin(part(TAKEOVER), systemd)
+    assert systemd.calls == [f"kill --signal=HUP --kill-who=main {GATEWAY_SERVICE}"]
 
 
 def test_an_address_ollama_keeps_is_reported_and_the_socket_not_started() -> None:
@@ -116,7 +116,9 @@ def test_takeover_off_gives_the_address_back_before_ollama_restarts() -> None:
     ]
     assert [str(a) for a in asked] == ["127.0.0.1:11434", "127.0.0.1:11434"]  # Ollama's address
     systemd.calls.clear()
-    assert after_dropin(part(LISTEN), systemd).calls == []  # the gateway runs already
+    # the gateway runs already: it reads the policy again
+    after_dropin(part(LISTEN), systemd)
+    assert systemd.calls == [f"kill --signal=HUP --kill-who=main {GATEWAY_SERVICE}"]
 
 
 def test_no_gateway_at_all_stops_its_units() -> None:

@@ -13,7 +13,8 @@ the passed socket, and listens at ``gateway.listen`` if the policy still has one
 (no gateway any more); once the address is free, the drop-in's change restarts Ollama there.
 
 Besides, a policy with a gateway starts (and enables) the gateway's unit when it does not
-run, and a policy without one stops (and disables) it. Every wait is bounded
+run, or has it read the policy again (SIGHUP) when it does; a policy without one stops (and
+disables) it. Every wait is bounded
 (:data:`FREE_SECONDS`); a step that fails is reported and the others still run.
 """
 
@@ -172,6 +173,9 @@ def after_dropin(
         return steps
     if part.gateway_instance is not None and not control.active(GATEWAY_SERVICE):
         steps.run(control, "enable", "--now", "--no-block", GATEWAY_SERVICE)
+    elif part.gateway_instance is not None:
+        # the policy may have changed: the gateway reads it again, in place (SIGHUP)
+        steps.run(control, "kill", "--signal=HUP", "--kill-who=main", GATEWAY_SERVICE)
     elif part.gateway_instance is None and (
         control.active(GATEWAY_SERVICE) or control.enabled(GATEWAY_SERVICE)
     ):
