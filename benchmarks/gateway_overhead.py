@@ -1,31 +1,49 @@
-"""What the gateway costs a request: the real daemon with its gateway on, against the Ollama
-double, side by side in one run with the same requests sent to the double directly.
+"""What the gateway costs a request: ``sentinel-keeper gateway`` in its own process (as
+sentinel-keeper-gateway.service runs it), and nginx as a plain reverse proxy beside it, in
+one run against the Ollama double, with the same requests also sent to the double directly.
 
 The double runs in its own process (its own interpreter, so that its threads do not share
 a GIL with the client's), with a first token in ``--first-token-ms`` and the next ones every
-``--token-ms`` (small: the gateway's own cost is then visible), one small model pinned by the
-daemon's policy and already warm, and OLLAMA_NUM_PARALLEL high enough for every stream at
-once. The daemon is ``python -m sentinel_keeper run`` with ``gateway.listen`` on a free
-loopback port and its metrics endpoint on. The client (http.client on one kept-alive
-connection per path for the timings, httpx.AsyncClient for the concurrent streams) sends the
-same requests both ways, interleaved, so that drift of the machine cancels out. Requests
-carry the pinned model's options, so the gateway forwards their bodies as they came.
+``--token-ms`` (small: a proxy's own cost is then visible), one small model pinned by the
+policy and already warm, and OLLAMA_NUM_PARALLEL high enough for every stream at once.
+
+Beside it, each in its own process:
+
+- the keeper, ``python -m sentinel_keeper run``, metrics on: it keeps the model warm and
+  publishes its view for the gateway, as on a real host; it serves no request, and its CPU
+  is reported apart;
+- the gateway, ``python -m sentinel_keeper gateway`` with ``gateway.listen`` on a free
+  loopback port (its event loop is uvloop's where uvloop is installed);
+- nginx (``--nginx``; Debian's package), a master and one worker (one event loop, like the
+  gateway), from a configuration written to a temporary directory: ``proxy_pass`` to an
+  ``upstream`` with ``keepalive 64``, HTTP/1.1 to the upstream with the Connection header
+  cleared, ``proxy_buffering off``. Without nginx the run says so and leaves its column out;
+- with ``--asyncio-gateway``, a second gateway process whose server runs on asyncio's own
+  event loop instead of uvloop's: what uvloop changes, in the same run.
+
+The client (http.client on one kept-alive connection per path for the timings,
+httpx.AsyncClient for the concurrent streams) sends the same requests every way,
+interleaved (every order of the paths in turn; the throughput levels as A B C then C B A),
+so that drift of the machine cancels out. Requests carry the pinned model's options, so the
+gateway forwards their bodies as they came.
 
 Phases:
 
-- ``latency``: small non-streamed /api/generate requests; latency p50/p99 each way, and the
-  added latency (gateway minus direct) at p50 and p99;
+- ``latency``: small non-streamed /api/generate requests; latency p50/p99 each path, and
+  the added latency (a proxy minus direct) at p50 and p99;
 - ``stream``: streamed requests: time to the first chunk, mean delay between chunks;
 - ``throughput``: 1, 16 and 128 concurrent streams (``--concurrency``) for ``--seconds``
-  each way: answers per second and chunks per second;
+  each path: answers per second and chunks per second;
 - ``soak``: ``--soak`` requests through the gateway (after a warm-up of 1,000) with the
-  daemon's RSS sampled every 1,000: memory growth; the daemon's CPU seconds for them.
+  gateway process's RSS sampled every 1,000: memory growth; its CPU seconds for them;
+- ``profile`` (``--profile SECONDS``): a separate gateway process whose server thread runs
+  under cProfile, under 16 concurrent streams for that long; the top of the profile.
 
-Every answer is compared: the gateway's bodies are byte-identical to Ollama's once the
-fields that differ between two answers anyway (``created_at`` and the ``*_duration``
-timings) are taken out.
+Every answer is compared: a proxy's bodies are byte-identical to Ollama's once the fields
+that differ between two answers anyway (``created_at`` and the ``*_duration`` timings) are
+taken out.
 
-    python -m benchmarks.gateway_overhead --out docs
+    python -m benchmarks.gateway_overhead --asyncio-gateway --profile 8 --out docs
 
 writes docs/gateway.md.
 """
@@ -34,20 +52,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import http.client
 import itertools
 import json
 import os
 import platform
+import pstats
 import shlex
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +77,8 @@ import httpx
 
 from benchmarks import _harness
 from benchmarks._harness import DaemonProcess, NotifySocket, PinnedModel, percentile, write_policy
-from tests.support.daemon import free_port
+from sentinel_keeper.gateway import server as gateway_server
+from tests.support.daemon import CLOCK_TICKS, free_port
 from tests.support.ollama_double import FakeModel, GiB, MiB, OllamaDouble
 
 MODEL = PinnedModel(
@@ -76,10 +99,29 @@ TIMING_FIELDS = frozenset(
 TOKENS = 16  # chunks of a streamed answer, before the final line
 WARM_UP = 1000  # soak requests before the first RSS reading
 SAMPLE_EVERY = 1000
+PROFILE_STREAMS = 16  # concurrent streams under the profiler
+PROFILE_ROWS = 15
+
+# The paths a request takes, in the tables' order.
+DIRECT, NGINX, GATEWAY, ASYNCIO = "direct", "nginx", "gateway", "gateway-asyncio"
+LABELS = {
+    DIRECT: "direct",
+    NGINX: "through nginx",
+    GATEWAY: "through the gateway",
+    ASYNCIO: "through the gateway, asyncio loop",
+}
+PROCESSES = {
+    NGINX: "nginx (master and worker)",
+    GATEWAY: "gateway",
+    ASYNCIO: "gateway, asyncio loop",
+}
 
 # The targets the issue sets (printed and reported, not asserted).
 TARGET_P50_MS = 1.0
 TARGET_P99_MS = 5.0
+TARGET_P50_VS_NGINX = 2.0  # the gateway's added p50 at most this many times nginx's
+TARGET_STREAMS = 16  # at this many concurrent streams...
+TARGET_POINTS = 5.0  # ...the gateway's throughput at most this many points below nginx's
 
 
 # --- the double, in its own process ---------------------------------------------------------
@@ -107,6 +149,16 @@ def serve_double(port: int, first_token: float, token: float, parallel: int) -> 
     return 0
 
 
+def stop_process(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signum)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 class DoubleProcess:
     def __init__(self, first_token: float, token: float, parallel: int) -> None:
         self.port = free_port()
@@ -131,13 +183,7 @@ class DoubleProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
 
 
 def wait_port(port: int, timeout: float) -> None:
@@ -150,6 +196,219 @@ def wait_port(port: int, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on port {port} after {timeout} s") from None
             time.sleep(0.05)
+
+
+# --- /proc readings of any process ------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+# --- nginx, a plain reverse proxy -------------------------------------------------------------
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {root}/client_body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    keepalive_requests 100000;
+    upstream ollama {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+        keepalive_requests 100000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://ollama;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def find_nginx(given: str | None) -> str | None:
+    """``--nginx`` as given ("" for none), else nginx on PATH or Debian's /usr/sbin/nginx."""
+    if given is not None:
+        return given or None
+    found = shutil.which("nginx")
+    if found is None and os.access("/usr/sbin/nginx", os.X_OK):
+        found = "/usr/sbin/nginx"
+    return found
+
+
+def nginx_version(binary: str) -> str:
+    done = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10, check=False)
+    text = (done.stderr or done.stdout).strip()
+    return text.split("/", 1)[1] if "/" in text else text
+
+
+class Nginx:
+    """``nginx`` in the foreground (``daemon off``), a master and one worker, every path of
+    its own in ``root``; listens on a free loopback port and proxies to ``upstream``."""
+
+    def __init__(self, binary: str, upstream: int, root: Path) -> None:
+        root.mkdir()
+        self.root = root
+        self.port = free_port()
+        conf = root / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(root=root, upstream=upstream, port=self.port))
+        self.version = nginx_version(binary)
+        self.proc = subprocess.Popen(
+            [binary, "-p", f"{root}/", "-c", str(conf), "-e", str(root / "error.log")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_port(self.port, 30)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"nginx did not start: {self.errors()}") from None
+        self.pids = [self.proc.pid, *children_of(self.proc.pid)]
+
+    def errors(self) -> str:
+        try:
+            return (self.root / "error.log").read_text()[-2000:]
+        except OSError:
+            return "(no error.log)"
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def rss_bytes(self) -> int:
+        return sum(rss_bytes(pid) for pid in self.pids)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        stop_process(self.proc, signal.SIGQUIT)  # nginx's graceful stop
+
+
+# --- the gateway, as it ships or wrapped by this benchmark -----------------------------------
+
+
+def wrapped_gateway(loop: str, profile: str, argv: list[str]) -> int:
+    """``sentinel-keeper`` with the gateway's server on asyncio's own loop (``loop`` is
+    "asyncio"), its server thread under cProfile (``profile``: the file for the stats, "-"
+    for none). Only this benchmark runs it; the package has no such hook."""
+    from sentinel_keeper import cli  # noqa: PLC0415 - the CLI only in the wrapped process
+
+    if loop == "asyncio":
+        gateway_server.LOOP_FACTORY = asyncio.new_event_loop
+    if profile != "-":
+        serve = gateway_server.GatewayServer._run
+
+        def profiled(self: gateway_server.GatewayServer) -> None:
+            # this thread's calls (the server's loop), in its CPU time: not the waits
+            profiler = cProfile.Profile(time.thread_time)
+            profiler.enable()
+            try:
+                serve(self)
+            finally:
+                profiler.disable()
+                profiler.dump_stats(profile)
+
+        gateway_server.GatewayServer._run = profiled  # type: ignore[method-assign]
+    return cli.main(argv)
+
+
+def wrapper(loop: str, profile: Path | None) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.gateway_overhead",
+        "--wrapped-gateway",
+        loop,
+        "-" if profile is None else str(profile),
+    ]
+
+
+def loop_name() -> str:
+    """The event loop the shipped gateway's server runs on, here."""
+    module = getattr(gateway_server.LOOP_FACTORY, "__module__", "") or ""
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
+
+
+class Gateway:
+    """``sentinel-keeper gateway`` on a free loopback port (``program``: a wrapper)."""
+
+    def __init__(
+        self, name: str, workdir: Path, double: str, program: Sequence[str] | None = None
+    ) -> None:
+        self.port = free_port()
+        policy = write_policy(
+            workdir / f"policy-{name}.yaml",
+            double,
+            interval=15.0,
+            models=[MODEL],
+            gateway=[f"listen: 127.0.0.1:{self.port}"],
+        )
+        self.notify = NotifySocket(workdir / f"notify-{name}.sock")
+        self.daemon = DaemonProcess(
+            policy, workdir, self.notify, log_format="json", command="gateway", program=program
+        )
+        try:
+            self.notify.wait_for("READY", "1", timeout=60)
+            wait_port(self.port, 30)
+        except (AssertionError, TimeoutError):
+            self.stop()
+            raise RuntimeError(f"the gateway did not start: {self.daemon.lines()[-5:]}") from None
+
+    def cpu_seconds(self) -> float:
+        return self.daemon.cpu_seconds()
+
+    def rss_bytes(self) -> int:
+        return self.daemon.rss_bytes()
+
+    def alive(self) -> bool:
+        return self.daemon.alive()
+
+    def said(self, level: str) -> list[str]:
+        return [line for line in self.daemon.lines() if f'"level": "{level}"' in line]
+
+    def stop(self) -> None:
+        self.daemon.stop(timeout=30)
+        self.notify.close()
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -180,19 +439,26 @@ def normalized(raw: bytes) -> bytes:
 
 
 class Connection:
-    """One kept-alive connection, reopened if the server closes it."""
+    """One kept-alive connection (TCP_NODELAY), reopened if the server closes it."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def _connect(self) -> None:
         self.conn.connect()
         self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _request(self, data: bytes) -> http.client.HTTPResponse:
+        if self.conn.sock is None:
+            self._connect()
+        self.conn.request("POST", "/api/generate", data, {"Content-Type": "application/json"})
+        return self.conn.getresponse()
 
     def post(self, data: bytes) -> tuple[float, bytes]:
         """Seconds to the whole answer, and the answer."""
         began = time.perf_counter()
-        self.conn.request("POST", "/api/generate", data, {"Content-Type": "application/json"})
-        response = self.conn.getresponse()
+        response = self._request(data)
         raw = response.read()
         took = time.perf_counter() - began
         if response.status != 200:
@@ -202,8 +468,7 @@ class Connection:
     def stream(self, data: bytes) -> tuple[float, list[float], bytes]:
         """Seconds to the first chunk, the gaps between chunks, and the answer."""
         began = time.perf_counter()
-        self.conn.request("POST", "/api/generate", data, {"Content-Type": "application/json"})
-        response = self.conn.getresponse()
+        response = self._request(data)
         if response.status != 200:
             raise RuntimeError(f"port {self.port}: HTTP {response.status}")
         times: list[float] = []
@@ -220,15 +485,27 @@ class Connection:
 
 @dataclass
 class Paths:
-    direct: int
-    gateway: int
+    ports: dict[str, int]  # path name -> port, direct first
     mismatches: list[str] = field(default_factory=list)
     compared: int = 0
 
-    def check(self, what: str, direct: bytes, gateway: bytes) -> None:
-        self.compared += 1
-        if normalized(direct) != normalized(gateway):
-            self.mismatches.append(f"{what}: direct {direct[:120]!r} gateway {gateway[:120]!r}")
+    @property
+    def names(self) -> list[str]:
+        return list(self.ports)
+
+    def orders(self) -> list[tuple[str, ...]]:
+        """Every order of the paths, taken in turn by the timed phases."""
+        return list(itertools.permutations(self.ports))
+
+    def check(self, what: str, answers: dict[str, bytes]) -> None:
+        """Each proxied answer against the direct one."""
+        direct = answers[DIRECT]
+        for name, raw in answers.items():
+            if name == DIRECT:
+                continue
+            self.compared += 1
+            if normalized(raw) != normalized(direct):
+                self.mismatches.append(f"{what}: direct {direct[:120]!r} {name} {raw[:120]!r}")
 
 
 # --- phases ---------------------------------------------------------------------------------
@@ -236,81 +513,80 @@ class Paths:
 
 @dataclass(frozen=True)
 class Latency:
-    direct: list[float]
-    gateway: list[float]
+    samples: dict[str, list[float]]
 
-    def added(self, fraction: float) -> float:
-        return percentile(self.gateway, fraction) - percentile(self.direct, fraction)
+    def at(self, path: str, fraction: float) -> float:
+        return percentile(self.samples[path], fraction)
+
+    def added(self, path: str, fraction: float) -> float:
+        return self.at(path, fraction) - self.at(DIRECT, fraction)
 
 
 def latency(paths: Paths, count: int) -> Latency:
-    direct, gateway = Connection(paths.direct), Connection(paths.gateway)
-    d: list[float] = []
-    g: list[float] = []
+    conns = {name: Connection(port) for name, port in paths.ports.items()}
+    samples: dict[str, list[float]] = {name: [] for name in conns}
+    orders = paths.orders()
     try:
         for i in range(count):
             data = body(f"latency {i}", stream=False)
-            first, second = (direct, gateway) if i % 2 == 0 else (gateway, direct)
-            t1, a1 = first.post(data)
-            t2, a2 = second.post(data)
-            (td, ad), (tg, ag) = ((t1, a1), (t2, a2)) if first is direct else ((t2, a2), (t1, a1))
-            d.append(td)
-            g.append(tg)
-            paths.check(f"latency {i}", ad, ag)
+            answers = {}
+            for name in orders[i % len(orders)]:
+                took, answers[name] = conns[name].post(data)
+                samples[name].append(took)
+            paths.check(f"latency {i}", answers)
     finally:
-        direct.close()
-        gateway.close()
-    return Latency(d, g)
+        for conn in conns.values():
+            conn.close()
+    return Latency(samples)
 
 
 @dataclass(frozen=True)
 class Streams:
-    first_direct: list[float]
-    first_gateway: list[float]
-    gaps_direct: list[float]
-    gaps_gateway: list[float]
+    first: dict[str, list[float]]
+    gaps: dict[str, list[float]]
+
+    def first_at(self, path: str, fraction: float) -> float:
+        return percentile(self.first[path], fraction)
+
+    def mean_gap(self, path: str) -> float:
+        return statistics.fmean(self.gaps[path])
 
 
 def streams(paths: Paths, count: int) -> Streams:
-    direct, gateway = Connection(paths.direct), Connection(paths.gateway)
-    out = Streams([], [], [], [])
+    conns = {name: Connection(port) for name, port in paths.ports.items()}
+    out = Streams({name: [] for name in conns}, {name: [] for name in conns})
+    orders = paths.orders()
     try:
         for i in range(count):
             data = body(f"stream {i}", stream=True)
-            order = (direct, gateway) if i % 2 == 0 else (gateway, direct)
             answers = {}
-            for conn in order:
-                first, gaps, raw = conn.stream(data)
-                answers[conn is gateway] = raw
-                if conn is gateway:
-                    out.first_gateway.append(first)
-                    out.gaps_gateway.extend(gaps)
-                else:
-                    out.first_direct.append(first)
-                    out.gaps_direct.extend(gaps)
-            paths.check(f"stream {i}", answers[False], answers[True])
+            for name in orders[i % len(orders)]:
+                first, gaps, answers[name] = conns[name].stream(data)
+                out.first[name].append(first)
+                out.gaps[name].extend(gaps)
+            paths.check(f"stream {i}", answers)
     finally:
-        direct.close()
-        gateway.close()
+        for conn in conns.values():
+            conn.close()
     return out
 
 
-@dataclass(frozen=True)
+@dataclass
 class Throughput:
     concurrency: int
     path: str
-    seconds: float
-    answers: int
-    chunks: int
-    errors: int
+    seconds: float = 0.0
+    answers: int = 0
+    chunks: int = 0
+    errors: int = 0
 
     @property
     def per_second(self) -> float:
-        return self.answers / self.seconds
+        return self.answers / self.seconds if self.seconds else 0.0
 
     @property
     def chunks_per_second(self) -> float:
-        return self.chunks / self.seconds
+        return self.chunks / self.seconds if self.seconds else 0.0
 
 
 async def _streams_for(port: int, concurrency: int, seconds: float) -> tuple[int, int, int]:
@@ -346,14 +622,27 @@ async def _streams_for(port: int, concurrency: int, seconds: float) -> tuple[int
     return answers, chunks, errors
 
 
-def throughput(paths: Paths, levels: Sequence[int], seconds: float) -> list[Throughput]:
-    out = []
+def throughput(
+    paths: Paths, levels: Sequence[int], seconds: float, rounds: int
+) -> list[Throughput]:
+    """Each level for ``seconds`` each path, in ``rounds`` slices: the paths in order, then
+    in reverse, and so on."""
+    out: list[Throughput] = []
     for concurrency in levels:
-        for name, port in (("direct", paths.direct), ("gateway", paths.gateway)):
-            began = time.monotonic()
-            answers, chunks, errors = asyncio.run(_streams_for(port, concurrency, seconds))
-            took = time.monotonic() - began
-            out.append(Throughput(concurrency, name, took, answers, chunks, errors))
+        totals = {name: Throughput(concurrency, name) for name in paths.names}
+        for r in range(rounds):
+            order = paths.names if r % 2 == 0 else paths.names[::-1]
+            for name in order:
+                began = time.monotonic()
+                answers, chunks, errors = asyncio.run(
+                    _streams_for(paths.ports[name], concurrency, seconds / rounds)
+                )
+                t = totals[name]
+                t.seconds += time.monotonic() - began
+                t.answers += answers
+                t.chunks += chunks
+                t.errors += errors
+        out.extend(totals.values())
     return out
 
 
@@ -361,7 +650,7 @@ def throughput(paths: Paths, levels: Sequence[int], seconds: float) -> list[Thro
 class Soak:
     requests: int
     rss: list[tuple[int, int]]  # (requests after the warm-up, RSS bytes)
-    cpu: float  # the daemon's CPU seconds for the requests after the warm-up
+    cpu: float  # the gateway's CPU seconds for the requests after the warm-up
     seconds: float
 
     @property
@@ -369,14 +658,14 @@ class Soak:
         return self.rss[-1][1] - self.rss[0][1]
 
 
-def soak(paths: Paths, daemon: DaemonProcess, count: int, concurrency: int = 8) -> Soak:
+def soak(gateway: Gateway, count: int, concurrency: int = 8) -> Soak:
     """``count`` non-streamed requests through the gateway after WARM_UP of them, RSS read
     every SAMPLE_EVERY."""
 
     async def run() -> Soak:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-            url = f"http://127.0.0.1:{paths.gateway}/api/generate"
+            url = f"http://127.0.0.1:{gateway.port}/api/generate"
 
             async def batch(start: int, n: int) -> None:
                 async def one(i: int) -> None:
@@ -393,33 +682,131 @@ def soak(paths: Paths, daemon: DaemonProcess, count: int, concurrency: int = 8) 
                 await asyncio.gather(*(worker() for _ in range(concurrency)))
 
             await batch(0, WARM_UP)
-            rss = [(0, daemon.rss_bytes())]
-            cpu0, began, done = daemon.cpu_seconds(), time.monotonic(), 0
+            rss = [(0, gateway.rss_bytes())]
+            cpu0, began, done = gateway.cpu_seconds(), time.monotonic(), 0
             while done < count:
                 n = min(SAMPLE_EVERY, count - done)
                 await batch(WARM_UP + done, n)
                 done += n
-                rss.append((done, daemon.rss_bytes()))
-            return Soak(count, rss, daemon.cpu_seconds() - cpu0, time.monotonic() - began)
+                rss.append((done, gateway.rss_bytes()))
+            return Soak(count, rss, gateway.cpu_seconds() - cpu0, time.monotonic() - began)
 
     return asyncio.run(run())
+
+
+# --- the profile ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    own: float  # seconds in the function itself
+    cumulative: float
+    calls: int
+    where: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    seconds: float  # of load
+    answers: int
+    loop: str
+    total: float  # own seconds of every profiled function
+    rows: list[ProfileRow]
+    areas: list[tuple[str, float]]  # own seconds by package
+
+
+STDLIB = sysconfig.get_paths()["stdlib"]
+
+
+def short_path(path: str) -> str:
+    """A profiled function's file without this machine's prefixes."""
+    for marker in ("site-packages/", "dist-packages/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    root = str(_harness.ROOT) + os.sep
+    if path.startswith(root):
+        return path[len(root) :]
+    if path.startswith(STDLIB + os.sep):
+        return path[len(STDLIB) + 1 :]
+    return path if path.startswith(("~", "<")) else os.path.basename(path)
+
+
+def area_of(where: str) -> str:
+    if where.startswith(("~", "<")):
+        return "built-ins (C: sockets, uvloop, json, ...)"
+    top = where.split("/", 1)[0].removesuffix(".py")
+    return top if "/" in where or top in {"json", "socket", "selectors"} else f"{top} (stdlib)"
+
+
+def read_profile(path: Path, seconds: float, answers: int, loop: str) -> Profile:
+    stats = pstats.Stats(str(path))
+    table: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
+    table = stats.stats  # type: ignore[attr-defined]
+    rows = []
+    areas: dict[str, float] = {}
+    for (file, line, name), (_, calls, own, cumulative, _) in table.items():
+        where = f"{short_path(file)}:{line}({name})" if line else f"~({name})"
+        rows.append(ProfileRow(own, cumulative, calls, where))
+        area = area_of(short_path(file) if line else "~")
+        areas[area] = areas.get(area, 0.0) + own
+    rows.sort(key=lambda r: r.own, reverse=True)
+    total = sum(r.own for r in rows)
+    ranked = sorted(areas.items(), key=lambda kv: kv[1], reverse=True)
+    return Profile(seconds, answers, loop, total, rows[:PROFILE_ROWS], ranked)
+
+
+def profile(args: argparse.Namespace, workdir: Path, double: str) -> Profile:
+    """A gateway process of its own with its server thread under cProfile, under
+    PROFILE_STREAMS concurrent streams for ``--profile`` seconds."""
+    out = workdir / "gateway.prof"
+    loop = "asyncio" if args.profile_asyncio else "default"
+    gateway = Gateway("profiled", workdir, double, program=wrapper(loop, out))
+    try:
+        warm(gateway.port)
+        answers, _, _ = asyncio.run(_streams_for(gateway.port, PROFILE_STREAMS, args.profile))
+    finally:
+        gateway.stop()
+    shown = "asyncio" if args.profile_asyncio else loop_name()
+    return read_profile(out, args.profile, answers, shown)
 
 
 # --- the run --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Usage:
+    """A process's memory and CPU around the timed phases."""
+
+    rss_before: int
+    rss_after: int
+    cpu: float  # seconds over the latency, stream and throughput phases
+
+
 @dataclass
 class Results:
+    paths: list[str] = field(default_factory=list)
+    nginx: str | None = None  # its version, when it ran
+    nginx_missing: str | None = None  # why it did not
+    loop: str = "asyncio"
     latency: Latency | None = None
     streams: Streams | None = None
     throughput: list[Throughput] = field(default_factory=list)
     soak: Soak | None = None
+    profile: Profile | None = None
     compared: int = 0
     mismatches: list[str] = field(default_factory=list)
-    cpu_under_load: float = 0.0  # the daemon's CPU seconds over latency+stream+throughput
-    rss_before: int = 0
-    rss_after: int = 0
-    gateway_requests: int = 0
+    usage: dict[str, Usage] = field(default_factory=dict)
+
+
+class Measured:
+    """What the run reads the memory and CPU of."""
+
+    def __init__(self, cpu: Callable[[], float], rss: Callable[[], int]) -> None:
+        self.cpu, self.rss = cpu, rss
+        self.rss0, self.cpu0 = rss(), cpu()
+
+    def usage(self) -> Usage:
+        return Usage(self.rss0, self.rss(), self.cpu() - self.cpu0)
 
 
 def warm(port: int) -> None:
@@ -432,49 +819,73 @@ def warm(port: int) -> None:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> Results:
+    results = Results(loop=loop_name())
+    nginx_binary = find_nginx(args.nginx)
+    if nginx_binary is None:
+        results.nginx_missing = (
+            "left out: --nginx ''"
+            if args.nginx == ""
+            else "left out: nginx is not installed (Debian: apt-get install nginx)"
+        )
+        print(f"nginx: {results.nginx_missing}", flush=True)
     double = DoubleProcess(args.first_token_ms / 1000, args.token_ms / 1000, args.parallel)
     notify = NotifySocket(workdir / "notify.sock")
-    gateway_port, metrics_port = free_port(), free_port()
-    policy = write_policy(
+    metrics_port = free_port()
+    keeper_policy = write_policy(
         workdir / "policy.yaml",
         double.url,
         interval=15.0,
         models=[MODEL],
         metrics=f"127.0.0.1:{metrics_port}",
-        gateway=[f"listen: 127.0.0.1:{gateway_port}"],
+        gateway=[f"listen: 127.0.0.1:{free_port()}"],  # the keeper publishes its view
     )
-    daemon = DaemonProcess(policy, workdir, notify, log_format="json")
-    results = Results()
+    keeper = DaemonProcess(keeper_policy, workdir, notify, log_format="json")
+    proxies: dict[str, Gateway | Nginx] = {}
     try:
         notify.wait_for("READY", "1", timeout=120)  # the model is loaded: warm
-        wait_port(gateway_port, 30)
-        paths = Paths(direct=double.port, gateway=gateway_port)
-        warm(paths.direct)
-        warm(paths.gateway)
-        results.rss_before = daemon.rss_bytes()
-        cpu0 = daemon.cpu_seconds()
+        if nginx_binary is not None:
+            proxies[NGINX] = Nginx(nginx_binary, double.port, workdir / "nginx")
+            results.nginx = proxies[NGINX].version  # type: ignore[union-attr]
+        proxies[GATEWAY] = Gateway(GATEWAY, workdir, double.url)
+        if args.asyncio_gateway:
+            proxies[ASYNCIO] = Gateway(ASYNCIO, workdir, double.url, wrapper("asyncio", None))
+        paths = Paths({DIRECT: double.port, **{n: p.port for n, p in proxies.items()}})
+        results.paths = paths.names
+        for port in paths.ports.values():
+            warm(port)
+        measured = {n: Measured(p.cpu_seconds, p.rss_bytes) for n, p in proxies.items()}
+        measured["keeper"] = Measured(keeper.cpu_seconds, keeper.rss_bytes)
         if args.requests:
             results.latency = latency(paths, args.requests)
-            print(f"latency: {args.requests} pairs", flush=True)
+            print(f"latency: {args.requests} each path", flush=True)
         if args.streams:
             results.streams = streams(paths, args.streams)
-            print(f"streams: {args.streams} pairs", flush=True)
+            print(f"streams: {args.streams} each path", flush=True)
         if args.seconds > 0:
-            results.throughput = throughput(paths, args.concurrency, args.seconds)
+            results.throughput = throughput(paths, args.concurrency, args.seconds, args.rounds)
             print("throughput: done", flush=True)
-        results.cpu_under_load = daemon.cpu_seconds() - cpu0
-        results.rss_after = daemon.rss_bytes()
-        if args.soak:
-            results.soak = soak(paths, daemon, args.soak)
+        results.usage = {n: m.usage() for n, m in measured.items()}
+        gateway = proxies[GATEWAY]
+        if args.soak and isinstance(gateway, Gateway):
+            results.soak = soak(gateway, args.soak)
             print(f"soak: {args.soak} requests", flush=True)
         results.compared, results.mismatches = paths.compared, paths.mismatches
-        if not daemon.alive():
-            raise RuntimeError("the daemon exited during the run")
-        errors = [line for line in daemon.lines() if '"level": "error"' in line]
-        if errors:
-            print(f"the daemon logged {len(errors)} errors, the first: {errors[0]}", flush=True)
+        for name, proxy in proxies.items():
+            if not proxy.alive():
+                raise RuntimeError(f"{name} exited during the run")
+            if isinstance(proxy, Gateway):
+                for level in ("error", "warning"):
+                    if said := proxy.said(level):
+                        print(f"{name}: {len(said)} at {level}, the first: {said[0]}", flush=True)
+        if not keeper.alive():
+            raise RuntimeError("the keeper exited during the run")
+        if args.profile > 0:
+            results.profile = profile(args, workdir, double.url)
+            print(f"profile: {args.profile:g} s", flush=True)
     finally:
-        daemon.stop()
+        for proxy in proxies.values():
+            proxy.stop()
+        keeper.stop()
         notify.close()
         double.stop()
     return results
@@ -491,7 +902,18 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.1f}"
 
 
+def change(t: Throughput, direct: Throughput) -> float:
+    """Throughput against direct's at the same level, in percentage points."""
+    return 100 * (t.per_second / direct.per_second - 1) if direct.per_second else float("nan")
+
+
 def report(args: argparse.Namespace, r: Results, command: str) -> str:
+    proxied = [p for p in r.paths if p != DIRECT]
+    nginx_note = (
+        f"nginx {r.nginx} (a master and one worker, upstream keepalive 64, `proxy_buffering off`)"
+        if r.nginx is not None
+        else f"no nginx column ({r.nginx_missing})"
+    )
     lines = [
         "# The gateway's overhead",
         "",
@@ -501,71 +923,101 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
         command,
         "```",
         "",
-        f"Machine: {_harness.machine_note()} (nproc {os.cpu_count()}), Python "
-        f"{platform.python_version()}; sentinel-keeper at commit {_harness.code_version()}. "
-        f"The Ollama double in its own process: first token {args.first_token_ms:g} ms, "
-        f"then a token every {args.token_ms:g} ms ({TOKENS} chunks and a final line per "
-        f"streamed answer), OLLAMA_NUM_PARALLEL {args.parallel}, the model warm. The daemon "
-        "(`python -m sentinel_keeper run`, metrics on) with `gateway.listen` on loopback. "
-        "Gateway and direct requests are interleaved, the same requests both ways; the "
-        "client, the daemon and the double share the machine's CPUs.",
+        f"Machine: {_harness.machine_note()} at the start of the run (nproc "
+        f"{os.cpu_count()}), Python {platform.python_version()}; sentinel-keeper at commit "
+        f"{_harness.code_version()}. The Ollama double in its own process: first token "
+        f"{args.first_token_ms:g} ms, then a token every {args.token_ms:g} ms ({TOKENS} chunks "
+        f"and a final line per streamed answer), OLLAMA_NUM_PARALLEL {args.parallel}, the model "
+        "warm. The gateway in its own process (`python -m sentinel_keeper gateway`, its server "
+        f"on {r.loop}'s event loop), the keeper beside it (`run`, metrics on; it serves no "
+        f"request); {nginx_note}. Every request is sent each way, the paths in every order in "
+        "turn; the client, the proxies, the keeper and the double share the machine's CPUs.",
         "",
-        "| what | direct | through the gateway | added |",
-        "| --- | ---: | ---: | ---: |",
+        "| what | " + " | ".join(LABELS[p] for p in r.paths) + " |",
+        "| --- |" + " ---: |" * len(r.paths),
     ]
-    lat = r.latency
+
+    def row(label: str, cells: Sequence[str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    lat, st = r.latency, r.streams
     if lat is not None:
         for label, q in (("p50", 0.5), ("p99", 0.99)):
-            lines.append(
-                f"| non-streamed request, {label} latency ms ({len(lat.direct)} each way) "
-                f"| {ms(percentile(lat.direct, q))} | {ms(percentile(lat.gateway, q))} "
-                f"| {ms(lat.added(q))} |"
+            row(
+                f"non-streamed request, {label} latency ms ({args.requests} each path)",
+                [ms(lat.at(p, q)) for p in r.paths],
             )
-    st = r.streams
     if st is not None:
         for label, q in (("p50", 0.5), ("p99", 0.99)):
-            dv, gv = percentile(st.first_direct, q), percentile(st.first_gateway, q)
-            lines.append(
-                f"| streamed: time to first chunk, {label} ms | {ms(dv)} | {ms(gv)} "
-                f"| {ms(gv - dv)} |"
+            row(
+                f"streamed: time to first chunk, {label} ms",
+                [ms(st.first_at(p, q)) for p in r.paths],
             )
-        dm, gm = statistics.fmean(st.gaps_direct), statistics.fmean(st.gaps_gateway)
-        lines.append(
-            f"| streamed: mean delay between chunks ms ({len(st.first_direct)} answers each "
-            f"way) | {ms(dm)} | {ms(gm)} | {ms(gm - dm)} |"
+        row(
+            f"streamed: mean delay between chunks ms ({args.streams} answers each path)",
+            [ms(st.mean_gap(p)) for p in r.paths],
         )
     by = {(t.concurrency, t.path): t for t in r.throughput}
     for c in args.concurrency:
-        d, g = by.get((c, "direct")), by.get((c, "gateway"))
-        if d is None or g is None:
-            continue
-        lines.append(
-            f"| {c} concurrent stream{'s' if c > 1 else ''}: answers/s (chunks/s) "
-            f"| {d.per_second:.0f} ({d.chunks_per_second:.0f}) "
-            f"| {g.per_second:.0f} ({g.chunks_per_second:.0f}) "
-            f"| {100 * (g.per_second / d.per_second - 1):+.0f}% |"
-        )
+        if all((c, p) in by for p in r.paths):
+            row(
+                f"{c} concurrent stream{'s' if c > 1 else ''}: answers/s (chunks/s)",
+                [f"{by[c, p].per_second:.0f} ({by[c, p].chunks_per_second:.0f})" for p in r.paths],
+            )
+    if proxied:
+        lines += [
+            "",
+            "Against direct (added milliseconds; throughput lost or gained, in percent):",
+            "",
+            "| what | " + " | ".join(LABELS[p] for p in proxied) + " |",
+            "| --- |" + " ---: |" * len(proxied),
+        ]
+        if lat is not None:
+            for label, q in (("p50", 0.5), ("p99", 0.99)):
+                row(f"added {label} latency ms", [ms(lat.added(p, q)) for p in proxied])
+        if st is not None:
+            for label, q in (("p50", 0.5), ("p99", 0.99)):
+                row(
+                    f"added time to first chunk, {label} ms",
+                    [ms(st.first_at(p, q) - st.first_at(DIRECT, q)) for p in proxied],
+                )
+            row(
+                "added delay between chunks, mean ms",
+                [ms(st.mean_gap(p) - st.mean_gap(DIRECT)) for p in proxied],
+            )
+        for c in args.concurrency:
+            if all((c, p) in by for p in r.paths):
+                row(
+                    f"{c} concurrent stream{'s' if c > 1 else ''}: answers/s",
+                    [f"{change(by[c, p], by[c, DIRECT]):+.0f}%" for p in proxied],
+                )
     errors = sum(t.errors for t in r.throughput)
     lines += [
         "",
-        f"Throughput: each level for {args.seconds:g} s each way (httpx.AsyncClient, one "
-        f"connection per stream); {errors} failed requests. The client, the double and the "
-        "daemon share the machine's CPUs, so the figures are what is left of them for each: "
-        "the gateway is one asyncio event loop, and where the double has CPU to spare (a few "
-        "concurrent streams) that loop's share is what throughput loses; with many streams "
-        "the double's thread per connection is the limit either way.",
+        f"Throughput: each level for {args.seconds:g} s each path, in {args.rounds} slices "
+        "(the paths in order, then in reverse), with httpx.AsyncClient, one connection per "
+        f"stream; {errors} failed requests. The client, the double and the proxies share the "
+        "machine's CPUs, so the figures are what is left of them for each: where the double "
+        "has CPU to spare (a few concurrent streams) a proxy's own CPU is what throughput "
+        "loses; with many streams the double's thread per connection is the limit either way.",
         "",
-        "The daemon (gateway and keeper in one process):",
+        "The processes (CPU seconds over the latency, stream and throughput phases, which "
+        "send every path the same requests):",
         "",
-        "| what | figure |",
-        "| --- | ---: |",
-        f"| RSS before the load, MiB | {mib(r.rss_before)} |",
-        f"| RSS after the latency, stream and throughput phases, MiB | {mib(r.rss_after)} |",
-        f"| CPU seconds over those phases | {r.cpu_under_load:.1f} |",
+        "| what | " + " | ".join(PROCESSES.get(n, n) for n in r.usage) + " |",
+        "| --- |" + " ---: |" * len(r.usage),
     ]
+    row("RSS before the load, MiB", [mib(u.rss_before) for u in r.usage.values()])
+    row("RSS after those phases, MiB", [mib(u.rss_after) for u in r.usage.values()])
+    row("CPU seconds over those phases", [f"{u.cpu:.1f}" for u in r.usage.values()])
     soaked = r.soak
     if soaked is not None:
         lines += [
+            "",
+            "The gateway process over the soak:",
+            "",
+            "| what | figure |",
+            "| --- | ---: |",
             f"| soak: RSS after {WARM_UP:,} warm-up requests, MiB | {mib(soaked.rss[0][1])} |",
             f"| soak: RSS after {soaked.requests:,} more, MiB | {mib(soaked.rss[-1][1])} |",
             f"| soak: growth over {soaked.requests:,} requests, MiB | {mib(soaked.growth)} |",
@@ -578,12 +1030,38 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
         ]
     lines += [
         "",
-        f"Answers compared: {r.compared}; differing once `created_at` and the `*_duration` "
-        f"fields are out: {len(r.mismatches)}.",
-        "",
-        "## Targets",
-        "",
+        f"Answers compared with the direct one: {r.compared}; differing once `created_at` and "
+        f"the `*_duration` fields are out: {len(r.mismatches)}.",
     ]
+    prof = r.profile
+    if prof is not None:
+        lines += [
+            "",
+            "## Profile",
+            "",
+            f"A gateway process of its own, its server thread (the event loop, {prof.loop}) "
+            f"under cProfile, {PROFILE_STREAMS} concurrent streams for {prof.seconds:g} s "
+            f"({prof.answers} answers, slowed by the profiler): {prof.total:.2f} s in profiled "
+            "functions. Own time by where the code lives:",
+            "",
+            "| where | own s | share |",
+            "| --- | ---: | ---: |",
+        ]
+        for area, own in prof.areas[:8]:
+            lines.append(f"| {area} | {own:.2f} | {100 * own / prof.total:.0f}% |")
+        lines += [
+            "",
+            f"The top {len(prof.rows)} functions by own time:",
+            "",
+            "| own s | share | cumulative s | calls | function |",
+            "| ---: | ---: | ---: | ---: | --- |",
+        ]
+        for p in prof.rows:
+            lines.append(
+                f"| {p.own:.3f} | {100 * p.own / prof.total:.1f}% | {p.cumulative:.3f} "
+                f"| {p.calls} | `{p.where}` |"
+            )
+    lines += ["", "## Targets", "", "Printed, not asserted:", ""]
     lines += [f"- {text}: **{verdict}**, {measured}" for text, verdict, measured in goals(r)]
     lines.append("")
     return "\n".join(lines)
@@ -596,22 +1074,61 @@ def goals(r: Results) -> list[tuple[str, str, str]]:
         return "not measured" if ok is None else "met" if ok else "MISSED"
 
     lat = r.latency
-    p50 = lat.added(0.5) * 1000 if lat else None
-    p99 = lat.added(0.99) * 1000 if lat else None
+    p50 = lat.added(GATEWAY, 0.5) * 1000 if lat else None
+    p99 = lat.added(GATEWAY, 0.99) * 1000 if lat else None
     out.append(
         (
-            f"added p50 latency <= {TARGET_P50_MS:g} ms",
+            f"the gateway's added p50 latency <= {TARGET_P50_MS:g} ms",
             verdict(None if p50 is None else p50 <= TARGET_P50_MS),
             "-" if p50 is None else f"{p50:.2f} ms",
         )
     )
     out.append(
         (
-            f"added p99 latency <= {TARGET_P99_MS:g} ms",
+            f"the gateway's added p99 latency <= {TARGET_P99_MS:g} ms",
             verdict(None if p99 is None else p99 <= TARGET_P99_MS),
             "-" if p99 is None else f"{p99:.2f} ms",
         )
     )
+    nginx = NGINX in r.paths
+    n50 = lat.added(NGINX, 0.5) * 1000 if lat and nginx else None
+    if p50 is None or n50 is None:
+        out.append(
+            (
+                f"the gateway's added p50 at most {TARGET_P50_VS_NGINX:g}x nginx's",
+                verdict(None),
+                "-" if nginx else "no nginx in this run",
+            )
+        )
+    else:
+        times = f"{p50 / n50:.1f}x" if n50 > 0 else "nginx added nothing"
+        out.append(
+            (
+                f"the gateway's added p50 at most {TARGET_P50_VS_NGINX:g}x nginx's",
+                verdict(p50 <= TARGET_P50_VS_NGINX * max(n50, 0.0)),
+                f"gateway {p50:.2f} ms, nginx {n50:.2f} ms ({times})",
+            )
+        )
+    by = {(t.concurrency, t.path): t for t in r.throughput}
+    level = (TARGET_STREAMS, DIRECT), (TARGET_STREAMS, GATEWAY), (TARGET_STREAMS, NGINX)
+    text = (
+        f"at {TARGET_STREAMS} concurrent streams, the gateway's throughput at most "
+        f"{TARGET_POINTS:g} points below nginx's"
+    )
+    if all(k in by for k in level):
+        g = change(by[TARGET_STREAMS, GATEWAY], by[TARGET_STREAMS, DIRECT])
+        n = change(by[TARGET_STREAMS, NGINX], by[TARGET_STREAMS, DIRECT])
+        out.append(
+            (
+                text,
+                verdict(g >= n - TARGET_POINTS),
+                f"against direct: gateway {g:+.0f}%, nginx {n:+.0f}% "
+                f"({abs(n - g):.0f} points {'below' if g <= n else 'above'} nginx's)",
+            )
+        )
+    else:
+        why = "no nginx in this run" if not nginx else f"{TARGET_STREAMS} streams not run"
+        out.append((text, verdict(None), why))
     out.append(
         (
             "byte-identical bodies",
@@ -638,8 +1155,8 @@ def goals(r: Results) -> list[tuple[str, str, str]]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--requests", type=int, default=2000, help="non-streamed pairs")
-    p.add_argument("--streams", type=int, default=400, help="streamed pairs")
+    p.add_argument("--requests", type=int, default=2000, help="non-streamed requests per path")
+    p.add_argument("--streams", type=int, default=400, help="streamed requests per path")
     p.add_argument(
         "--concurrency",
         type=lambda s: [int(x) for x in s.split(",")],
@@ -647,10 +1164,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="concurrent streams, comma-separated (default 1,16,128)",
     )
     p.add_argument("--seconds", type=float, default=4.0, help="per throughput level and path")
+    p.add_argument(
+        "--rounds", type=int, default=2, help="slices of each level, alternating the order"
+    )
     p.add_argument("--soak", type=int, default=10_000, help="requests after the warm-up")
     p.add_argument("--first-token-ms", type=float, default=2.0)
     p.add_argument("--token-ms", type=float, default=1.0)
     p.add_argument("--parallel", type=int, default=128, help="the double's NUM_PARALLEL")
+    p.add_argument(
+        "--nginx",
+        metavar="PATH",
+        help="the nginx binary (default: nginx on PATH, or /usr/sbin/nginx); '' for none",
+    )
+    p.add_argument(
+        "--asyncio-gateway",
+        action="store_true",
+        help="also a gateway whose server runs on asyncio's own event loop (not uvloop's)",
+    )
+    p.add_argument(
+        "--profile",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help=f"profile a gateway under {PROFILE_STREAMS} streams this long (0: not)",
+    )
+    p.add_argument(
+        "--profile-asyncio", action="store_true", help="the profiled gateway on asyncio's loop"
+    )
     p.add_argument("--out", type=Path, help="directory for gateway.md")
     return p.parse_args(argv)
 
@@ -660,6 +1200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given[:1] == ["--serve-double"]:
         port, first, token, parallel = given[1:5]
         return serve_double(int(port), float(first), float(token), int(parallel))
+    if given[:1] == ["--wrapped-gateway"]:
+        return wrapped_gateway(given[1], given[2], given[3:])
     args = parse_args(given)
     shown = list(given)
     if "--out" in shown:  # where the table goes is not part of how it was measured

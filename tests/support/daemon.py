@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -144,7 +144,8 @@ class DaemonProcess:
     socket), a STATE_DIRECTORY in ``workdir``, no
     watchdog unless ``env`` (more environment) sets one. ``log_format="journal"``: stderr is
     a pipe that JOURNAL_STREAM names, so the daemon writes journald's ``<N>event key=value``
-    lines; ``"json"``: JSON lines (the benchmarks)."""
+    lines; ``"json"``: JSON lines (the benchmarks). ``program``: what to run in place of
+    ``python -m sentinel_keeper`` (a benchmark's wrapper around the same CLI)."""
 
     def __init__(
         self,
@@ -157,6 +158,7 @@ class DaemonProcess:
         env: Mapping[str, str] | None = None,
         listen_socket: socket.socket | None = None,
         command: str = "run",
+        program: Sequence[str] | None = None,
     ) -> None:
         read_fd, write_fd = os.pipe()
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("WATCHDOG_", "NOTIFY"))}
@@ -174,7 +176,8 @@ class DaemonProcess:
             args = (*args, "--log-format", "json")
         environ.update(env or {})
         self.started = time.monotonic()
-        argv = [*daemon_command(time_scale), "--policy", str(policy), command, *args]
+        runs = daemon_command(time_scale) if program is None else list(program)
+        argv = [*runs, "--policy", str(policy), command, *args]
         passed: tuple[int, ...] = ()
         if listen_socket is not None:  # socket activation, as sentinel-keeper-gateway.socket
             passed = (listen_socket.fileno(),)
