@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import http.client
 import itertools
@@ -733,7 +734,7 @@ def short_path(path: str) -> str:
 
 def area_of(where: str) -> str:
     if where.startswith(("~", "<")):
-        return "built-ins (C: sockets, uvloop, json, ...)"
+        return "built-ins"
     top = where.split("/", 1)[0].removesuffix(".py")
     return top if "/" in where or top in {"json", "socket", "selectors"} else f"{top} (stdlib)"
 
@@ -784,6 +785,8 @@ class Usage:
 
 @dataclass
 class Results:
+    machine: str = ""  # CPUs and load average at the start
+    load_end: tuple[float, float, float] | None = None
     paths: list[str] = field(default_factory=list)
     nginx: str | None = None  # its version, when it ran
     nginx_missing: str | None = None  # why it did not
@@ -819,7 +822,7 @@ def warm(port: int) -> None:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> Results:
-    results = Results(loop=loop_name())
+    results = Results(machine=_harness.machine_note(), loop=loop_name())
     nginx_binary = find_nginx(args.nginx)
     if nginx_binary is None:
         results.nginx_missing = (
@@ -888,6 +891,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
         keeper.stop()
         notify.close()
         double.stop()
+    with contextlib.suppress(OSError):
+        results.load_end = os.getloadavg()
     return results
 
 
@@ -907,6 +912,55 @@ def change(t: Throughput, direct: Throughput) -> float:
     return 100 * (t.per_second / direct.per_second - 1) if direct.per_second else float("nan")
 
 
+def end_load(r: Results) -> str:
+    if r.load_end is None:
+        return ""
+    return ", {:.2f} {:.2f} {:.2f} at its end".format(*r.load_end)
+
+
+def busy(r: Results) -> str:
+    """A warning when other work shared the machine: a load average above its CPUs."""
+    cpus = os.cpu_count() or 1
+    loads = [float(x) for x in r.machine.split("load average ", 1)[-1].split()[:1] if x]
+    loads += [r.load_end[0]] if r.load_end is not None else []
+    if not any(load > cpus for load in loads):
+        return ""
+    return (
+        f" The load average was above the machine's {cpus} CPUs: other work shared it during "
+        "the run, so the figures are noisy (the interleaving cancels drift, not noise)."
+    )
+
+
+def uvloop_note(r: Results, by: dict[tuple[int, str], Throughput]) -> list[str]:
+    """The two gateway columns side by side: what uvloop changes."""
+    lat, st = r.latency, r.streams
+    if ASYNCIO not in r.paths or r.loop != "uvloop":
+        return []
+    parts = []
+    if lat is not None:
+        parts.append(
+            f"added p50 {ms(lat.added(GATEWAY, 0.5))} against {ms(lat.added(ASYNCIO, 0.5))} ms, "
+            f"p99 {ms(lat.added(GATEWAY, 0.99))} against {ms(lat.added(ASYNCIO, 0.99))} ms"
+        )
+    if st is not None:
+        first = [st.first_at(p, 0.5) - st.first_at(DIRECT, 0.5) for p in (GATEWAY, ASYNCIO)]
+        parts.append(f"first chunk p50 {ms(first[0])} against {ms(first[1])} ms more")
+    for c in sorted({t.concurrency for t in r.throughput}):
+        if all((c, p) in by for p in (DIRECT, GATEWAY, ASYNCIO)):
+            g, a = (change(by[c, p], by[c, DIRECT]) for p in (GATEWAY, ASYNCIO))
+            parts.append(f"{c} stream{'s' if c > 1 else ''} {g:+.0f}% against {a:+.0f}%")
+    if GATEWAY in r.usage and ASYNCIO in r.usage:
+        parts.append(
+            f"CPU {r.usage[GATEWAY].cpu:.1f} against {r.usage[ASYNCIO].cpu:.1f} s over the "
+            "same requests"
+        )
+    return [
+        "",
+        "What uvloop changes (the gateway as it ships, on uvloop, against the same code on "
+        "asyncio's own loop, in this run): " + "; ".join(parts) + ".",
+    ]
+
+
 def report(args: argparse.Namespace, r: Results, command: str) -> str:
     proxied = [p for p in r.paths if p != DIRECT]
     nginx_note = (
@@ -923,7 +977,7 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
         command,
         "```",
         "",
-        f"Machine: {_harness.machine_note()} at the start of the run (nproc "
+        f"Machine: {r.machine} at the start of the run{end_load(r)} (nproc "
         f"{os.cpu_count()}), Python {platform.python_version()}; sentinel-keeper at commit "
         f"{_harness.code_version()}. The Ollama double in its own process: first token "
         f"{args.first_token_ms:g} ms, then a token every {args.token_ms:g} ms ({TOKENS} chunks "
@@ -931,7 +985,8 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
         "warm. The gateway in its own process (`python -m sentinel_keeper gateway`, its server "
         f"on {r.loop}'s event loop), the keeper beside it (`run`, metrics on; it serves no "
         f"request); {nginx_note}. Every request is sent each way, the paths in every order in "
-        "turn; the client, the proxies, the keeper and the double share the machine's CPUs.",
+        "turn; the client, the proxies, the keeper and the double share the machine's CPUs."
+        + busy(r),
         "",
         "| what | " + " | ".join(LABELS[p] for p in r.paths) + " |",
         "| --- |" + " ---: |" * len(r.paths),
@@ -991,6 +1046,7 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
                     f"{c} concurrent stream{'s' if c > 1 else ''}: answers/s",
                     [f"{change(by[c, p], by[c, DIRECT]):+.0f}%" for p in proxied],
                 )
+        lines += uvloop_note(r, by)
     errors = sum(t.errors for t in r.throughput)
     lines += [
         "",
@@ -1042,7 +1098,15 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
             f"A gateway process of its own, its server thread (the event loop, {prof.loop}) "
             f"under cProfile, {PROFILE_STREAMS} concurrent streams for {prof.seconds:g} s "
             f"({prof.answers} answers, slowed by the profiler): {prof.total:.2f} s in profiled "
-            "functions. Own time by where the code lives:",
+            "functions, the profiler's own cost partly included."
+            + (
+                " The loop's own work in C (libuv's polling, its transports' reads and "
+                "writes) is out of the profiler's sight: it counts as the own time of "
+                "`server.py(_run)`, which runs the loop."
+                if prof.loop == "uvloop"
+                else ""
+            )
+            + " Own time by where the code lives (built-ins: C functions called from Python):",
             "",
             "| where | own s | share |",
             "| --- | ---: | ---: |",
