@@ -714,6 +714,7 @@ class Profile:
     total: float  # own seconds of every profiled function
     rows: list[ProfileRow]
     areas: list[tuple[str, float]]  # own seconds by package
+    steps: list[ProfileRow]  # sentinel_keeper's functions, by cumulative time
 
 
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -753,7 +754,12 @@ def read_profile(path: Path, seconds: float, answers: int, loop: str) -> Profile
     rows.sort(key=lambda r: r.own, reverse=True)
     total = sum(r.own for r in rows)
     ranked = sorted(areas.items(), key=lambda kv: kv[1], reverse=True)
-    return Profile(seconds, answers, loop, total, rows[:PROFILE_ROWS], ranked)
+    steps = sorted(
+        (r for r in rows if r.where.startswith("sentinel_keeper/") and "(_run)" not in r.where),
+        key=lambda r: r.cumulative,
+        reverse=True,
+    )
+    return Profile(seconds, answers, loop, total, rows[:PROFILE_ROWS], ranked, steps[:8])
 
 
 def profile(args: argparse.Namespace, workdir: Path, double: str) -> Profile:
@@ -1124,6 +1130,19 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
             lines.append(
                 f"| {p.own:.3f} | {100 * p.own / prof.total:.1f}% | {p.cumulative:.3f} "
                 f"| {p.calls} | `{p.where}` |"
+            )
+        lines += [
+            "",
+            "The gateway's own steps by cumulative time (what they call included; a "
+            "coroutine's calls count each time it resumes):",
+            "",
+            "| cumulative s | share | calls | function |",
+            "| ---: | ---: | ---: | --- |",
+        ]
+        for p in prof.steps:
+            lines.append(
+                f"| {p.cumulative:.3f} | {100 * p.cumulative / prof.total:.1f}% | {p.calls} "
+                f"| `{p.where}` |"
             )
     lines += ["", "## Targets", "", "Printed, not asserted:", ""]
     lines += [f"- {text}: **{verdict}**, {measured}" for text, verdict, measured in goals(r)]
