@@ -805,6 +805,7 @@ class Results:
     compared: int = 0
     mismatches: list[str] = field(default_factory=list)
     usage: dict[str, Usage] = field(default_factory=dict)
+    said: list[str] = field(default_factory=list)  # the gateways' warnings and errors
 
 
 class Measured:
@@ -886,6 +887,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
                 for level in ("error", "warning"):
                     if said := proxy.said(level):
                         print(f"{name}: {len(said)} at {level}, the first: {said[0]}", flush=True)
+                        results.said.append(f"{name}: {len(said)} at {level}")
         if not keeper.alive():
             raise RuntimeError("the keeper exited during the run")
         if args.profile > 0:
@@ -989,8 +991,10 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
         f"{args.first_token_ms:g} ms, then a token every {args.token_ms:g} ms ({TOKENS} chunks "
         f"and a final line per streamed answer), OLLAMA_NUM_PARALLEL {args.parallel}, the model "
         "warm. The gateway in its own process (`python -m sentinel_keeper gateway`, its server "
-        f"on {r.loop}'s event loop), the keeper beside it (`run`, metrics on; it serves no "
-        f"request); {nginx_note}. Every request is sent each way, the paths in every order in "
+        f"on {r.loop}'s event loop), the keeper beside it (`run`, metrics on), which "
+        "publishes its view for the gateway and serves no request; the gateways logged "
+        + ("; ".join(r.said) if r.said else "no warning (the view stayed fresh: every rule on)")
+        + f"; {nginx_note}. Every request is sent each way, the paths in every order in "
         "turn; the client, the proxies, the keeper and the double share the machine's CPUs."
         + busy(r),
         "",
