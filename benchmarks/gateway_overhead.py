@@ -715,6 +715,7 @@ class Profile:
     rows: list[ProfileRow]
     areas: list[tuple[str, float]]  # own seconds by package
     steps: list[ProfileRow]  # sentinel_keeper's functions, by cumulative time
+    server: dict[str, float]  # the server module's functions by name: cumulative seconds
 
 
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -759,7 +760,12 @@ def read_profile(path: Path, seconds: float, answers: int, loop: str) -> Profile
         key=lambda r: r.cumulative,
         reverse=True,
     )
-    return Profile(seconds, answers, loop, total, rows[:PROFILE_ROWS], ranked, steps[:8])
+    server = {
+        r.where.rsplit("(", 1)[-1].rstrip(")"): r.cumulative
+        for r in steps
+        if r.where.startswith("sentinel_keeper/gateway/server.py:")
+    }
+    return Profile(seconds, answers, loop, total, rows[:PROFILE_ROWS], ranked, steps[:8], server)
 
 
 def profile(args: argparse.Namespace, workdir: Path, double: str) -> Profile:
@@ -972,6 +978,28 @@ def uvloop_note(r: Results, by: dict[tuple[int, str], Throughput]) -> list[str]:
     ]
 
 
+def profile_reading(prof: Profile) -> list[str]:
+    """The profile in one sentence: what a relay costs the gateway's loop, and the part a
+    path that forwards without reading the body would skip."""
+    areas = dict(prof.areas)
+    steps = prof.server
+    read = steps.get("_read_and_decide", 0.0) + steps.get("_finish", 0.0)
+    relay = steps.get("_relay")
+    if not prof.total or relay is None:
+        return []
+    share = 100 / prof.total
+    aiohttp, own = (share * areas.get(name, 0.0) for name in ("aiohttp", "sentinel_keeper"))
+    return [
+        "",
+        f"Read together: aiohttp's Python code takes {aiohttp:.0f}% of the loop's CPU and the "
+        f"gateway's own code {own:.0f}%; relaying (the request to Ollama, then every chunk "
+        f"read from Ollama and written to the client) is {share * relay:.0f}% cumulatively; "
+        f"reading the body, asking the rules and recording the request {share * read:.0f}%. "
+        "A path that forwards without reading the body would save at most the latter; nginx "
+        "does the relay itself in C.",
+    ]
+
+
 def report(args: argparse.Namespace, r: Results, command: str) -> str:
     proxied = [p for p in r.paths if p != DIRECT]
     nginx_note = (
@@ -1157,6 +1185,7 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
                 f"| {p.cumulative:.3f} | {100 * p.cumulative / prof.total:.1f}% | {p.calls} "
                 f"| `{p.where}` |"
             )
+        lines += profile_reading(prof)
     lines += ["", "## Targets", "", "Printed, not asserted:", ""]
     lines += [f"- {text}: **{verdict}**, {measured}" for text, verdict, measured in goals(r)]
     lines.append("")
