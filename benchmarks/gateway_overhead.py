@@ -238,7 +238,7 @@ worker_processes 1;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
 events {{
-    worker_connections 4096;
+    worker_connections 1024;
 }}
 http {{
     access_log off;
