@@ -1270,7 +1270,7 @@ def goals(r: Results) -> list[tuple[str, str, str]]:
         growing = s.growth > 2 * 2**20 and s.rss[-1][1] > half
     out.append(
         (
-            "no memory growth over 10,000 requests",
+            f"no memory growth over {s.requests if s is not None else 10_000:,} requests",
             verdict(None if growing is None else not growing),
             "-" if s is None else f"{mib(s.growth)} MiB over {s.requests:,} requests",
         )
