@@ -13,13 +13,14 @@ Beside it, each in its own process:
   publishes its view for the gateway, as on a real host; it serves no request, and its CPU
   is reported apart;
 - the gateway, ``python -m sentinel_keeper gateway`` with ``gateway.listen`` on a free
-  loopback port (its event loop is uvloop's where uvloop is installed);
+  loopback port, on asyncio's own event loop, as it ships;
 - nginx (``--nginx``; Debian's package), a master and one worker (one event loop, like the
   gateway), from a configuration written to a temporary directory: ``proxy_pass`` to an
   ``upstream`` with ``keepalive 64``, HTTP/1.1 to the upstream with the Connection header
   cleared, ``proxy_buffering off``. Without nginx the run says so and leaves its column out;
-- with ``--asyncio-gateway``, a second gateway process whose server runs on asyncio's own
-  event loop instead of uvloop's: what uvloop changes, in the same run.
+- with ``--uvloop-gateway``, a second gateway process whose server runs on uvloop's event
+  loop (the same code; uvloop from the ``bench`` extra): what uvloop would change, in the
+  same run.
 
 The client (http.client on one kept-alive connection per path for the timings,
 httpx.AsyncClient for the concurrent streams) sends the same requests every way,
@@ -43,7 +44,7 @@ Every answer is compared: a proxy's bodies are byte-identical to Ollama's once t
 that differ between two answers anyway (``created_at`` and the ``*_duration`` timings) are
 taken out.
 
-    python -m benchmarks.gateway_overhead --asyncio-gateway --profile 8 --out docs
+    python -m benchmarks.gateway_overhead --uvloop-gateway --profile 8 --out docs
 
 writes docs/gateway.md.
 """
@@ -55,6 +56,8 @@ import asyncio
 import contextlib
 import cProfile
 import http.client
+import importlib
+import importlib.util
 import itertools
 import json
 import os
@@ -104,17 +107,17 @@ PROFILE_STREAMS = 16  # concurrent streams under the profiler
 PROFILE_ROWS = 15
 
 # The paths a request takes, in the tables' order.
-DIRECT, NGINX, GATEWAY, ASYNCIO = "direct", "nginx", "gateway", "gateway-asyncio"
+DIRECT, NGINX, GATEWAY, UVLOOP = "direct", "nginx", "gateway", "gateway-uvloop"
 LABELS = {
     DIRECT: "direct",
     NGINX: "through nginx",
     GATEWAY: "through the gateway",
-    ASYNCIO: "through the gateway, asyncio loop",
+    UVLOOP: "through the gateway on uvloop",
 }
 PROCESSES = {
     NGINX: "nginx (master and worker)",
     GATEWAY: "gateway",
-    ASYNCIO: "gateway, asyncio loop",
+    UVLOOP: "gateway on uvloop",
 }
 
 # The targets the issue sets (printed and reported, not asserted).
@@ -329,13 +332,14 @@ class Nginx:
 
 
 def wrapped_gateway(loop: str, profile: str, argv: list[str]) -> int:
-    """``sentinel-keeper`` with the gateway's server on asyncio's own loop (``loop`` is
-    "asyncio"), its server thread under cProfile (``profile``: the file for the stats, "-"
-    for none). Only this benchmark runs it; the package has no such hook."""
+    """``sentinel-keeper`` with the gateway's server on uvloop's event loop (``loop`` is
+    "uvloop"; the gateway's ``asyncio.new_event_loop()`` then makes one), its server thread
+    under cProfile (``profile``: the file for the stats, "-" for none). Only this benchmark
+    runs it; the package has no such hook."""
     from sentinel_keeper import cli  # noqa: PLC0415 - the CLI only in the wrapped process
 
-    if loop == "asyncio":
-        gateway_server.LOOP_FACTORY = asyncio.new_event_loop
+    if loop == "uvloop":
+        asyncio.set_event_loop_policy(importlib.import_module("uvloop").EventLoopPolicy())
     if profile != "-":
         serve = gateway_server.GatewayServer._run
 
@@ -364,10 +368,8 @@ def wrapper(loop: str, profile: Path | None) -> list[str]:
     ]
 
 
-def loop_name() -> str:
-    """The event loop the shipped gateway's server runs on, here."""
-    module = getattr(gateway_server.LOOP_FACTORY, "__module__", "") or ""
-    return "uvloop" if module.startswith("uvloop") else "asyncio"
+def have_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
 
 
 class Gateway:
@@ -772,15 +774,13 @@ def profile(args: argparse.Namespace, workdir: Path, double: str) -> Profile:
     """A gateway process of its own with its server thread under cProfile, under
     PROFILE_STREAMS concurrent streams for ``--profile`` seconds."""
     out = workdir / "gateway.prof"
-    loop = "asyncio" if args.profile_asyncio else "default"
-    gateway = Gateway("profiled", workdir, double, program=wrapper(loop, out))
+    gateway = Gateway("profiled", workdir, double, program=wrapper("asyncio", out))
     try:
         warm(gateway.port)
         answers, _, _ = asyncio.run(_streams_for(gateway.port, PROFILE_STREAMS, args.profile))
     finally:
         gateway.stop()
-    shown = "asyncio" if args.profile_asyncio else loop_name()
-    return read_profile(out, args.profile, answers, shown)
+    return read_profile(out, args.profile, answers, "asyncio")
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -802,7 +802,7 @@ class Results:
     paths: list[str] = field(default_factory=list)
     nginx: str | None = None  # its version, when it ran
     nginx_missing: str | None = None  # why it did not
-    loop: str = "asyncio"
+    uvloop_missing: str | None = None  # why --uvloop-gateway has no column
     latency: Latency | None = None
     streams: Streams | None = None
     throughput: list[Throughput] = field(default_factory=list)
@@ -835,7 +835,10 @@ def warm(port: int) -> None:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> Results:
-    results = Results(machine=_harness.machine_note(), loop=loop_name())
+    results = Results(machine=_harness.machine_note())
+    if args.uvloop_gateway and not have_uvloop():
+        results.uvloop_missing = "uvloop is not installed (pip install -e '.[bench]')"
+        print(f"--uvloop-gateway: left out: {results.uvloop_missing}", flush=True)
     nginx_binary = find_nginx(args.nginx)
     if nginx_binary is None:
         results.nginx_missing = (
@@ -863,8 +866,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
             proxies[NGINX] = Nginx(nginx_binary, double.port, workdir / "nginx")
             results.nginx = proxies[NGINX].version  # type: ignore[union-attr]
         proxies[GATEWAY] = Gateway(GATEWAY, workdir, double.url)
-        if args.asyncio_gateway:
-            proxies[ASYNCIO] = Gateway(ASYNCIO, workdir, double.url, wrapper("asyncio", None))
+        if args.uvloop_gateway and results.uvloop_missing is None:
+            proxies[UVLOOP] = Gateway(UVLOOP, workdir, double.url, wrapper("uvloop", None))
         paths = Paths({DIRECT: double.port, **{n: p.port for n, p in proxies.items()}})
         results.paths = paths.names
         for port in paths.ports.values():
@@ -949,32 +952,34 @@ def busy(r: Results) -> str:
 
 
 def uvloop_note(r: Results, by: dict[tuple[int, str], Throughput]) -> list[str]:
-    """The two gateway columns side by side: what uvloop changes."""
+    """The two gateway columns side by side: what uvloop would change."""
     lat, st = r.latency, r.streams
-    if ASYNCIO not in r.paths or r.loop != "uvloop":
+    if r.uvloop_missing is not None:
+        return ["", f"No uvloop column: {r.uvloop_missing}."]
+    if UVLOOP not in r.paths:
         return []
     parts = []
     if lat is not None:
         parts.append(
-            f"added p50 {ms(lat.added(GATEWAY, 0.5))} against {ms(lat.added(ASYNCIO, 0.5))} ms, "
-            f"p99 {ms(lat.added(GATEWAY, 0.99))} against {ms(lat.added(ASYNCIO, 0.99))} ms"
+            f"added p50 {ms(lat.added(UVLOOP, 0.5))} against {ms(lat.added(GATEWAY, 0.5))} ms, "
+            f"p99 {ms(lat.added(UVLOOP, 0.99))} against {ms(lat.added(GATEWAY, 0.99))} ms"
         )
     if st is not None:
-        first = [st.first_at(p, 0.5) - st.first_at(DIRECT, 0.5) for p in (GATEWAY, ASYNCIO)]
+        first = [st.first_at(p, 0.5) - st.first_at(DIRECT, 0.5) for p in (UVLOOP, GATEWAY)]
         parts.append(f"first chunk p50 {ms(first[0])} against {ms(first[1])} ms more")
     for c in sorted({t.concurrency for t in r.throughput}):
-        if all((c, p) in by for p in (DIRECT, GATEWAY, ASYNCIO)):
-            g, a = (change(by[c, p], by[c, DIRECT]) for p in (GATEWAY, ASYNCIO))
-            parts.append(f"{c} stream{'s' if c > 1 else ''} {g:+.0f}% against {a:+.0f}%")
-    if GATEWAY in r.usage and ASYNCIO in r.usage:
+        if all((c, p) in by for p in (DIRECT, GATEWAY, UVLOOP)):
+            u, g = (change(by[c, p], by[c, DIRECT]) for p in (UVLOOP, GATEWAY))
+            parts.append(f"{c} stream{'s' if c > 1 else ''} {u:+.0f}% against {g:+.0f}%")
+    if GATEWAY in r.usage and UVLOOP in r.usage:
         parts.append(
-            f"CPU {r.usage[GATEWAY].cpu:.1f} against {r.usage[ASYNCIO].cpu:.1f} s over the "
+            f"CPU {r.usage[UVLOOP].cpu:.1f} against {r.usage[GATEWAY].cpu:.1f} s over the "
             "same requests"
         )
     return [
         "",
-        "What uvloop changes (the gateway as it ships, on uvloop, against the same code on "
-        "asyncio's own loop, in this run): " + "; ".join(parts) + ".",
+        "What uvloop would change (the same gateway on uvloop's loop, against the gateway as "
+        "it ships, on asyncio's, in this run): " + "; ".join(parts) + ".",
     ]
 
 
@@ -1021,9 +1026,10 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
         f"{_harness.code_version()}. The Ollama double in its own process: first token "
         f"{args.first_token_ms:g} ms, then a token every {args.token_ms:g} ms ({TOKENS} chunks "
         f"and a final line per streamed answer), OLLAMA_NUM_PARALLEL {args.parallel}, the model "
-        "warm. The gateway in its own process (`python -m sentinel_keeper gateway`, its server "
-        f"on {r.loop}'s event loop), the keeper beside it (`run`, metrics on), which "
-        "publishes its view for the gateway and serves no request; the gateways logged "
+        "warm. The gateway in its own process (`python -m sentinel_keeper gateway`, its "
+        "server on asyncio's own event loop, as it ships), the keeper beside it (`run`, "
+        "metrics on), which publishes its view for the gateway and serves no request; the "
+        "gateways logged "
         + ("; ".join(r.said) if r.said else "no warning (the view stayed fresh: every rule on)")
         + f"; {nginx_note}. Every request is sent each way, the paths in every order in "
         "turn; the client, the proxies, the keeper and the double share the machine's CPUs."
@@ -1107,10 +1113,10 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
     row("RSS before the load, MiB", [mib(u.rss_before) for u in r.usage.values()])
     row("RSS after those phases, MiB", [mib(u.rss_after) for u in r.usage.values()])
     row("CPU seconds over those phases", [f"{u.cpu:.1f}" for u in r.usage.values()])
-    if ASYNCIO in r.usage:
+    if UVLOOP in r.usage:
         lines += [
             "",
-            "The gateway on asyncio's loop runs through this benchmark's wrapper around the "
+            "The gateway on uvloop runs through this benchmark's wrapper around the "
             "same CLI, which imports more (httpx, the double): its RSS is not the gateway's.",
         ]
     soaked = r.soak
@@ -1146,13 +1152,6 @@ def report(args: argparse.Namespace, r: Results, command: str) -> str:
             f"under cProfile, {PROFILE_STREAMS} concurrent streams for {prof.seconds:g} s "
             f"({prof.answers} answers, slowed by the profiler): {prof.total:.2f} s in profiled "
             "functions, the profiler's own cost partly included."
-            + (
-                " The loop's own work in C (libuv's polling, its transports' reads and "
-                "writes) is out of the profiler's sight: it counts as the own time of "
-                "`server.py(_run)`, which runs the loop."
-                if prof.loop == "uvloop"
-                else ""
-            )
             + " Own time by where the code lives (built-ins: C functions called from Python):",
             "",
             "| where | own s | share |",
@@ -1302,9 +1301,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the nginx binary (default: nginx on PATH, or /usr/sbin/nginx); '' for none",
     )
     p.add_argument(
-        "--asyncio-gateway",
+        "--uvloop-gateway",
         action="store_true",
-        help="also a gateway whose server runs on asyncio's own event loop (not uvloop's)",
+        help="also a gateway whose server runs on uvloop's event loop (the bench extra)",
     )
     p.add_argument(
         "--profile",
@@ -1312,9 +1311,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0.0,
         metavar="SECONDS",
         help=f"profile a gateway under {PROFILE_STREAMS} streams this long (0: not)",
-    )
-    p.add_argument(
-        "--profile-asyncio", action="store_true", help="the profiled gateway on asyncio's loop"
     )
     p.add_argument("--out", type=Path, help="directory for gateway.md")
     return p.parse_args(argv)
