@@ -1247,7 +1247,8 @@ def goals(r: Results) -> list[tuple[str, str, str]]:
                 text,
                 verdict(g >= n - TARGET_POINTS),
                 f"against direct: gateway {g:+.0f}%, nginx {n:+.0f}% "
-                f"({abs(n - g):.0f} points {'below' if g <= n else 'above'} nginx's)",
+                f"({abs(n - g):.0f} point{'' if round(abs(n - g)) == 1 else 's'} "
+                f"{'below' if g <= n else 'above'} nginx's)",
             )
         )
     else:
