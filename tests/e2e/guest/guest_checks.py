@@ -1222,17 +1222,16 @@ class Scenario:
         if env != "127.0.0.1:11433":
             raise Failed(f"ollama's process has OLLAMA_HOST={env!r}")
         for unit in (GATEWAY_SOCKET, GATEWAY):
-            state = wait_for(
-                f"{unit} active and enabled",
-                lambda unit=unit: (  # type: ignore[misc]
-                    "ok"
-                    if run("systemctl", "is-active", unit).stdout.strip() == "active"
-                    and run("systemctl", "is-enabled", unit).stdout.strip() == "enabled"
-                    else None
-                ),
-                60,
-            )
-            del state
+
+            def up(unit: str = unit) -> str | None:
+                active = run("systemctl", "is-active", unit).stdout.strip()
+                enabled = run("systemctl", "is-enabled", unit).stdout.strip()
+                if active == "active" and enabled == "enabled":
+                    return "ok"
+                status = run("systemctl", "status", "--no-pager", "-n", "8", unit).stdout
+                raise Failed(f"{unit} is {active}/{enabled}: {status[-600:]}")
+
+            wait_for(f"{unit} active and enabled", up, 60)
         journal_until(
             "the gateway serves the socket systemd passed",
             mark,
@@ -1500,6 +1499,8 @@ def diagnostics() -> None:
     for args in (
         ("systemctl", "status", "--no-pager", "-l", UNIT, OLLAMA, OLLAMA_GPU1),
         ("journalctl", "-u", UNIT, "-b", "--no-pager", "-n", "60"),
+        ("systemctl", "status", "--no-pager", "-l", GATEWAY, GATEWAY_SOCKET),
+        ("journalctl", "-u", GATEWAY, "-b", "--no-pager", "-n", "60"),
     ):
         done = run(*args, timeout=30)
         log(done.stdout + done.stderr)
