@@ -1231,7 +1231,7 @@ class Scenario:
                 status = run("systemctl", "status", "--no-pager", "-n", "8", unit).stdout
                 raise Failed(f"{unit} is {active}/{enabled}: {status[-600:]}")
 
-            wait_for(f"{unit} active and enabled", up, 60)
+            wait_for(f"{unit} active and enabled", up, 150)
         journal_until(
             "the gateway serves the socket systemd passed",
             mark,
