@@ -255,7 +255,7 @@ def _held(hold: Hold, policy: Policy, observation: Observation) -> Finding:
     """Why a model is left as its clients load it, and what to set so that it need not be."""
     name, ctx, wanted = hold.model, hold.client_ctx, hold.policy_ctx
     if hold.kind == "busy":
-        quiet = format_duration(policy.reload_backoff.quiet)
+        quiet = format_duration(hold.wait or policy.reload_backoff.quiet)
         return Finding(
             FindingKind.CLIENT_BUSY,
             name,
@@ -343,6 +343,9 @@ def plan(
         instance = loaded.get(model.name)
         if model.name in held:
             pinned_spilled |= instance is not None and instance.spilled
+            # missing while left to a client (its reload under way): it comes back before
+            # any extra is loaded
+            pinned_pending |= instance is None
             continue
         if instance is None:
             if model.name not in installed:
