@@ -211,7 +211,29 @@ def _gpu_notes(policy: Policy, gpu: GpuSnapshot, *, said: bool) -> None:
 
 
 def _out(text: str = "", stream: TextIO | None = None) -> None:
-    print(text, file=stream or sys.stdout)
+    try:
+        print(text, file=stream or sys.stdout)
+    except BrokenPipeError:
+        _stdout_gone()
+
+
+def _stdout_gone() -> None:
+    """The reader closed the pipe (`status | true`, `status | head -1`): the rest of the
+    output goes nowhere, and the command goes on to its exit code, which a health check
+    piped into another command must still see."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # no file descriptor to replace (a test's captured stdout): nothing to drop
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
 
 
 # syslog priorities for stderr lines under journald (ExecStartPre=, ExecReload=, a timer):
@@ -926,6 +948,12 @@ def main(argv: Sequence[str] | None = None, *, timings: Timings | None = None) -
     parser = build_parser()
     args = parser.parse_args(argv)
     args.timings = timings
+    code = _handle(args)
+    _flush_stdout()  # what is left in the buffer, before the exit: a closed pipe keeps the code
+    return code
+
+
+def _handle(args: argparse.Namespace) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -952,4 +980,6 @@ def main(argv: Sequence[str] | None = None, *, timings: Timings | None = None) -
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        return EXIT_OK
+        # written past _out (a library's print): the command's own code is lost with it
+        _stdout_gone()
+        return EXIT_SOFTWARE
