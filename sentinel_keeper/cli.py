@@ -701,6 +701,12 @@ def _print_override(report: OverrideReport, key: str) -> None:
         _out(f"{unit} restarts in the background if it runs; {after}")
     elif report.no_reload is NoReload.ASKED:
         _out(f"--no-reload: run `systemctl daemon-reload` and restart {unit} for this to apply")
+    elif report.no_reload is NoReload.NOT_READ:
+        _out(
+            f"systemctl not called: systemd does not read {unit}'s drop-ins from "
+            f"{path.parent} (it reads them from {default_dropin_dir(unit)}), so {unit} "
+            "was neither reloaded nor restarted"
+        )
     elif report.no_reload_reason is not None:
         _out(f"{report.no_reload_reason}; the change applies when {unit} next starts")
     elif report.systemd_error is None:

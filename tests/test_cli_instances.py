@@ -305,7 +305,7 @@ def test_apply_override_writes_each_units_own_dropin(cli: Cli) -> None:
 
 def test_apply_override_dropin_dir_takes_one_instance(cli: Cli) -> None:
     cli.write_policy(MODELS_YAML)
-    dropins = cli.tmp / "dropins"
+    dropins = cli.units / "ollama-gpu1.service.d"  # where systemd reads gpu1's drop-ins
     refused = cli("apply-override", "--dropin-dir", str(dropins))
     assert refused.returncode == 2
     assert refused.stderr == (
