@@ -47,6 +47,7 @@ from sentinel_keeper.gateway.measure import (
     requested_num_ctx,
 )
 from sentinel_keeper.listen import ListenAddress
+from sentinel_keeper.portholder import taken_by
 
 HEADER_TIMEOUT = 60.0
 BODY_TIMEOUT = 60.0
@@ -175,7 +176,7 @@ class GatewayServer:
             raise GatewayError(f"cannot listen on {self.address}: the server did not start")
         if self._error is not None:
             self._thread.join(timeout=STOP_SECONDS)
-            raise GatewayError(f"cannot listen on {self.address}: {self._error}")
+            raise GatewayError(f"cannot listen on {self.address} (gateway.listen): {self._error}")
 
     def stop(self) -> None:
         loop, stopping = self._loop, self._stopping
@@ -192,7 +193,7 @@ class GatewayServer:
             try:
                 loop.run_until_complete(self._open())
             except OSError as exc:
-                self._error = exc.strerror or str(exc)
+                self._error = (exc.strerror or str(exc)) + taken_by(self.address.port, exc)
                 return
             finally:
                 self._ready.set()
