@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sentinel_keeper import __version__, context, systemd
 from sentinel_keeper.bench import BenchReport, bench_json, bench_table, run_bench
@@ -58,6 +58,9 @@ from sentinel_keeper.runtime import make_client, open_reconciler
 from sentinel_keeper.state import default_state_dir, instance_state_dir
 from sentinel_keeper.timings import Timings
 from sentinel_keeper.windows import in_force, zone_of
+
+if TYPE_CHECKING:
+    from sentinel_keeper.metrics.readback import DaemonFigures
 
 # Exit codes (sysexits.h where one fits). Documented in --help and the README.
 EXIT_OK = 0
@@ -436,8 +439,33 @@ def _once(policy: Policy, state_dir: str, *, header: str) -> int:
     return EXIT_OK if report.all_pinned_resident else EXIT_NOT_RESIDENT
 
 
-def _daemon_view(policy: Policy) -> DaemonView:
-    """The running daemon's lifetime figures, read from its metrics endpoint."""
+def _whose(figures: DaemonFigures, policy: Policy, parts: Sequence[Policy]) -> str | None:
+    """Why the figures at the metrics endpoint are not this policy's daemon's (another
+    sentinel-keeper, with another policy or another Ollama, holds metrics.listen); None when
+    they are."""
+    from sentinel_keeper.metrics.families import policy_fingerprint, policy_path  # noqa: PLC0415
+
+    ours = policy_path(policy.source)
+    if not figures.policies:
+        return (
+            "the daemon there does not say which policy it runs (a sentinel-keeper before "
+            f"{__version__}: restart it), so its figures are not shown as {ours}'s"
+        )
+    for part in parts:
+        if figures.policies.get(part.instance) == policy_fingerprint(part):
+            continue
+        return (
+            "it is another sentinel-keeper's, one that runs another policy file or another "
+            f"Ollama than this policy ({ours}, instance {part.instance}, Ollama "
+            f"{part.ollama.url}): its figures are not shown. Two daemons cannot share "
+            "metrics.listen: give one of them another address"
+        )
+    return None
+
+
+def _daemon_view(policy: Policy, parts: Sequence[Policy] = ()) -> DaemonView:
+    """The running daemon's lifetime figures, read from its metrics endpoint, when that
+    daemon runs this policy (``parts``: the instances shown)."""
     address = policy.metrics.address
     if address is None:
         return DaemonView(None, error="the policy turns the metrics endpoint off (metrics.listen)")
@@ -455,16 +483,20 @@ def _daemon_view(policy: Policy) -> DaemonView:
         )
     except ValueError as exc:
         return DaemonView(address.url, error=f"{address.url}: {exc}")
+    foreign = _whose(figures, policy, parts or policy.split())
+    if foreign is not None:
+        return DaemonView(address.url, error=f"{address.url} (metrics.listen): {foreign}")
     return DaemonView(address.url, figures)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     policy = _load(args)
     several = _several(policy)
-    seen = [_observe(part) for part in _parts(args, policy)]
+    parts = _parts(args, policy)
+    seen = [_observe(part) for part in parts]
     # the daemon's figures are read (once: one daemon keeps every instance) when shown
     shown = args.json or any(observation is not None for _, observation, _ in seen)
-    daemon = _daemon_view(policy) if shown else DaemonView(None)
+    daemon = _daemon_view(policy, parts) if shown else DaemonView(None)
     codes = [_status_code(part, observation) for part, observation, _ in seen]
     if args.json:
         entries = [_status_entry(part, observation, error) for part, observation, error in seen]
