@@ -182,20 +182,20 @@ def _unreachable_hint(policy: Policy) -> str:
     )
     if policy.takeover is not None:
         return (
-            f"hint: with gateway.takeover Ollama listens at {policy.ollama.url} "
+            f"with gateway.takeover Ollama listens at {policy.ollama.url} "
             f"(gateway.upstream; {policy.instance_key}.url {policy.client_url} is the "
             "gateway's); is Ollama running, with the drop-in's OLLAMA_HOST (`sentinel-keeper "
             f"apply-override`)? try `systemctl status {policy.ollama.unit}`"
         )
     return (
-        f"hint: {policy.instance_key}.url is {policy.ollama.url} ({where}); is Ollama running "
+        f"{policy.instance_key}.url is {policy.ollama.url} ({where}); is Ollama running "
         f"and listening there? try `systemctl status {policy.ollama.unit}`"
     )
 
 
 def _unreachable(policy: Policy, error: str) -> int:
     _err(f"sentinel-keeper: {error}")
-    _err(_unreachable_hint(policy))
+    _err(f"hint: {_unreachable_hint(policy)}")
     return EXIT_UNAVAILABLE
 
 
