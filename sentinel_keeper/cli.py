@@ -311,7 +311,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         where = f"{len(parts)} instances: {each}"
     else:
         where = online[0]
-    _out(f"{policy.source}: ok ({pinned} pinned, {extras} extras; {where})")
+    plural = "s" if extras != 1 else ""
+    _out(f"{policy.source}: ok ({pinned} pinned, {extras} extra{plural}; {where})")
     return EXIT_OK
 
 

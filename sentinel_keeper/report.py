@@ -361,6 +361,7 @@ def window_lines(policy: Policy, now: datetime) -> list[str]:
     """For `status`: each model with windows, in force now or not, and its next edge."""
     zone = zone_of(policy.timezone)
     lines = []
+
     def shown(at: datetime) -> str:
         at = at.astimezone(zone)
         return f"{at:%a %Y-%m-%d %H:%M:%S %Z}" if at.second else f"{at:%a %Y-%m-%d %H:%M %Z}"

@@ -321,7 +321,7 @@ def test_check_accepts_the_shipped_example_and_the_policy_variable(cli: Cli) -> 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"{example}: ok (1 pinned, 1 extras")
+    assert result.stdout.startswith(f"{example}: ok (1 pinned, 1 extra")
 
 
 def test_missing_policy_is_a_config_error(cli: Cli) -> None:

@@ -119,3 +119,12 @@ def test_the_quick_start_says_an_extra_needs_nvml_or_a_budget() -> None:
     first_policy = quick[: quick.index("2. **Find the num_ctx")]
     assert "tier: extra" in first_policy
     assert "vram: {budget: 3GiB}" in first_policy and "NVML" in first_policy
+
+
+def test_check_counts_one_extra_as_one_extra(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("models:\n  - name: a:1b\n  - {name: b:1b, tier: extra}\n")
+    run = [sys.executable, "-m", "sentinel_keeper", "--policy", str(policy), "check"]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{policy}: ok (1 pinned, 1 extra; ollama at "), done.stdout

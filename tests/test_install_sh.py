@@ -255,7 +255,7 @@ def test_staged_venv_holds_a_working_sentinel_keeper(staged: tuple[Path, Run]) -
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "ok (1 pinned, 1 extras" in done.stdout
+    assert "ok (1 pinned, 1 extra" in done.stdout
 
 
 def pinned_versions() -> dict[str, str]:
