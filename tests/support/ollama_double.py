@@ -820,6 +820,11 @@ class OllamaDouble:
         return max(0, self.vram_total - self.vram_used_elsewhere - used)
 
     def _max_loaded(self) -> int:
+        """OLLAMA_MAX_LOADED_MODELS, else Ollama's default. server/sched.go since v0.12.7:
+        ``defaultModelsPerGPU * max(len(gpus), 1)``, 3 per GPU and 3 with none; before it, 3
+        per GPU too (a CPU-only server counted one device: 3), except 1 per GPU where a GPU
+        reports its free memory unreliably. The double has one GPU (or none, ``vram_total``
+        0): 3 either way, and every loaded model counts, whoever loaded it."""
         return self.max_loaded_models if self.max_loaded_models > 0 else _DEFAULT_MODELS_PER_GPU
 
     def _parallel_for(self, model: FakeModel) -> int:
