@@ -21,7 +21,7 @@ from sentinel_keeper.plan import ActionKind, FindingKind, plan
 from sentinel_keeper.policy.loading import parse_policy
 from sentinel_keeper.reconcile import Reconciler
 from tests.support.ollama_double import FakeModel, GiB, ManualClock, OllamaDouble
-from tests.support.planning import NOW, gpus, loaded, observation, policy
+from tests.support.planning import NOW, gpus, installed, loaded, observation, policy
 
 A = "a:1b"
 POLICY = policy({"name": A, "options": {"num_ctx": 8192}})
@@ -368,3 +368,19 @@ def test_after_an_ollama_restart_the_pinned_model_comes_back_first(seen_down: bo
     assert [(o.action.kind, o.action.model) for o in after.outcomes] == [(ActionKind.LOAD, A)]
     assert after.plan.findings == ()
     assert double.instance(A).num_ctx == 8192  # type: ignore[union-attr]
+
+
+def test_extras_wait_while_a_pinned_model_left_to_a_client_is_missing() -> None:
+    """Missing while on hold: a client's reload under way; it comes back before any extra."""
+    both = policy(
+        {"name": A, "options": {"num_ctx": 8192}},
+        {"name": "e:1b", "tier": "extra"},
+        vram={"budget": "20GiB"},
+    )
+    now = replace(
+        observation(installed_models=(installed(A), installed("e:1b")), gpu=gpus()), at=NOW
+    )
+    busy = Hold(A, 4096, 8192, 1, None, kind="busy")
+    assert plan(both, now, NOW, holds={A: busy}).actions == ()
+    # not on hold: the pinned model is loaded, and the extra waits for the next pass
+    assert [(a.kind, a.model) for a in plan(both, now, NOW).actions] == [(ActionKind.LOAD, A)]
