@@ -33,6 +33,8 @@ start=1
 wheels=
 
 say() { printf '%s\n' "$*"; }
+# A path as this run wrote it: under DESTDIR for a staged install, and where it goes
+staged() { if [[ -n $DESTDIR ]]; then printf '%s (staged for %s)' "$DESTDIR$1" "$1"; else printf '%s' "$1"; fi; }
 die() {
     printf 'install.sh: %s\n' "$*" >&2
     exit 1
@@ -277,13 +279,13 @@ install -m 0644 "$here"/docs/* "$venv/share/doc/sentinel-keeper/docs/"
 example=$here/etc/sentinel/policy.yaml
 if [[ ! -e $policy ]]; then
     install -m 0644 "$example" "$policy"
-    say "installed the example policy as $POLICY_DIR/policy.yaml"
+    say "installed the example policy as $(staged "$POLICY_DIR/policy.yaml")"
 elif cmp -s "$example" "$policy"; then
     rm -f "$policy.example"
-    say "kept $POLICY_DIR/policy.yaml (the same as the example)"
+    say "kept $(staged "$POLICY_DIR/policy.yaml"), the same as the example"
 else
     install -m 0644 "$example" "$policy.example"
-    say "kept your $POLICY_DIR/policy.yaml; the current example is beside it as policy.yaml.example"
+    say "kept your $(staged "$POLICY_DIR/policy.yaml"); the current example is beside it as policy.yaml.example"
 fi
 
 if ((upgrade)) && [[ -n $old_version && $old_version == "$new_version" ]]; then

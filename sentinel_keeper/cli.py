@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sentinel_keeper import __version__, context, systemd
 from sentinel_keeper.bench import BenchReport, bench_json, bench_table, run_bench
@@ -59,6 +59,9 @@ from sentinel_keeper.runtime import make_client, open_reconciler
 from sentinel_keeper.state import default_state_dir, instance_state_dir
 from sentinel_keeper.timings import Timings
 from sentinel_keeper.windows import in_force, zone_of
+
+if TYPE_CHECKING:
+    from sentinel_keeper.metrics.readback import DaemonFigures
 
 # Exit codes (sysexits.h where one fits). Documented in --help and the README.
 EXIT_OK = 0
@@ -180,20 +183,20 @@ def _unreachable_hint(policy: Policy) -> str:
     )
     if policy.takeover is not None:
         return (
-            f"hint: with gateway.takeover Ollama listens at {policy.ollama.url} "
+            f"with gateway.takeover Ollama listens at {policy.ollama.url} "
             f"(gateway.upstream; {policy.instance_key}.url {policy.client_url} is the "
             "gateway's); is Ollama running, with the drop-in's OLLAMA_HOST (`sentinel-keeper "
             f"apply-override`)? try `systemctl status {policy.ollama.unit}`"
         )
     return (
-        f"hint: {policy.instance_key}.url is {policy.ollama.url} ({where}); is Ollama running "
+        f"{policy.instance_key}.url is {policy.ollama.url} ({where}); is Ollama running "
         f"and listening there? try `systemctl status {policy.ollama.unit}`"
     )
 
 
 def _unreachable(policy: Policy, error: str) -> int:
     _err(f"sentinel-keeper: {error}")
-    _err(_unreachable_hint(policy))
+    _err(f"hint: {_unreachable_hint(policy)}")
     return EXIT_UNAVAILABLE
 
 
@@ -212,7 +215,29 @@ def _gpu_notes(policy: Policy, gpu: GpuSnapshot, *, said: bool) -> None:
 
 
 def _out(text: str = "", stream: TextIO | None = None) -> None:
-    print(text, file=stream or sys.stdout)
+    try:
+        print(text, file=stream or sys.stdout)
+    except BrokenPipeError:
+        _stdout_gone()
+
+
+def _stdout_gone() -> None:
+    """The reader closed the pipe (`status | true`, `status | head -1`): the rest of the
+    output goes nowhere, and the command goes on to its exit code, which a health check
+    piped into another command must still see."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # no file descriptor to replace (a test's captured stdout): nothing to drop
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
 
 
 # syslog priorities for stderr lines under journald (ExecStartPre=, ExecReload=, a timer):
@@ -287,7 +312,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         where = f"{len(parts)} instances: {each}"
     else:
         where = online[0]
-    _out(f"{policy.source}: ok ({pinned} pinned, {extras} extras; {where})")
+    plural = "s" if extras != 1 else ""
+    _out(f"{policy.source}: ok ({pinned} pinned, {extras} extra{plural}; {where})")
     return EXIT_OK
 
 
@@ -415,8 +441,33 @@ def _once(policy: Policy, state_dir: str, *, header: str) -> int:
     return EXIT_OK if report.all_pinned_resident else EXIT_NOT_RESIDENT
 
 
-def _daemon_view(policy: Policy) -> DaemonView:
-    """The running daemon's lifetime figures, read from its metrics endpoint."""
+def _whose(figures: DaemonFigures, policy: Policy, parts: Sequence[Policy]) -> str | None:
+    """Why the figures at the metrics endpoint are not this policy's daemon's (another
+    sentinel-keeper, with another policy or another Ollama, holds metrics.listen); None when
+    they are."""
+    from sentinel_keeper.metrics.families import policy_fingerprint, policy_path  # noqa: PLC0415
+
+    ours = policy_path(policy.source)
+    if not figures.policies:
+        return (
+            "the daemon there does not say which policy it runs (a sentinel-keeper before "
+            f"{__version__}: restart it), so its figures are not shown as {ours}'s"
+        )
+    for part in parts:
+        if figures.policies.get(part.instance) == policy_fingerprint(part):
+            continue
+        return (
+            "it is another sentinel-keeper's, one that runs another policy file or another "
+            f"Ollama than this policy ({ours}, instance {part.instance}, Ollama "
+            f"{part.ollama.url}): its figures are not shown. Two daemons cannot share "
+            "metrics.listen: give one of them another address"
+        )
+    return None
+
+
+def _daemon_view(policy: Policy, parts: Sequence[Policy] = ()) -> DaemonView:
+    """The running daemon's lifetime figures, read from its metrics endpoint, when that
+    daemon runs this policy (``parts``: the instances shown)."""
     address = policy.metrics.address
     if address is None:
         return DaemonView(None, error="the policy turns the metrics endpoint off (metrics.listen)")
@@ -434,16 +485,20 @@ def _daemon_view(policy: Policy) -> DaemonView:
         )
     except ValueError as exc:
         return DaemonView(address.url, error=f"{address.url}: {exc}")
+    foreign = _whose(figures, policy, parts or policy.split())
+    if foreign is not None:
+        return DaemonView(address.url, error=f"{address.url} (metrics.listen): {foreign}")
     return DaemonView(address.url, figures)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     policy = _load(args)
     several = _several(policy)
-    seen = [_observe(part) for part in _parts(args, policy)]
+    parts = _parts(args, policy)
+    seen = [_observe(part) for part in parts]
     # the daemon's figures are read (once: one daemon keeps every instance) when shown
     shown = args.json or any(observation is not None for _, observation, _ in seen)
-    daemon = _daemon_view(policy) if shown else DaemonView(None)
+    daemon = _daemon_view(policy, parts) if shown else DaemonView(None)
     codes = [_status_code(part, observation) for part, observation, _ in seen]
     if args.json:
         entries = [_status_entry(part, observation, error) for part, observation, error in seen]
@@ -680,6 +735,12 @@ def _print_override(report: OverrideReport, key: str) -> None:
         _out(f"{unit} restarts in the background if it runs; {after}")
     elif report.no_reload is NoReload.ASKED:
         _out(f"--no-reload: run `systemctl daemon-reload` and restart {unit} for this to apply")
+    elif report.no_reload is NoReload.NOT_READ:
+        _out(
+            f"systemctl not called: systemd does not read {unit}'s drop-ins from "
+            f"{path.parent} (it reads them from {default_dropin_dir(unit)}), so {unit} "
+            "was neither reloaded nor restarted"
+        )
     elif report.no_reload_reason is not None:
         _out(f"{report.no_reload_reason}; the change applies when {unit} next starts")
     elif report.systemd_error is None:
@@ -985,6 +1046,12 @@ def main(argv: Sequence[str] | None = None, *, timings: Timings | None = None) -
     parser = build_parser()
     args = parser.parse_args(argv)
     args.timings = timings
+    code = _handle(args)
+    _flush_stdout()  # what is left in the buffer, before the exit: a closed pipe keeps the code
+    return code
+
+
+def _handle(args: argparse.Namespace) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -1011,4 +1078,6 @@ def main(argv: Sequence[str] | None = None, *, timings: Timings | None = None) -
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        return EXIT_OK
+        # written past _out (a library's print): the command's own code is lost with it
+        _stdout_gone()
+        return EXIT_SOFTWARE

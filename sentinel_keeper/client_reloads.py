@@ -12,7 +12,12 @@ The rule, per policy model that sets a num_ctx:
 - busy: while the clients use that instance the keeper leaves it to them. Ollama moves an
   instance's expires_at at the end of each request (and leaves it in the past while a request
   outlives its keep_alive), so the instance counts as in use until its expires_at has stayed
-  put for ``quiet``; then it is reloaded with the policy's options;
+  put for the wait; then it is reloaded with the policy's options;
+- the wait learns: the first time a num_ctx is seen it is ``quiet`` (a few seconds: a client
+  that is gone costs nothing, and the pinned clients get their model back before they ask);
+  each return of the same num_ctx within ``within`` (a reload with it again, or another
+  request to its instance) doubles it, up to ``cool_down``: a client that returns is the
+  evidence for leaving the model to it longer;
 - back-off: ``after`` client reloads within ``within``, or clients keeping the model busy for
   ``within``, put it on hold until ``cool_down`` has passed, reported once as a warning that
   names the clients' num_ctx and what to set;
@@ -21,7 +26,11 @@ The rule, per policy model that sets a num_ctx:
   missing from /api/ps until the reload is done, so one look is no proof); client reloads
   older than ``within`` are forgotten;
 - after a cool-down the keeper reloads the model once; a client reload within ``within`` of
-  that puts it on hold again at once.
+  that puts it on hold again at once;
+- a restart of Ollama (the reconciler saw it go away, or every model the previous look listed
+  with time left is gone) empties it: nothing of the clients' instance is left to protect, so
+  a hold on a model that is missing is forgotten at once (the returns seen within ``within``
+  are kept: they are what the wait learnt).
 """
 
 from __future__ import annotations
@@ -43,6 +52,9 @@ class Tally:
     """What the keeper remembers of one model's client reloads."""
 
     reloads: tuple[datetime, ...] = ()  # client reloads seen, within the window
+    # each return of a client's num_ctx (a reload with it, or a look that saw its instance
+    # used again), within the window: (when, num_ctx); how long the wait has grown
+    returns: tuple[tuple[datetime, int], ...] = ()
     client_ctx: int | None = None  # the context length the clients use, as last seen
     hold_until: datetime | None = None  # the back-off's cool-down
     relapse_until: datetime | None = None  # a client reload before this holds again at once
@@ -65,6 +77,7 @@ class Hold:
     # after a cool-down: the keeper reloads it once, and a client reload before ``until``
     # puts it back on hold (reported as the same condition, not a new one)
     trying: bool = False
+    wait: float = 0.0  # busy: seconds the instance must stay unused before it is reloaded
 
 
 @dataclass(frozen=True)
@@ -74,16 +87,21 @@ class Judgement:
 
 
 def judge(
-    memory: Mapping[str, Tally], policy: Policy, before: Observation | None, now: Observation
+    memory: Mapping[str, Tally],
+    policy: Policy,
+    before: Observation | None,
+    now: Observation,
+    *,
+    restarted: bool = False,
 ) -> Judgement:
     """The memory after ``now`` (``before``: the previous pass's last look), and the models
-    on hold."""
+    on hold. ``restarted``: Ollama went away since ``before`` (a pass could not reach it)."""
     rule = policy.reload_backoff
     within = timedelta(seconds=rule.within)
-    quiet = timedelta(seconds=rule.quiet)
     at = now.at
     listed = now.loaded_by_name()
     listed_before = before.loaded_by_name() if before is not None else {}
+    emptied = restarted or _emptied(memory, before, now)
     out: dict[str, Tally] = {}
     holds: dict[str, Hold] = {}
     for model in policy.models:
@@ -92,15 +110,26 @@ def judge(
         if wanted is None or rule.after <= 0:
             continue
         tally = memory.get(name, Tally())
+        returns = tuple(r for r in tally.returns if at - r[0] < within)
+        tally = replace(tally, returns=returns)
         instance, earlier = listed.get(name), listed_before.get(name)
         busy = False
-        if instance is None:
+        quiet = timedelta(seconds=_wait(tally, rule.quiet, rule.cool_down))
+        if instance is None and emptied:
+            # Ollama restarted (or evicted everything): no instance of the clients is left
+            # to protect, and a pinned model goes back first
+            tally = Tally(
+                reloads=tuple(r for r in tally.reloads if at - r < within), returns=returns
+            )
+        elif instance is None:
             if _held(tally, at, quiet):
                 remaining = earlier.remaining(at) if earlier is not None else None
                 ran_out = remaining is not None and remaining.total_seconds() <= 0
                 tally = replace(tally, missing=tally.missing + 1)
                 if ran_out or tally.missing >= 2:
-                    tally = Tally()  # the clients stopped, or it stays gone: load it again
+                    # the clients stopped, or it stays gone: load it again (what the wait
+                    # learnt is kept for the window)
+                    tally = Tally(returns=tally.returns)
                 busy = _held(tally, at, quiet) and tally.hold_until is None
         elif instance.context_length == wanted or instance.context_length is None:
             # as the policy says (the keeper's reload, or a client that uses the policy's
@@ -111,6 +140,7 @@ def judge(
             trying = relapse is not None and at < relapse
             tally = Tally(
                 reloads=reloads,
+                returns=tally.returns,
                 client_ctx=tally.client_ctx if reloads or trying else None,
                 relapse_until=relapse if trying else None,
             )
@@ -122,7 +152,12 @@ def judge(
             if earlier is None or earlier.context_length != ctx:
                 reloads = (*(r for r in tally.reloads if at - r < within), at)
                 tally = replace(
-                    tally, reloads=reloads, since=at, used_at=at, expiry=instance.expires_at
+                    tally,
+                    reloads=reloads,
+                    returns=(*tally.returns, (at, ctx)),
+                    since=at,
+                    used_at=at,
+                    expiry=instance.expires_at,
                 )
                 soon = tally.relapse_until is not None and at < tally.relapse_until
                 if tally.hold_until is None and (len(reloads) >= rule.after or soon):
@@ -132,8 +167,16 @@ def judge(
                 running = remaining is not None and remaining.total_seconds() <= 0
                 if instance.expires_at != tally.expiry or running:
                     # a request ended since the last look, or one is running past its
-                    # keep_alive (Ollama leaves expires_at in the past until it ends)
-                    tally = replace(tally, expiry=instance.expires_at, used_at=at)
+                    # keep_alive (Ollama leaves expires_at in the past until it ends): the
+                    # client came back to it
+                    returned = instance.expires_at != tally.expiry
+                    tally = replace(
+                        tally,
+                        expiry=instance.expires_at,
+                        used_at=at,
+                        returns=(*tally.returns, (at, ctx)) if returned else tally.returns,
+                    )
+            quiet = timedelta(seconds=_wait(tally, rule.quiet, rule.cool_down))
             busy = tally.used_at is not None and quiet.total_seconds() > 0
             busy = busy and at - (tally.used_at or at) < quiet
             if (
@@ -151,10 +194,35 @@ def judge(
                 )
         if tally != Tally():
             out[name] = tally
-        hold = _hold(name, tally, wanted, at, busy)
+        hold = _hold(name, tally, wanted, at, busy, wait=quiet.total_seconds())
         if hold is not None:
             holds[name] = hold
     return Judgement(out, holds)
+
+
+def _wait(tally: Tally, first: float, most: float) -> float:
+    """How long the clients' instance must stay unused before the keeper reloads it: the
+    first time ``first``, doubled by each return of the same num_ctx, at most ``most``."""
+    ctx = tally.client_ctx
+    seen = sum(1 for _, c in tally.returns if c == ctx) if ctx is not None else 0
+    wait = first * 2.0 ** max(seen - 1, 0)
+    return min(wait, max(most, first))
+
+
+def _emptied(memory: Mapping[str, Tally], before: Observation | None, now: Observation) -> bool:
+    """Did Ollama lose every model the previous look listed, models that had time left and
+    that no client was reloading (a restart, or an evict-all after an out-of-memory)? A model
+    on hold that is missing may be a client's reload under way (Ollama lists it again only
+    once loaded): it alone proves nothing."""
+    if before is None or now.loaded:
+        return False
+    for model in before.loaded:
+        remaining = model.remaining(now.at)
+        tally = memory.get(model.name)
+        clients = tally is not None and (tally.used_at is not None or tally.hold_until is not None)
+        if not clients and (remaining is None or remaining > timedelta(0)):
+            return True
+    return False
 
 
 def _cool_down(tally: Tally, at: datetime, seconds: float) -> Tally:
@@ -166,7 +234,9 @@ def _held(tally: Tally, at: datetime, quiet: timedelta) -> bool:
     return tally.hold_until is not None or busy
 
 
-def _hold(name: str, tally: Tally, wanted: int, at: datetime, busy: bool) -> Hold | None:
+def _hold(
+    name: str, tally: Tally, wanted: int, at: datetime, busy: bool, *, wait: float
+) -> Hold | None:
     ctx = tally.client_ctx
     if ctx is None:
         return None
@@ -176,5 +246,5 @@ def _hold(name: str, tally: Tally, wanted: int, at: datetime, busy: bool) -> Hol
     if tally.relapse_until is not None and at < tally.relapse_until:
         return Hold(name, ctx, wanted, reloads, tally.relapse_until, trying=not busy)
     if busy:
-        return Hold(name, ctx, wanted, reloads, None, kind="busy")
+        return Hold(name, ctx, wanted, reloads, None, kind="busy", wait=wait)
     return None

@@ -117,15 +117,16 @@ def _environment_int(policy: Policy, name: str) -> int | None:
         return None
 
 
-def max_loaded_models(policy: Policy, observation: Observation) -> int | None:
-    """OLLAMA_MAX_LOADED_MODELS from the policy, else Ollama's default of 3 per GPU when the
-    GPUs are known, else no limit that we can know of."""
+def max_loaded_models(policy: Policy, observation: Observation) -> int:
+    """How many models Ollama keeps loaded before it evicts one, whoever loaded it:
+    OLLAMA_MAX_LOADED_MODELS from the policy, else Ollama's default (server/sched.go,
+    ``defaultModelsPerGPU * max(len(gpus), 1)``): 3 per GPU, and 3 with no GPU. When NVML
+    cannot see the GPUs, 3 is the most a keeper can count on: never "no limit"."""
     configured = _environment_int(policy, "OLLAMA_MAX_LOADED_MODELS")
-    if configured:
+    if configured and configured > 0:
         return configured
-    if observation.gpu.known:
-        return OLLAMA_MODELS_PER_GPU * len(observation.gpu.gpus)
-    return None
+    gpus = len(observation.gpu.gpus) if observation.gpu.known else 0
+    return OLLAMA_MODELS_PER_GPU * max(gpus, 1)
 
 
 def expected_footprint(model: ModelPolicy, policy: Policy, observation: Observation) -> int | None:
@@ -254,7 +255,7 @@ def _held(hold: Hold, policy: Policy, observation: Observation) -> Finding:
     """Why a model is left as its clients load it, and what to set so that it need not be."""
     name, ctx, wanted = hold.model, hold.client_ctx, hold.policy_ctx
     if hold.kind == "busy":
-        quiet = format_duration(policy.reload_backoff.quiet)
+        quiet = format_duration(hold.wait or policy.reload_backoff.quiet)
         return Finding(
             FindingKind.CLIENT_BUSY,
             name,
@@ -342,6 +343,9 @@ def plan(
         instance = loaded.get(model.name)
         if model.name in held:
             pinned_spilled |= instance is not None and instance.spilled
+            # missing while left to a client (its reload under way): it comes back before
+            # any extra is loaded
+            pinned_pending |= instance is None
             continue
         if instance is None:
             if model.name not in installed:
@@ -490,7 +494,7 @@ def _plan_extras(
         if pinned_spilled:
             skip("a pinned model is already partly in CPU memory")
             continue
-        if limit is not None and count + 1 > limit:
+        if count + 1 > limit:
             skip(f"{count} models are loaded and Ollama allows {limit}", loaded=count, limit=limit)
             continue
         footprint = expected_footprint(model, policy, observation)

@@ -227,6 +227,7 @@ class Reconciler:
         # are judged against
         self._client_reloads: Mapping[str, Tally] = {}
         self._last_look: Observation | None = None
+        self._went_away = False  # a pass found Ollama unreachable since the last look
         self._stall: Stall | None = None
         self._zone = zone_of(policy.timezone)  # the models' windows are in this time zone
         self._in_force: frozenset[str] | None = None  # at the last pass that saw Ollama
@@ -292,6 +293,7 @@ class Reconciler:
         except OllamaError as exc:
             reason = exc.reason if isinstance(exc, OllamaUnreachable) else str(exc)
             self._stall = None  # whatever comes back (a restart) is asked afresh
+            self._went_away = True  # and what clients had loaded is gone with it
             return PassReport(
                 started,
                 self.monotonic() - begun,
@@ -315,8 +317,15 @@ class Reconciler:
             and stall.model in observation.loaded_by_name()
         ):
             self._stall = None  # its load finished after all: Ollama is loading again
-        judged = judge(self._client_reloads, in_force_now, self._last_look, observation)
+        judged = judge(
+            self._client_reloads,
+            in_force_now,
+            self._last_look,
+            observation,
+            restarted=self._went_away,
+        )
         self._client_reloads = judged.memory
+        self._went_away = False
         retire = [m for m in outside if m.outside == "unload"]
         the_plan = plan(
             in_force_now, observation, observation.at, holds=judged.holds, retire=retire

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sentinel_keeper.observation import GpuSnapshot, LoadedModel, Observation
@@ -291,7 +291,8 @@ def daemon_lines(policy: Policy, view: DaemonView, now: datetime) -> list[str]:
         lines.append("  through the gateway, last hour:")
         for name, hour in sorted(hours.items()):
             lines.append(
-                f"    {name:<26} {hour.requests} requests, {hour.cold} cold ({hour.share:.0%})"
+                f"    {name:<26} {hour.requests} request{'s' if hour.requests != 1 else ''}, "
+                f"{hour.cold} cold ({hour.share:.0%})"
             )
     return lines
 
@@ -360,11 +361,23 @@ def window_lines(policy: Policy, now: datetime) -> list[str]:
     """For `status`: each model with windows, in force now or not, and its next edge."""
     zone = zone_of(policy.timezone)
     lines = []
+
+    def shown(at: datetime) -> str:
+        at = at.astimezone(zone)
+        return f"{at:%a %Y-%m-%d %H:%M:%S %Z}" if at.second else f"{at:%a %Y-%m-%d %H:%M %Z}"
+
     for model, state in _windows(policy, now):
         edge = state.next_edge
-        when = f"{edge.astimezone(zone):%a %Y-%m-%d %H:%M %Z}" if edge is not None else None
+        when = shown(edge) if edge is not None else None
         if state.open:
             what = f"in force until {when}" if when else "in force at every hour"
+        elif edge is not None and model.warm_before > 0:
+            # the edge is the warm-up's start, warm_before ahead of the window's opening
+            opens = shown(edge + timedelta(seconds=model.warm_before))
+            what = (
+                f"outside its windows until {opens}, loaded from {when} "
+                f"(warm_before {format_duration(model.warm_before)})"
+            )
         else:
             what = f"outside its windows until {when}" if when else "outside its windows"
         if not state.open and model.outside == "unload":

@@ -101,7 +101,7 @@ def setup(tmp_path: Path) -> Setup:
     s = Setup(
         tmp_path,
         tmp_path / "policy.yaml",
-        tmp_path / "ollama.service.d",
+        units / "ollama.service.d",  # a directory systemd reads (the fake unit path's)
         tmp_path / "systemctl.log",
         env,
     )
@@ -344,3 +344,45 @@ def test_check_and_apply_override_refuse_the_same_unit_names(
     assert f"{setup.policy}:2:9: ollama.unit: must be a systemd service name" in result.stderr
     assert not setup.dropin.exists()
     assert setup.calls() == []
+
+
+@slow
+@pytest.mark.parametrize("where", ["scratch", "unit-dir"])
+def test_a_directory_systemd_does_not_read_is_written_without_reload_or_restart(
+    setup: Setup, where: str
+) -> None:
+    """A trial into a scratch directory must not restart Ollama (every model unloaded) for
+    a file systemd never reads."""
+    scratch = setup.tmp / "scratch"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sentinel_keeper", "--policy", str(setup.policy)]
+            + ["apply-override", *args],
+            capture_output=True,
+            text=True,
+            env=setup.env,
+            cwd=REPO,
+            timeout=60,
+            check=False,
+        )
+
+    if where == "scratch":
+        done = run("--dropin-dir", str(scratch / "ollama.service.d"))
+    else:
+        done = run("--unit-dir", str(scratch))
+    assert done.returncode == 0, done.stderr
+    assert (scratch / "ollama.service.d" / DROPIN_NAME).exists()
+    assert setup.calls() == []
+    assert done.stdout.splitlines()[1:] == [
+        "systemctl not called: systemd does not read ollama.service's drop-ins from "
+        f"{scratch / 'ollama.service.d'} (it reads them from "
+        "/etc/systemd/system/ollama.service.d), so ollama.service was neither reloaded nor "
+        "restarted"
+    ]
+    # the same through a path that leads into a directory systemd reads: reloaded
+    link = setup.tmp / "link"
+    link.symlink_to(setup.dropin_dir.parent)
+    done = run("--dropin-dir", str(link / "ollama.service.d"))
+    assert done.returncode == 0, done.stderr
+    assert "daemon-reload" in setup.calls()

@@ -321,7 +321,7 @@ def test_check_accepts_the_shipped_example_and_the_policy_variable(cli: Cli) -> 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"{example}: ok (1 pinned, 1 extras")
+    assert result.stdout.startswith(f"{example}: ok (1 pinned, 1 extra")
 
 
 def test_missing_policy_is_a_config_error(cli: Cli) -> None:
@@ -523,8 +523,11 @@ def test_each_command_help_lists_only_its_own_exit_codes(cli: Cli) -> None:
 # --- status: the daemon's lifetime figures, from its metrics endpoint ----------------------
 
 
-def _figures_server(view_counts: Counts) -> MetricsServer:
-    policy = parse_policy("models:\n  - name: llama3.2:1b\n", "p.yaml")
+def _figures_server(view_counts: Counts, source: Path, url: str) -> MetricsServer:
+    """A daemon's metrics endpoint for the policy file ``source`` with Ollama at ``url``."""
+    policy = parse_policy(
+        f"ollama: {{url: '{url}'}}\nmodels:\n  - name: llama3.2:1b\n", str(source)
+    )
     view = MetricsView.single(
         policy, view_counts, None, version="0.1.0", python="3.11.7", started_unix=time.time() - 3700
     )
@@ -547,7 +550,7 @@ def test_status_shows_the_running_daemons_figures(cli: Cli, double: OllamaDouble
             )
         },
     )
-    server = _figures_server(counts)
+    server = _figures_server(counts, cli.policy, cli.url)
     try:
         cli.write_policy(f"metrics: {{listen: '127.0.0.1:{server.port}'}}\n" + PINNED)
         assert cli("once").returncode == 0
@@ -562,7 +565,7 @@ def test_status_shows_the_running_daemons_figures(cli: Cli, double: OllamaDouble
     assert head.endswith(f"(from http://127.0.0.1:{server.port}/metrics):")
     llama = lines[lines.index(head) + 1]
     assert llama.startswith("  llama3.2:1b ")
-    assert re.search(r"resident since \S+ \S+ \(10m(1s)? ago\)", llama), llama
+    assert re.search(r"resident since \S+ \S+ \(10m(\ds)? ago\)", llama), llama
     assert "loaded 3x: 2 evicted, 1 not_loaded" in llama
     assert "evicted 2x" in llama and "failed loads: 1 timeout" in llama
     assert "reloaded by clients with num_ctx 4096 3x" in llama
@@ -571,6 +574,36 @@ def test_status_shows_the_running_daemons_figures(cli: Cli, double: OllamaDouble
     assert daemon["models"]["llama3.2:1b"]["loads"] == {"evicted": 2, "not_loaded": 1}
     assert daemon["models"]["llama3.2:1b"]["client_reloads"] == {"4096": 3}
     assert daemon["models"]["llama3.2:1b"]["resident_since"].endswith("+00:00")
+
+
+def test_status_does_not_show_another_daemons_figures_as_its_own(
+    cli: Cli, double: OllamaDouble
+) -> None:
+    """Another sentinel-keeper (another policy, or the same file's name with another Ollama)
+    holds metrics.listen: its figures are not this policy's daemon's."""
+    counts = Counts(passes=240, models={"llama3.2:1b": ModelCounts(tier="pinned", evictions=7)})
+    other = cli.tmp / "other" / "policy.yaml"
+    other.parent.mkdir()
+    for source, url in ((other, cli.url), (cli.policy, "http://127.0.0.1:1")):
+        server = _figures_server(counts, source, url)
+        try:
+            cli.write_policy(f"metrics: {{listen: '127.0.0.1:{server.port}'}}\n" + PINNED)
+            assert cli("once").returncode == 0
+            result = cli("status")
+            data = json.loads(cli("status", "--json").stdout)
+        finally:
+            server.stop()
+        assert result.returncode == 0, result.stderr
+        assert "240 passes" not in result.stdout and "evicted 7x" not in result.stdout
+        (line,) = [x for x in result.stdout.splitlines() if x.startswith("daemon figures")]
+        assert line.startswith(
+            f"daemon figures: not available: http://127.0.0.1:{server.port}/metrics "
+            "(metrics.listen): it is another sentinel-keeper's, one that runs another policy "
+            f"file or another Ollama than this policy ({os.path.realpath(cli.policy)}, "
+            f"instance default, Ollama {cli.url}): its figures are not shown"
+        ), line
+        assert data["daemon"]["available"] is False
+        assert "another sentinel-keeper's" in data["daemon"]["error"]
 
 
 def test_status_says_why_the_daemons_figures_are_missing(cli: Cli, double: OllamaDouble) -> None:

@@ -242,13 +242,13 @@ def test_check_online_names_the_instance_and_the_place_in_the_whole_policy(cli: 
     offline = cli("check")
     assert offline.returncode == 0, offline.stderr
     assert offline.stdout == (
-        f"{cli.policy}: ok (2 pinned, 1 extras; 2 instances: gpu0 ollama at {cli.first.url}, "
+        f"{cli.policy}: ok (2 pinned, 1 extra; 2 instances: gpu0 ollama at {cli.first.url}, "
         f"gpu1 ollama at {cli.second.url})\n"
     )
     online = cli("check", "--online")
     assert online.returncode == 0, online.stderr
     assert online.stdout == (
-        f"{cli.policy}: ok (2 pinned, 1 extras; 2 instances: gpu0 ollama 0.33.0 at "
+        f"{cli.policy}: ok (2 pinned, 1 extra; 2 instances: gpu0 ollama 0.33.0 at "
         f"{cli.first.url}, gpu1 ollama 0.33.0 at {cli.second.url})\n"
     )
     cli.write_policy(
@@ -305,7 +305,7 @@ def test_apply_override_writes_each_units_own_dropin(cli: Cli) -> None:
 
 def test_apply_override_dropin_dir_takes_one_instance(cli: Cli) -> None:
     cli.write_policy(MODELS_YAML)
-    dropins = cli.tmp / "dropins"
+    dropins = cli.units / "ollama-gpu1.service.d"  # where systemd reads gpu1's drop-ins
     refused = cli("apply-override", "--dropin-dir", str(dropins))
     assert refused.returncode == 2
     assert refused.stderr == (

@@ -21,7 +21,7 @@ from sentinel_keeper.plan import ActionKind, FindingKind, plan
 from sentinel_keeper.policy.loading import parse_policy
 from sentinel_keeper.reconcile import Reconciler
 from tests.support.ollama_double import FakeModel, GiB, ManualClock, OllamaDouble
-from tests.support.planning import NOW, gpus, loaded, observation, policy
+from tests.support.planning import NOW, gpus, installed, loaded, observation, policy
 
 A = "a:1b"
 POLICY = policy({"name": A, "options": {"num_ctx": 8192}})
@@ -77,10 +77,34 @@ def kind(j: Judgement) -> str | None:
 
 
 def test_a_client_using_the_model_is_left_to_it_until_idle() -> None:
-    steps = walk(theirs(0), theirs(60), theirs(110, used=60), theirs(190, used=60))
-    assert [kind(j) for j in steps] == ["busy", "busy", "busy", None]
+    # the first time: reloaded back as soon as it has been idle for `quiet` (5 s)
+    steps = walk(theirs(0), theirs(3, used=0), theirs(6, used=0))
+    assert [kind(j) for j in steps] == ["busy", "busy", None]
     hold = steps[0].holds[A]
     assert (hold.client_ctx, hold.policy_ctx, hold.reloads, hold.until) == (4096, 8192, 1, None)
+    assert hold.wait == 5
+
+
+def test_each_return_of_the_same_num_ctx_doubles_the_wait_up_to_the_cool_down() -> None:
+    # another request to its instance is a return: 10 s
+    steps = walk(theirs(0), theirs(4), theirs(12, used=4), theirs(15, used=4))
+    assert [kind(j) for j in steps] == ["busy", "busy", "busy", None]
+    assert [j.holds[A].wait for j in steps[:3]] == [5, 10, 10]
+    # a reload with it again, after the keeper reloaded it back, is a return too
+    steps = walk(theirs(0), theirs(6, used=0), theirs(20), theirs(28, used=20))
+    assert [kind(j) for j in steps] == ["busy", None, "busy", "busy"]
+    assert steps[2].holds[A].wait == 10
+    # a client that keeps coming back: 5, 10, 20, ... and at most the cool-down
+    many = walk(*(theirs(t) for t in range(0, 500, 20)))
+    waits = [j.holds[A].wait for j in many if kind(j) == "busy"]
+    assert waits[:5] == [5, 10, 20, 40, 80] and max(waits) == 1800
+    # a return of another num_ctx starts from the first wait
+    steps = walk(theirs(0), theirs(6, used=0), theirs(20, ctx=2048))
+    assert kind(steps[-1]) == "busy" and steps[-1].holds[A].wait == 5
+    # returns older than `within` are forgotten: 5 s again
+    later = walk(theirs(0), theirs(4), theirs(15, used=4), theirs(700))
+    assert [kind(j) for j in later] == ["busy", "busy", None, "busy"]
+    assert later[-1].holds[A].wait == 5
 
 
 def test_a_request_running_past_its_keep_alive_is_use_not_idleness() -> None:
@@ -123,18 +147,37 @@ def test_the_hold_ends_when_the_clients_stop() -> None:
     assert steps[-1].memory[A].used_at is None
     later = judge(steps[-1].memory, POLICY, ours(60), ours(700))
     assert later.memory == {}  # the reload left the window: forgotten
-    # its timer ran out: Ollama unloaded it, the clients are gone
-    steps = walk(theirs(0, keep=30), gone(60))
+    # its timer ran out: Ollama unloaded it, the clients are gone (what the wait learnt is
+    # kept for the window)
+    steps = walk(theirs(0, keep=3), gone(4))
     assert [held(j) for j in steps] == [True, False]
-    assert steps[-1].memory == {}
+    assert steps[-1].memory[A] == Tally(returns=((NOW, 4096),))
 
 
 def test_one_missing_look_is_no_proof_two_are() -> None:
     """A client reloading it hides it from /api/ps until the reload is done."""
-    steps = walk(theirs(0), gone(15), theirs(30))
+    steps = walk(theirs(0), gone(2), theirs(4))
     assert [held(j) for j in steps] == [True, True, True]
-    steps = walk(theirs(0), gone(15), gone(30))
+    steps = walk(theirs(0), gone(2), gone(4))
     assert [held(j) for j in steps] == [True, True, False]
+
+
+def test_a_restart_of_ollama_forgets_the_hold_at_once() -> None:
+    """A restart empties Ollama: nothing of the clients' instance is left to protect."""
+    extra = loaded("e:1b", ctx=2048, expires_in=3600)
+    busy = look(loaded(A, ctx=4096, expires_in=300), extra)
+    first = judge({}, POLICY, ours(-15), busy)
+    assert kind(first) == "busy"
+    # the reconciler saw Ollama go away: forgotten, whatever else /api/ps shows
+    after = judge(first.memory, POLICY, busy, gone(2), restarted=True)
+    assert after.holds == {}
+    # a quick restart between two looks: every other model the previous look listed, with
+    # time left on its timer, is gone too
+    after = judge(first.memory, POLICY, busy, gone(2))
+    assert after.holds == {}
+    # a client's reload under way hides only its model: still left to it
+    only = judge(first.memory, POLICY, busy, look(extra, at=2))
+    assert kind(only) == "busy"
 
 
 def test_after_the_cool_down_one_try_and_a_quick_relapse_holds_again_at_once() -> None:
@@ -204,9 +247,23 @@ def _client(url: str, num_ctx: int) -> None:
         answer.read()
 
 
-@pytest.mark.parametrize(("after", "most"), [(3, 2), (0, 130)], ids=["back-off", "no-back-off"])
+# client: "always" sends another num_ctx every 30 s; "one-off" sends it once, at 10:15, while
+# a pinned client (the policy's num_ctx) asks every minute. most: the keeper's loads at most;
+# pinned_cold: the pinned client's requests that met the model at the other num_ctx.
+HOUR_TABLE = [
+    ("always", 3, 3, None),
+    ("always", 0, 130, None),
+    ("one-off", 3, 2, 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("client", "after", "most", "pinned_cold"),
+    HOUR_TABLE,
+    ids=["back-off", "no-back-off", "one-off"],
+)
 def test_a_client_that_always_sends_another_num_ctx_is_not_fought_for_an_hour(
-    after: int, most: int
+    client: str, after: int, most: int, pinned_cold: int | None
 ) -> None:
     clock = ManualClock(1_800_000_000.0)
     with OllamaDouble([FakeModel(A, size=1 * GiB)], clock=clock, vram_total=24 * GiB) as double:
@@ -215,15 +272,22 @@ def test_a_client_that_always_sends_another_num_ctx_is_not_fought_for_an_hour(
             f"models:\n  - name: {A}\n    options: {{num_ctx: 8192}}\n"
         )
         policy_ = parse_policy(text, "p.yaml")
-        client = OllamaClient(double.url, timeout=2, load_timeout=5)
+        client_ = OllamaClient(double.url, timeout=2, load_timeout=5)
         reconciler = Reconciler(
-            policy_, client, clock=lambda: datetime.fromtimestamp(double.now(), UTC)
+            policy_, client_, clock=lambda: datetime.fromtimestamp(double.now(), UTC)
         )
-        history, warnings, keeper_loads, counts = History(), [], 0, Counts()
-        for step in range(240):  # an hour of 15 s passes; the client asks every 30 s
+        history, warnings, keeper_loads, counts, cold = History(), [], 0, Counts(), 0
+        for step in range(240):  # an hour of 15 s passes
             double.advance(15)
-            if step % 2 == 1:
+            if client == "always" and step % 2 == 1:
                 _client(double.url, 4096)
+            if client == "one-off":
+                if step == 41:
+                    _client(double.url, 4096)
+                if step % 4 == 0 and step > 0:
+                    loads = double.load_count
+                    _client(double.url, 8192)
+                    cold += double.load_count - loads
             report = reconciler.run_pass()
             keeper_loads += sum(
                 1 for o in report.outcomes if o.attempted and o.action.is_load and o.ok
@@ -233,11 +297,19 @@ def test_a_client_that_always_sends_another_num_ctx_is_not_fought_for_an_hour(
             ]
             counts = count_pass(counts, history, report, policy_, mono=step * 15.0)
             history = advance(history, report)
-        client.close()
+        client_.close()
         client_reloads = sum(1 for r in double.load_log if r.model == A) - keeper_loads
-    print(f"after={after}: {keeper_loads} keeper loads, {client_reloads} client reloads in an hour")
+    print(
+        f"{client} after={after}: {keeper_loads} keeper loads, {client_reloads} client "
+        f"reloads, {cold} cold pinned requests in an hour"
+    )
     assert keeper_loads <= most
     entry = counts.models[A]
+    if client == "one-off":
+        # reloaded back as soon as it was idle: the pinned client never met it at 4096
+        assert cold == pinned_cold
+        assert client_reloads == 1 and entry.backoffs == 0 and warnings == []
+        return
     assert sum(entry.client_reloads.values()) == client_reloads  # every one seen and counted
     assert entry.backoffs == (1 if after else 0)
     if after:
@@ -256,3 +328,59 @@ def test_a_first_look_has_nothing_to_compare_with() -> None:
     assert [a.kind for a in plan(POLICY, theirs(0), NOW, holds=first.holds).actions] == [
         ActionKind.RELOAD
     ]
+
+
+@pytest.mark.parametrize("seen_down", [True, False], ids=["outage-seen", "quick-restart"])
+def test_after_an_ollama_restart_the_pinned_model_comes_back_first(seen_down: bool) -> None:
+    """A client had the pinned model at its own num_ctx (left to it), an extra was loaded;
+    Ollama restarts. The first pass after it loads the pinned model, before the extra: the
+    restart left nothing of the client's load to protect."""
+    clock = ManualClock(1_800_000_000.0)
+    models = [FakeModel(A, size=1 * GiB), FakeModel("e:1b", size=1 * GiB)]
+    with OllamaDouble(models, clock=clock, vram_total=24 * GiB) as double:
+        text = (
+            f"ollama: {{url: '{double.url}'}}\nvram: {{budget: 20GiB}}\n"
+            f"models:\n  - name: {A}\n    options: {{num_ctx: 8192}}\n"
+            "  - {name: 'e:1b', tier: extra}\n"
+        )
+        client = OllamaClient(double.url, timeout=2, load_timeout=5)
+        reconciler = Reconciler(
+            parse_policy(text, "p.yaml"),
+            client,
+            clock=lambda: datetime.fromtimestamp(double.now(), UTC),
+        )
+        reconciler.settle()
+        assert sorted(i.name for i in double.loaded()) == [A, "e:1b"]
+        double.advance(15)
+        _client(double.url, 4096)
+        held = reconciler.run_pass()
+        assert [f.kind for f in held.plan.findings] == [FindingKind.CLIENT_BUSY]
+        double.advance(1)
+        if seen_down:
+            double.stop()
+            assert not reconciler.run_pass().reachable
+            double.restart()
+        else:
+            double.restart()
+        double.advance(3)
+        after = reconciler.run_pass()
+        client.close()
+    assert [(o.action.kind, o.action.model) for o in after.outcomes] == [(ActionKind.LOAD, A)]
+    assert after.plan.findings == ()
+    assert double.instance(A).num_ctx == 8192  # type: ignore[union-attr]
+
+
+def test_extras_wait_while_a_pinned_model_left_to_a_client_is_missing() -> None:
+    """Missing while on hold: a client's reload under way; it comes back before any extra."""
+    both = policy(
+        {"name": A, "options": {"num_ctx": 8192}},
+        {"name": "e:1b", "tier": "extra"},
+        vram={"budget": "20GiB"},
+    )
+    now = replace(
+        observation(installed_models=(installed(A), installed("e:1b")), gpu=gpus()), at=NOW
+    )
+    busy = Hold(A, 4096, 8192, 1, None, kind="busy")
+    assert plan(both, now, NOW, holds={A: busy}).actions == ()
+    # not on hold: the pinned model is loaded, and the extra waits for the next pass
+    assert [(a.kind, a.model) for a in plan(both, now, NOW).actions] == [(ActionKind.LOAD, A)]

@@ -403,7 +403,7 @@ def errors(text: str) -> list[str]:
         ),
         (
             "gateway: {listen: '127.0.0.1:11435', foreign: drop}\n",
-            "p.yaml:1:47: gateway.foreign: must be one of 'evict', 'queue', 'cpu' or 'reject'",
+            'p.yaml:1:47: gateway.foreign: must be one of "evict", "queue", "cpu" or "reject"',
         ),
         (
             "gateway: {listen: '127.0.0.1:11435', instance: gpu1}\n",

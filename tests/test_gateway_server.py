@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import threading
 import time
@@ -455,6 +456,10 @@ def test_a_taken_port_is_logged_once_and_retried(double: OllamaDouble, tmp_path:
         made.update(policy, None)
         assert made.port is None
         assert [e.event for e in events] == ["gateway_unavailable"]  # type: ignore[attr-defined]
+        error = str(events[0].fields["error"])  # type: ignore[attr-defined]
+        # the setting to change, and what holds the port (this test's own process)
+        assert f"127.0.0.1:{port} (gateway.listen)" in error, error
+        assert f"held by pid {os.getpid()} " in error, error
         taken.close()
         made.update(policy, None)
         assert made.port == port

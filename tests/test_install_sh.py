@@ -160,6 +160,11 @@ def test_staged_install_puts_everything_under_destdir(staged: tuple[Path, Run]) 
     policy = stage / "etc/sentinel/policy.yaml"
     assert policy.read_bytes() == EXAMPLE.read_bytes()
     assert policy.stat().st_mode & 0o777 == 0o644
+    # it says where it wrote the policy, not as if it were in /etc already
+    assert (
+        f"installed the example policy as {policy} (staged for /etc/sentinel/policy.yaml)"
+        in run.stdout
+    )
     assert "systemctl daemon-reload && systemctl enable --now sentinel-keeper" in run.stdout
     assert "journalctl -u sentinel-keeper" in run.stdout
     assert "edit /etc/sentinel/policy.yaml" in run.stdout
@@ -270,7 +275,7 @@ def test_staged_venv_holds_a_working_sentinel_keeper(staged: tuple[Path, Run]) -
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "ok (1 pinned, 1 extras" in done.stdout
+    assert "ok (1 pinned, 1 extra" in done.stdout
 
 
 def pinned_versions() -> dict[str, str]:
@@ -379,7 +384,11 @@ def test_rerun_upgrades_in_place_and_keeps_the_policy(
     # the same version again: said so, no "upgraded 0.1.0 -> 0.1.0"
     assert "reinstalled sentinel-keeper 0.1.0 in /opt/sentinel-keeper" in run.stdout
     assert "upgraded" not in run.stdout
-    assert "kept your /etc/sentinel/policy.yaml" in run.stdout
+    # staged: says where it is, and where it goes
+    assert (
+        f"kept your {stage}/etc/sentinel/policy.yaml (staged for /etc/sentinel/policy.yaml)"
+        in run.stdout
+    )
     assert policy.read_text() == mine
     assert (stage / "etc/sentinel/policy.yaml.example").read_bytes() == EXAMPLE.read_bytes()
     assert run.systemctl_calls == []

@@ -149,7 +149,7 @@ def setup(tmp_path: Path) -> Setup:
     return Setup(
         tmp_path,
         tmp_path / "policy.yaml",
-        tmp_path / f"{UNIT}.d",
+        units / f"{UNIT}.d",  # a directory systemd reads (the fake unit path's)
         tmp_path / "systemctl.log",
         env,
     )

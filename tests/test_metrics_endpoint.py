@@ -5,6 +5,7 @@ HTTP, and `status`'s read-back."""
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import socket
 import struct
@@ -236,8 +237,13 @@ def test_a_taken_port_is_a_clear_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         made = registry(lambda: (), process=False)
-        with pytest.raises(MetricsError, match=rf"cannot listen on 127.0.0.1:{port}: "):
+        with pytest.raises(MetricsError) as raised:
             MetricsServer(ListenAddress("127.0.0.1", port), wsgi_app(made))
+        # the setting to change, and what holds the port (this test's own process)
+        assert str(raised.value).startswith(
+            f"cannot listen on 127.0.0.1:{port} (metrics.listen): "
+        ), raised.value
+        assert f"; held by pid {os.getpid()} (" in str(raised.value)
 
 
 def test_scrape_reads_the_page_and_says_why_when_nothing_answers(server: MetricsServer) -> None:

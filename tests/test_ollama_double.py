@@ -487,6 +487,18 @@ def test_default_max_loaded_models_is_three() -> None:
         assert len(d.loaded()) == 3
 
 
+def test_default_max_loaded_models_is_three_without_a_gpu_too() -> None:
+    """server/sched.go: ``defaultModelsPerGPU * max(len(gpus), 1)``, so a CPU-only server
+    keeps 3 as well, and the fourth model evicts one whoever loaded it."""
+    models = [tiny(f"m{i}:1", GiB) for i in range(4)]
+    with make_double(models, vram_total=0) as d:
+        for i in range(4):
+            load(d, f"m{i}:1", keep_alive=-1)
+        assert len(d.evictions) == 1
+        assert len(d.loaded()) == 3
+        assert all(i.size_vram == 0 for i in d.loaded())
+
+
 def test_oom_evicts_every_other_model_and_retries_once() -> None:
     models = [tiny("a:1", GiB), tiny("b:1", GiB), tiny("c:1", GiB)]
     with make_double(models, vram_total=64 * GiB) as d:

@@ -407,6 +407,22 @@ def test_loaded_model_limit(
         assert "Ollama allows" in result.findings[0].message
 
 
+@pytest.mark.parametrize(("loaded_count", "loads"), [(2, True), (3, False)])
+def test_without_nvml_ollama_is_taken_to_allow_three_models(loaded_count: int, loads: bool) -> None:
+    """No GPU seen (vram.budget): Ollama's default is 3 per GPU and 3 with none, so 3 is the
+    limit a keeper can count on, foreign models counted: a fourth would evict one of them."""
+    others = tuple(loaded(f"other{i}:1b", 100 * MiB) for i in range(loaded_count))
+    obs = observation(
+        loaded_models=others,
+        installed_models=(installed("qwen2.5:0.5b", 100 * MiB),),
+        footprints={"qwen2.5:0.5b": Footprint(100 * MiB, 100 * MiB)},
+    )
+    result = plan(policy(EXTRA, vram={"budget": "8GiB"}), obs, NOW)
+    assert bool(result.actions) is loads
+    if not loads:
+        assert "3 models are loaded and Ollama allows 3" in result.findings[0].message
+
+
 def test_loaded_extra_is_refreshed_before_its_keep_alive_runs_out() -> None:
     soon = extra_obs(10 * GiB, others=(loaded("qwen2.5:0.5b", expires_in=600),))
     (action,) = plan(policy(PINNED, EXTRA), soon, NOW).actions

@@ -142,7 +142,7 @@ models:
         "never reload a model and do not belong here; load-time options: num_ctx, num_batch, "
         "num_gpu, main_gpu, use_mmap, num_thread)",
         "p.yaml:11:11: models[1].name: duplicate of models[0] (llama3.2:latest)",
-        "p.yaml:12:11: models[1].tier: must be one of 'pinned' or 'extra', got \"maybe\"",
+        'p.yaml:12:11: models[1].tier: must be one of "pinned" or "extra", got "maybe"',
         "p.yaml:13:5: models[2].name: is required",
     ]
 
@@ -172,7 +172,7 @@ models:
         ("ollama: {unit: .x.service}", "must be a systemd service"),
         ("ollama: {unit: a@b@c.service}", "must be a systemd service"),
         ("ollama: {unit: ollama@gpu1.service}", None),
-        ("ollama: {restart: always}", "must be one of 'if-changed' or 'never'"),
+        ("ollama: {restart: always}", 'must be one of "if-changed" or "never"'),
         # messages that say the fix
         (
             "models: [llama3.2:1b]",
@@ -188,7 +188,7 @@ models:
         ("ollama: {keep_alive: 2d}", 'write "48h"'),
         ("ollama: {keep_alive: '1w'}", "must be a duration"),
         ("ollama: {keep_alive: 0}", None),
-        ("ready: maybe", "must be one of 'pinned' or 'started'"),
+        ("ready: maybe", 'must be one of "pinned" or "started"'),
         ("vram: {gpus: some}", "gpus"),
         ("vram: {gpus: [-1]}", "must be an integer >= 0"),
         ("vram: {headroom: -1GiB}", "must not be negative"),

@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sentinel_keeper.observation import GpuInfo, GpuSnapshot, LoadedModel
@@ -245,3 +246,39 @@ def test_extras_left_for_a_later_pass_are_named() -> None:
         plan=Plan((load,), (Finding(FindingKind.NO_MEMORY_INFO, None, "GPU memory is unknown"),)),
     )
     assert extras_without_reason(no_memory) == ()  # that finding speaks for every extra
+
+
+def test_an_extra_never_evicts_a_model_another_client_loaded() -> None:
+    """Budget mode (no NVML): Ollama allows 3 loaded models without GPUs it can count for
+    us (3 per GPU, 3 with none), so a fourth model would make it evict the foreign one."""
+    models = [
+        FakeModel("tinyllama:latest", size=640 * MiB),
+        FakeModel("llama3.2:1b", size=1300 * MiB),
+        FakeModel("nomic-embed-text:latest", size=270 * MiB, capabilities=("embedding",)),
+        FakeModel("qwen2.5:0.5b", size=400 * MiB),
+    ]
+    with OllamaDouble(models, vram_total=16 * GiB) as server:
+        r = httpx.post(f"{server.url}/api/generate", json={"model": "tinyllama:latest"}, timeout=10)
+        assert r.status_code == 200
+        policy = Policy.model_validate(
+            {
+                "ollama": {"url": server.url},
+                "vram": {"budget": "12GiB"},
+                "models": [
+                    {"name": "llama3.2:1b"},
+                    {"name": "nomic-embed-text:latest"},
+                    {"name": "qwen2.5:0.5b", "tier": "extra"},
+                ],
+            }
+        )
+        reconciler = Reconciler(policy, OllamaClient(server.url, timeout=2, load_timeout=10))
+        reports = reconciler.settle()
+        assert server.evictions == []
+        assert sorted(i.name for i in server.loaded()) == [
+            "llama3.2:1b",
+            "nomic-embed-text:latest",
+            "tinyllama:latest",
+        ]
+        skipped = [f for f in reports[-1].plan.findings if f.kind is FindingKind.EXTRA_SKIPPED]
+        assert [f.model for f in skipped] == ["qwen2.5:0.5b"]
+        assert "3 models are loaded and Ollama allows 3" in skipped[0].message

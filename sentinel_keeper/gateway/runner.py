@@ -35,6 +35,7 @@ from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.listenfds import listens_at
 from sentinel_keeper.observation import Observation
 from sentinel_keeper.policy import Policy
+from sentinel_keeper.portholder import taken_by
 from sentinel_keeper.readiness import InstanceHealth
 
 CHANGES_REMEMBERED = 10_000  # (client, user agent, model, field) already logged
@@ -160,7 +161,10 @@ class Gateway:
                     listening.close()
         except (GatewayError, OSError) as exc:
             if isinstance(exc, OSError):
-                exc = GatewayError(f"cannot listen on {address}: {exc.strerror or exc}")
+                exc = GatewayError(
+                    f"cannot listen on {address} (gateway.listen): {exc.strerror or exc}"
+                    + taken_by(address.port, exc)
+                )
             if str(exc) != self._bind_error:
                 self._log(
                     "gateway_unavailable",

@@ -70,6 +70,7 @@ from sentinel_keeper.gateway.measure import (
 )
 from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.ollama_wire import parse_json, parse_ps
+from sentinel_keeper.portholder import taken_by
 from sentinel_keeper.readiness import Answer, InstanceHealth
 
 HEADER_TIMEOUT = 60.0
@@ -330,7 +331,7 @@ class GatewayServer:
             raise GatewayError(f"cannot listen on {self.address}: the server did not start")
         if self._error is not None:
             self._thread.join(timeout=CUT_SECONDS)
-            raise GatewayError(f"cannot listen on {self.address}: {self._error}")
+            raise GatewayError(f"cannot listen on {self.address} (gateway.listen): {self._error}")
 
     def stop(self) -> None:
         """Stop accepting at once, let the requests in flight finish for :attr:`drain`
@@ -359,7 +360,7 @@ class GatewayServer:
             try:
                 loop.run_until_complete(self._open())
             except OSError as exc:
-                self._error = exc.strerror or str(exc)
+                self._error = (exc.strerror or str(exc)) + taken_by(self.address.port, exc)
                 return
             finally:
                 self._ready.set()

@@ -27,6 +27,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from sentinel_keeper.errors import MetricsError
 from sentinel_keeper.listen import ListenAddress
+from sentinel_keeper.portholder import taken_by
 from sentinel_keeper.readiness import Answer
 
 MAX_CONNECTIONS = 4  # served at once; others wait in the listen backlog
@@ -175,7 +176,10 @@ class MetricsServer:
         try:
             self._server = _Server(address)
         except OSError as exc:
-            raise MetricsError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+            raise MetricsError(
+                f"cannot listen on {address} (metrics.listen): {exc.strerror or exc}"
+                + taken_by(address.port, exc)
+            ) from None
         self._server.set_app(read_only(metrics, probes))
         self._thread = threading.Thread(
             target=self._server.serve_forever,

@@ -12,6 +12,8 @@ bytes), ``_total`` on counters (added by the exposition), ``_info`` for labels w
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as default_field
@@ -152,6 +154,13 @@ OLLAMA_UP = _spec("ollama_up", "gauge", "1 when the last pass could observe Olla
 OLLAMA_INFO = _spec(
     "ollama_info", "gauge", "Ollama's version, as last observed", (INSTANCE, "version")
 )
+POLICY_INFO = _spec(
+    "policy_info",
+    "gauge",
+    "Which policy file and Ollama the instance's figures are about, as a fingerprint (not "
+    "the path nor the address): what `status` checks before it shows them as its own",
+    (INSTANCE, "fingerprint"),
+)
 STALLED = _spec(
     "ollama_loads_stalled",
     "gauge",
@@ -270,13 +279,26 @@ CATALOG: tuple[Spec, ...] = (
     RESIDENT, RESIDENT_SECONDS, RESIDENT_SINCE, LOADS, LOAD_DURATION, EVICTIONS, LOAD_FAILURES,
     EXPECTED_FOOTPRINT, FOOTPRINT, VRAM, CONTEXT, SPILLED, CLIENT_RELOADS, BACKOFFS, HELD,
     FOREIGN, FOREIGN_SIZE,
-    OLLAMA_UP, OLLAMA_INFO, STALLED, OUTAGES, OUTAGE_SECONDS, RESTARTS,
+    OLLAMA_UP, OLLAMA_INFO, POLICY_INFO, STALLED, OUTAGES, OUTAGE_SECONDS, RESTARTS,
     GPU_TOTAL, GPU_USED, GPU_FREE, NVML,
     PASSES, PASS_DURATION, LAST_PASS, RELOADS, BUILD, START, ENDPOINT_REQUESTS,
     GATEWAY_UP, GATEWAY_DEGRADED, GATEWAY_REQUESTS, GATEWAY_COLD, GATEWAY_TTFB, GATEWAY_CHANGES,
     GATEWAY_RELOADS,
     GATEWAY_COLD_SHARE, GATEWAY_RECENT, GATEWAY_RECENT_COLD,
 )  # fmt: skip
+
+
+def policy_path(source: str) -> str:
+    """A policy file as the daemon and `status` both name it: its real path."""
+    return os.path.realpath(source) if source and not source.startswith("<") else source
+
+
+def policy_fingerprint(part: Policy) -> str:
+    """One instance of a policy (a part of :meth:`Policy.split`): its file's real path, the
+    instance's name and its Ollama URL, hashed, so that the endpoint tells `status` whose
+    figures it serves without publishing the path or Ollama's address."""
+    text = "\n".join((policy_path(part.source), part.instance, part.ollama.url))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -419,6 +441,7 @@ def _instance(view: InstanceView, mono: float, put: _Put, observed: _Observe) ->
                 put(GPU_FREE, gpu_labels, g.free)
         put(NVML, (name,), 1 if gpu.known else 0)
     put(OLLAMA_UP, (name,), 1 if reachable else 0)
+    put(POLICY_INFO, (name, policy_fingerprint(view.policy)), 1)
     put(STALLED, (name,), 1 if report is not None and report.stall is not None else 0)
     if counts.ollama_version is not None:
         put(OLLAMA_INFO, (name, counts.ollama_version), 1)

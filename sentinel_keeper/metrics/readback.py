@@ -56,6 +56,9 @@ class DaemonFigures:
     instances: Mapping[str, Mapping[str, Lifetime]]  # instance -> model -> lifetime
     # instance -> model -> its last hour through the gateway; empty: no gateway
     gateway: Mapping[str, Mapping[str, GatewayHour]] = field(default_factory=dict)
+    # instance -> the fingerprint of its policy file and Ollama (families.policy_fingerprint);
+    # empty: a daemon too old to say whose figures they are
+    policies: Mapping[str, str] = field(default_factory=dict)
 
     def gateway_of(self, instance: str) -> Mapping[str, GatewayHour]:
         return self.gateway.get(instance, {})
@@ -124,10 +127,14 @@ def read_figures(samples: Iterable[Sample]) -> DaemonFigures:
     for (instance, name), number in sorted(recent.items()):
         hour = GatewayHour(number, recent_cold.get((instance, name), 0))
         gateway.setdefault(instance, {})[name] = hour
+    policies = {
+        _instance(s): s.labels.get("fingerprint", "") for s in by_name.get(f.POLICY_INFO.name, ())
+    }
     return DaemonFigures(
         version=build[0].labels.get("version", "?"),
         started=start[0].value,
         passes=passes,
         instances=instances,
         gateway=gateway,
+        policies=policies,
     )

@@ -301,8 +301,13 @@ def name_problem(name: str) -> str | None:
             f"{shown} is not an Ollama variable: only the OLLAMA_* variables Ollama reads may be "
             "set in its drop-in"
         )
-    close = difflib.get_close_matches(name, list(KNOWN_VARIABLES), n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
+    # compared without the common prefix, which would make any OLLAMA_X look close to
+    # some variable (OLLAMA_FOO is not a misspelt OLLAMA_HOST)
+    prefix = len("OLLAMA_")
+    close = difflib.get_close_matches(
+        name[prefix:], [known[prefix:] for known in KNOWN_VARIABLES], n=1, cutoff=0.75
+    )
+    hint = f"; did you mean OLLAMA_{close[0]}?" if close else ""
     return (
         f"{shown} is not a variable Ollama reads (known: {', '.join(sorted(KNOWN_VARIABLES))})"
         f"{hint}"

@@ -54,7 +54,7 @@ from sentinel_keeper.override.render import (
     render_dropin,
 )
 from sentinel_keeper.override.unitfile import MAX_READ, Conflict, find_conflicts
-from sentinel_keeper.systemd import Systemctl
+from sentinel_keeper.systemd import Systemctl, unit_search_path
 
 RESTART_POLICIES = ("if-changed", "never")
 #: The points :func:`apply_override` adds around the atomic file's own (WRITE_STEPS): before
@@ -92,6 +92,7 @@ class NoReload(StrEnum):
     DRY_RUN = "dry run: nothing was written"
     ASKED = "--no-reload"  # the caller said so
     NO_SYSTEMD = "systemd is not running here: no reload was possible"
+    NOT_READ = "systemd does not read drop-ins for this unit from that directory"
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,31 @@ def unified_diff(path: Path, old: str | None, new: str | None) -> str:
             tofile=str(path) if new is not None else "/dev/null",
         )
     )
+
+
+def dropin_dirs(unit: str, search_path: Sequence[Path] | None = None) -> tuple[Path, ...]:
+    """The directories systemd reads drop-ins of ``unit`` from (systemd.unit(5)): in each
+    directory of the unit search path, ``<unit>.d``, ``<template>@.<type>.d`` for an
+    instance of a template, and ``<type>.d`` for every unit of its type."""
+    paths = unit_search_path() if search_path is None else tuple(search_path)
+    name, _, kind = unit.rpartition(".")
+    names = [f"{unit}.d", f"{kind}.d"]
+    if "@" in name:
+        names.append(f"{name.split('@', 1)[0]}@.{kind}.d")
+    return tuple(root / n for root in paths for n in names)
+
+
+def read_by_systemd(directory: Path, unit: str, search_path: Sequence[Path] | None = None) -> bool:
+    """Is ``directory`` one that systemd reads drop-ins of ``unit`` from?"""
+
+    def real(path: Path) -> Path:
+        try:
+            return path.resolve()
+        except (OSError, RuntimeError):
+            return path.absolute()
+
+    here = real(directory)
+    return any(real(d) == here for d in dropin_dirs(unit, search_path))
 
 
 def apply_override(
@@ -241,7 +267,10 @@ def apply_override(
     if dry_run:
         return report(status, reason=NoReload.DRY_RUN)
     control: SystemdControl = systemctl if systemctl is not None else Systemctl()
-    running = reload and control.running()
+    # a trial into a scratch directory must not restart Ollama (and unload every model)
+    # for a file systemd never reads
+    read = dropin_dir is None or read_by_systemd(directory, unit, search_path)
+    running = reload and read and control.running()
     if not resumed:
         try:
             if running:
@@ -256,6 +285,8 @@ def apply_override(
 
     if not reload:
         return report(status, reason=NoReload.ASKED, restarted="next-restart")
+    if not read:
+        return report(status, reason=NoReload.NOT_READ)
     if not running:
         _clear_pending(marker)  # systemd reads every file afresh when it starts
         return report(status, reason=NoReload.NO_SYSTEMD, restarted="next-restart")

@@ -90,7 +90,9 @@ def _describe(error: Mapping[str, Any], path: Path) -> tuple[str, bool]:
         ctx = error.get("ctx") or {}
         return str(ctx.get("error", error["msg"])), False
     if kind == "literal_error":
-        expected = (error.get("ctx") or {}).get("expected", "")
+        # pydantic quotes the choices with ' and show() the value with ": one kind of quote,
+        # so that a log line that quotes the message needs no backslashes
+        expected = str((error.get("ctx") or {}).get("expected", "")).replace("'", '"')
         return f"must be one of {expected}, got {show(value)}", False
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         if _model_at(path) is ModelPolicy and isinstance(value, str):

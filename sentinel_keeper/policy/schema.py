@@ -434,9 +434,10 @@ class ReloadBackoffSection(_Section):
         1800.0, description="how long the keeper leaves the model to its clients"
     )
     quiet: Duration = Field(
-        120.0,
-        description="a client's instance untouched this long is idle: reloaded with the "
-        "policy's options",
+        5.0,
+        description="the first time a client loads a model with another num_ctx, its "
+        "instance untouched this long is idle: reloaded with the policy's options; each "
+        "return of that num_ctx within `within` doubles the wait, up to `cool_down`",
     )
 
 

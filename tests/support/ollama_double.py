@@ -820,6 +820,11 @@ class OllamaDouble:
         return max(0, self.vram_total - self.vram_used_elsewhere - used)
 
     def _max_loaded(self) -> int:
+        """OLLAMA_MAX_LOADED_MODELS, else Ollama's default. server/sched.go since v0.12.7:
+        ``defaultModelsPerGPU * max(len(gpus), 1)``, 3 per GPU and 3 with none; before it, 3
+        per GPU too (a CPU-only server counted one device: 3), except 1 per GPU where a GPU
+        reports its free memory unreliably. The double has one GPU (or none, ``vram_total``
+        0): 3 either way, and every loaded model counts, whoever loaded it."""
         return self.max_loaded_models if self.max_loaded_models > 0 else _DEFAULT_MODELS_PER_GPU
 
     def _parallel_for(self, model: FakeModel) -> int:
@@ -2040,11 +2045,116 @@ def _host_port_from_env() -> tuple[str, int]:
         return host or "127.0.0.1", 11434
 
 
+class ModelsFileError(ValueError):
+    """A models file the double cannot use: the message names the file, the entry and the
+    field."""
+
+
+# The fields of a models file entry, with the JSON types each takes (see README, "Trying it
+# without Ollama or a GPU").
+_MODEL_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "size": (int, str),
+    "family": (str,),
+    "capabilities": (list,),
+    "block_count": (int,),
+    "head_count_kv": (int, list),
+    "embedding_length": (int,),
+    "head_count": (int, list),
+    "context_length": (int,),
+    "key_length": (int,),
+    "value_length": (int,),
+    "parameter_size": (str,),
+    "quantization_level": (str,),
+    "digest": (str,),
+    "parameters": (dict,),
+}
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": KiB, "mib": MiB, "gib": GiB, "tib": 1024 * GiB,
+}  # fmt: skip
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*")
+
+
+def _size_bytes(value: int | str, where: str) -> int:
+    """A model's size: bytes, or a string with a unit (``"1.3GB"``, ``"770MiB"``)."""
+    if isinstance(value, bool):
+        raise ModelsFileError(f"{where}: size must be a number of bytes, got {value!r}")
+    if isinstance(value, int):
+        number = value
+    else:
+        match = _SIZE.fullmatch(value)
+        unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+        if match is None or unit is None:
+            raise ModelsFileError(
+                f'{where}: size must be bytes or a size such as "1.3GB" or "770MiB", got {value!r}'
+            )
+        number = int(float(match.group(1)) * unit)
+    if number <= 0:
+        raise ModelsFileError(f"{where}: size must be more than 0 bytes, got {value!r}")
+    return number
+
+
+def parse_models(data: Any, source: str = "<models>") -> list[FakeModel]:
+    """The models of a models file's JSON: a list of entries, or ``{"models": [...]}``.
+    ModelsFileError names the entry and the field of anything wrong."""
+    items = data.get("models") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ModelsFileError(
+            f'{source}: expected a list of models, or {{"models": [...]}}, got {_json_kind(data)}'
+        )
+    models: list[FakeModel] = []
+    for index, item in enumerate(items):
+        where = f"{source}: models[{index}]"
+        if not isinstance(item, dict):
+            raise ModelsFileError(f"{where}: expected an object, got {_json_kind(item)}")
+        unknown = sorted(set(item) - set(_MODEL_FIELDS))
+        if unknown:
+            raise ModelsFileError(
+                f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(_MODEL_FIELDS)})"
+            )
+        for key in ("name", "size"):
+            if key not in item:
+                what = (
+                    'its name, such as "llama3.2:1b"'
+                    if key == "name"
+                    else (
+                        'its file size: bytes, or a size such as "1.3GB" (what `ollama list` shows)'
+                    )
+                )
+                raise ModelsFileError(f"{where}: {key!r} is required: {what}")
+        for key, value in item.items():
+            allowed = _MODEL_FIELDS[key]
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                kinds = " or ".join(_json_kind(t()) for t in allowed)
+                raise ModelsFileError(
+                    f"{where}: {key!r} must be {kinds}, got {_json_kind(value)} {value!r}"
+                )
+        entry = dict(item, size=_size_bytes(item["size"], f"{where}"))
+        try:
+            models.append(FakeModel.from_json(entry))
+        except (TypeError, ValueError) as exc:
+            raise ModelsFileError(f"{where}: {exc}") from None
+    names = [m.name for m in models]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ModelsFileError(f"{source}: {repeated[0]} is listed twice")
+    return models
+
+
 def load_models_file(path: str) -> list[FakeModel]:
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    items = data.get("models", []) if isinstance(data, dict) else data
-    return [FakeModel.from_json(item) for item in items]
+    """A models file (JSON). ModelsFileError says what is wrong, and where."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ModelsFileError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelsFileError(f"{path}:{exc.lineno}:{exc.colno}: {exc.msg}") from None
+    return parse_models(data, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -2073,10 +2183,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--version", default=OLLAMA_VERSION)
     args = p.parse_args(argv)
+    try:
+        models = load_models_file(args.models) if args.models else []
+        pullable = load_models_file(args.pullable) if args.pullable else []
+    except ModelsFileError as exc:
+        print(f"ollama double: {exc}", file=sys.stderr)
+        return 2
 
     double = OllamaDouble(
-        load_models_file(args.models) if args.models else (),
-        pullable=load_models_file(args.pullable) if args.pullable else (),
+        models,
+        pullable=pullable,
         vram_total=args.vram,
         host=args.host,
         port=args.port,
@@ -2101,8 +2217,20 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    double.start()
-    print(f"Listening on {double.host}:{double.port} (version {double.version})", flush=True)
+    try:
+        double.start()
+    except OSError as exc:
+        print(
+            f"ollama double: cannot listen on {double.host}:{double.port}: "
+            f"{exc.strerror or exc} (--port, or OLLAMA_HOST)",
+            file=sys.stderr,
+        )
+        return 1
+    names = ", ".join(m.name for m in models) or "none"
+    print(
+        f"Listening on {double.host}:{double.port} (version {double.version}); models: {names}",
+        flush=True,
+    )
     while not done.wait(1.0):
         pass
     double.stop()
