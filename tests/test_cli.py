@@ -179,7 +179,10 @@ def test_once_repins_a_shortened_keep_alive_without_reloading(
     result = cli("once")
     assert result.returncode == 0
     assert "reassert  llama3.2:1b" in result.stdout
-    assert "keep_alive shortened by a client: expires in 5m" in result.stdout
+    # 5m from the client's request, less the time `once` took to start on a busy machine
+    assert re.search(
+        r"keep_alive shortened by a client: expires in (5m|4m[1-5]?\ds)\b", result.stdout
+    )
     repinned = double.instance("llama3.2:1b")
     assert repinned is not None and repinned.forever
     assert double.load_count == loads_before  # the timer moved; the model was not reloaded

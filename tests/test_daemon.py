@@ -262,8 +262,17 @@ def test_sighup_with_a_broken_policy_keeps_the_old_one(
     daemon.signal(signal.SIGHUP)
     rejected = daemon.wait_line(r"^<3>policy_rejected ")
     assert "errors=3" in rejected
-    errors = [line for line in daemon.lines(hup) if line.startswith("<3>policy_error ")]
-    assert len(errors) == 3
+    # the errors follow the rejection line: wait for them rather than race them
+    errors = wait_until(
+        "three policy_error lines",
+        lambda: (
+            [line for line in daemon.lines(hup) if line.startswith("<3>policy_error ")][:3]
+            if len([x for x in daemon.lines(hup) if x.startswith("<3>policy_error ")]) >= 3
+            else None
+        ),
+    )
+    time.sleep(0.2)
+    assert len([x for x in daemon.lines(hup) if x.startswith("<3>policy_error ")]) == 3
     for line in errors:  # compiler style: PATH:LINE:COL
         assert re.search(rf'error="{re.escape(str(policy))}:\d+:\d+: ', line), line
     reloading = notify.wait_for("RELOADING", "1")

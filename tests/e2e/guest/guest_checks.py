@@ -1305,7 +1305,10 @@ class Scenario:
             stream.wait_first()
             pid = unit_pid(GATEWAY)
             mark = cursor()
-            asker = Asker()
+            # under emulation the new process takes tens of seconds to start, and a request
+            # the old one took just before handing over has waited over a minute once
+            # (answered, not refused): the client's timeout is the drain's order, not 60 s
+            asker = Asker(timeout=STREAM_SECONDS * 5)
             if how == "reload":
                 must("systemctl", "reload", GATEWAY, timeout=60)
             else:
