@@ -47,6 +47,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -303,6 +304,9 @@ class GatewayServer:
         self.cut: int | None = None  # after a stop: requests still running when it cut them
         self._draining = False
         self._last_activity = 0.0  # the loop's time of the last request's start or end
+        # connections that have brought a request: one that has not yet is a client that
+        # connected to send one (the drain waits for it); one that has is merely kept alive
+        self._answered: weakref.WeakSet[object] = weakref.WeakSet()
         self._hooks = hooks
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
@@ -338,6 +342,10 @@ class GatewayServer:
         seconds, then cut what is left (counted in :attr:`cut`). Blocks until done."""
         self.begin_stop()
         self.wait_stopped(self.drain + CUT_SECONDS + 5.0)
+
+    def _fresh(self, server: web.Server) -> bool:
+        """Whether a connection is open that has not brought its first request yet."""
+        return any(handler not in self._answered for handler in server.connections)
 
     def begin_stop(self) -> None:
         """The start of :meth:`stop`, without waiting."""
@@ -423,8 +431,13 @@ class GatewayServer:
                 await site.stop()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.drain
+            server = runner.server
             while loop.time() < deadline and (
-                self.in_flight or loop.time() - self._last_activity < DRAIN_QUIET
+                self.in_flight
+                or loop.time() - self._last_activity < DRAIN_QUIET
+                # accepted just before the stop (asyncio accepts a burst at a time), its
+                # request not read yet: closing it now would answer nothing at all
+                or (server is not None and self._fresh(server))
             ):
                 await asyncio.sleep(min(DRAIN_POLL, max(deadline - loop.time(), 0.0)))
             self.cut = self.in_flight
@@ -463,6 +476,7 @@ class GatewayServer:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         probe = _Probe(loop.time(), self._hooks.current())
+        self._answered.add(request.protocol)
         self.in_flight += 1
         self._last_activity = loop.time()
         try:
