@@ -34,8 +34,8 @@ from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails
 from sentinel_keeper.ollama_wire import TimedAnswer
 from sentinel_keeper.plan import expected_context_length
 from sentinel_keeper.policy import ModelPolicy, Policy
+from sentinel_keeper.quantities import format_duration
 from sentinel_keeper.reconcile import OllamaApi
-from sentinel_keeper.units import format_duration
 
 BENCH_PROMPT = "Why is the sky blue? Answer in one short paragraph."
 EMBED_TEXT = "The quick brown fox jumps over the lazy dog."

@@ -18,9 +18,9 @@ from typing import Literal
 
 from sentinel_keeper.causes import missing_why
 from sentinel_keeper.plan import ActionKind, Finding, FindingKind
+from sentinel_keeper.quantities import format_duration
 from sentinel_keeper.reconcile import Outcome, PassReport
 from sentinel_keeper.report import gpu_summary
-from sentinel_keeper.units import format_duration
 
 Level = Literal["debug", "info", "warning", "error"]
 FindingKey = tuple[str, str | None]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from sentinel_keeper import context
 from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails, Observation
 from sentinel_keeper.policy import ModelPolicy, Policy
-from sentinel_keeper.units import format_duration, format_size
+from sentinel_keeper.quantities import format_duration, format_size
 
 if TYPE_CHECKING:  # client_reloads uses this module's context rule
     from sentinel_keeper.client_reloads import Hold

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from sentinel_keeper.observation import GpuSnapshot, LoadedModel, Observation
 from sentinel_keeper.plan import FindingKind, expected_context_length
 from sentinel_keeper.policy import ModelPolicy, Policy
+from sentinel_keeper.quantities import format_duration, format_size
 from sentinel_keeper.reconcile import Outcome, PassReport
-from sentinel_keeper.units import format_duration, format_size
 from sentinel_keeper.windows import WindowState, window_state, zone_of
 
 if TYPE_CHECKING:  # metrics.readback imports (through the catalog) what imports this module

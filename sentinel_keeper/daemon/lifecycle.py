@@ -16,11 +16,11 @@ from sentinel_keeper.errors import PolicyError
 from sentinel_keeper.events import Level, LogEvent
 from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import Policy
+from sentinel_keeper.quantities import format_duration
 from sentinel_keeper.reconcile import PassReport
 from sentinel_keeper.report import status_line
 from sentinel_keeper.text import shorten
 from sentinel_keeper.timings import Timings
-from sentinel_keeper.units import format_duration
 
 
 def starting_event(policy: Policy, path: str, version: str, watchdog: float | None) -> LogEvent:

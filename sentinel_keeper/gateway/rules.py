@@ -48,8 +48,8 @@ from sentinel_keeper.ollama_env.goparse import parse_go_duration
 from sentinel_keeper.plan import OLLAMA_MODELS_PER_GPU, expected_footprint, max_loaded_models
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.policy.schema import GatewaySection
+from sentinel_keeper.quantities import format_duration, format_size
 from sentinel_keeper.readiness import InstanceHealth
-from sentinel_keeper.units import format_duration, format_size
 from sentinel_keeper.windows import in_force, zone_of
 
 # The endpoints whose JSON body names a model and carries keep_alive and options.
