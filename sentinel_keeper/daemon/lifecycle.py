@@ -276,7 +276,6 @@ class Reload:
     policy: Policy | None  # the policy to run from now on; None: keep the one in force
     rejected: str | None  # STATUS= prefix while an invalid policy is refused
     events: tuple[LogEvent, ...]
-    interval_changed: bool = False
 
 
 def reload_decision(
@@ -313,7 +312,7 @@ def reload_decision(
             "changed": new != old,
         },
     )
-    return Reload(new, None, (event,), interval_changed=new.interval != old.interval)
+    return Reload(new, None, (event,))
 
 
 def risk_events(path: str, risks: Iterable[str]) -> list[LogEvent]:
