@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from sentinel_keeper.capacity import expected_context_length
 from sentinel_keeper.errors import ModelNotFound, OllamaError, OllamaUnreachable
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails
 from sentinel_keeper.ollama_wire import TimedAnswer
-from sentinel_keeper.plan import expected_context_length
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.quantities import format_duration
 from sentinel_keeper.reconcile import OllamaApi

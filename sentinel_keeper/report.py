@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sentinel_keeper.capacity import expected_context_length
 from sentinel_keeper.observation import GpuSnapshot, LoadedModel, Observation
-from sentinel_keeper.plan import FindingKind, expected_context_length
+from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.quantities import format_duration, format_size
 from sentinel_keeper.reconcile import Outcome, PassReport

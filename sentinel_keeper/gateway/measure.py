@@ -26,11 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel_keeper import context
 from sentinel_keeper.gateway.rules import Change
 from sentinel_keeper.metrics.counts import Histogram
 from sentinel_keeper.observation import Observation
-from sentinel_keeper.policy import Policy
 
 COLD_SECONDS = 0.5  # a load_duration above this: the request waited for a load
 TAIL_LIMIT = 1024**2  # at most this much of the stream's last line is kept, to read it
@@ -128,17 +126,6 @@ def cold_of(final: Mapping[str, Any] | None) -> bool | None:
     if isinstance(nanos, bool) or not isinstance(nanos, int | float):
         return None
     return nanos / 1e9 > COLD_SECONDS
-
-
-def requested_num_ctx(body: object, policy: Policy, observation: Observation | None) -> int | None:
-    """The num_ctx a request (its forwarded JSON body) loads its model with: its own, else
-    Ollama's default for clients (None: unknown)."""
-    options = body.get("options") if isinstance(body, Mapping) else None
-    sent = options.get("num_ctx") if isinstance(options, Mapping) else None
-    if isinstance(sent, int) and not isinstance(sent, bool):
-        return sent
-    total = observation.gpu.total if observation is not None else None
-    return context.client_default(policy, total).value
 
 
 def cause_of(model: str | None, num_ctx: int | None, observation: Observation | None) -> str:

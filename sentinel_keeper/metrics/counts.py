@@ -9,10 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from sentinel_keeper.capacity import expected_context_length
 from sentinel_keeper.causes import LoadCause, gone_how, load_cause, restart_seen
 from sentinel_keeper.events import History
 from sentinel_keeper.observation import Observation
-from sentinel_keeper.plan import ActionKind, FindingKind, expected_context_length
+from sentinel_keeper.plan import ActionKind, FindingKind
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import Failure, Outcome, PassReport
 
