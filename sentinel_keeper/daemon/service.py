@@ -50,6 +50,7 @@ from sentinel_keeper.daemon.progress import Stuck
 from sentinel_keeper.daemon.schedule import new_scheduler
 from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.events import LogEvent, advance, pass_events
+from sentinel_keeper.figures import GatewayFigures
 from sentinel_keeper.gateway.exchange import (
     View,
     encode_view,
@@ -58,7 +59,6 @@ from sentinel_keeper.gateway.exchange import (
     replace_file,
     view_path,
 )
-from sentinel_keeper.gateway.measure import GatewayFigures
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.listenfds import address_of, take_listen_fds
 from sentinel_keeper.logs import LEVEL_NUMBERS

@@ -100,7 +100,7 @@ class GatewayView:
     observation: Observation | None
     # what the keeper's /ready decides from, from a fresh view (None: none fresh)
     health: InstanceHealth | None = None
-    degraded: str | None = None  # why some rules are off (a measure.Degraded reason)
+    degraded: str | None = None  # why some rules are off (a figures.Degraded reason)
 
 
 def _request_keep_alive(value: object) -> float | None:
