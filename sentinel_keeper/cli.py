@@ -45,7 +45,6 @@ from sentinel_keeper.report import (
     daemon_json,
     daemon_lines,
     extras_without_reason,
-    gpu_summary,
     outcome_line,
     pinned_health,
     status_json,
@@ -206,7 +205,7 @@ def _gpu_notes(policy: Policy, gpu: GpuSnapshot, *, said: bool) -> None:
     if gpu.known:
         return
     if not said:
-        _out(f"{'note':<9} {gpu_summary(gpu)}")
+        _out(f"{'note':<9} {gpu.summary()}")
     if policy.extras and policy.vram.budget is None:
         _out(
             f"{'note':<9} extras are not loaded here: without GPU memory figures they "
@@ -415,7 +414,7 @@ def _once(policy: Policy, state_dir: str, *, header: str) -> int:
     observation = reports[0].observation
     if observation is None:
         return _down(policy, str(report.error), header)
-    version, gpu = observation.ollama_version, gpu_summary(observation.gpu)
+    version, gpu = observation.ollama_version, observation.gpu.summary()
     _out(f"{header}ollama {version} at {policy.ollama.url}; {gpu}")
     _gpu_notes(policy, observation.gpu, said=True)
     outcomes = [outcome for each in reports for outcome in each.outcomes]
@@ -569,7 +568,7 @@ def _status_entry(
 def _status_text(policy: Policy, observation: Observation, daemon: DaemonView, header: str) -> None:
     missing, absent = pinned_health(_in_force(policy, observation), observation)
     _out(f"{header}ollama {observation.ollama_version} at {policy.ollama.url}")
-    _out(gpu_summary(observation.gpu))
+    _out(observation.gpu.summary())
     _gpu_notes(policy, observation.gpu, said=True)
     for line in status_table(policy, observation):
         _out(line)
