@@ -85,12 +85,6 @@ def _boolean(value: object) -> bool:
     return value
 
 
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string, got {show(value)}")
-    return value
-
-
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}")
 
 
