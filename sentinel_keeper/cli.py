@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from sentinel_keeper import __version__, context, systemd
 from sentinel_keeper.bench import BenchReport, bench_json, bench_table, run_bench
+from sentinel_keeper.daemon.runtime import make_client, open_reconciler
 from sentinel_keeper.daemon.service import run_daemon
 from sentinel_keeper.errors import (
     MetricsError,
@@ -54,7 +55,6 @@ from sentinel_keeper.report import (
     window_lines,
     windows_json,
 )
-from sentinel_keeper.runtime import make_client, open_reconciler
 from sentinel_keeper.state import default_state_dir, instance_state_dir
 from sentinel_keeper.timings import Timings
 from sentinel_keeper.windows import in_force, zone_of
