@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from sentinel_keeper.capacity import expected_context_length
 from sentinel_keeper.errors import ModelNotFound, OllamaError, OllamaUnreachable
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails
 from sentinel_keeper.ollama_wire import TimedAnswer
-from sentinel_keeper.plan import expected_context_length
 from sentinel_keeper.policy import ModelPolicy, Policy
+from sentinel_keeper.quantities import format_duration
 from sentinel_keeper.reconcile import OllamaApi
-from sentinel_keeper.units import format_duration
 
 BENCH_PROMPT = "Why is the sky blue? Answer in one short paragraph."
 EMBED_TEXT = "The quick brown fox jumps over the lazy dog."

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from sentinel_keeper import __version__, context, systemd
 from sentinel_keeper.bench import BenchReport, bench_json, bench_table, run_bench
+from sentinel_keeper.daemon.runtime import make_client, open_reconciler
 from sentinel_keeper.daemon.service import run_daemon
 from sentinel_keeper.errors import (
     MetricsError,
@@ -45,7 +46,6 @@ from sentinel_keeper.report import (
     daemon_json,
     daemon_lines,
     extras_without_reason,
-    gpu_summary,
     outcome_line,
     pinned_health,
     status_json,
@@ -55,7 +55,6 @@ from sentinel_keeper.report import (
     window_lines,
     windows_json,
 )
-from sentinel_keeper.runtime import make_client, open_reconciler
 from sentinel_keeper.state import default_state_dir, instance_state_dir
 from sentinel_keeper.timings import Timings
 from sentinel_keeper.windows import in_force, zone_of
@@ -206,7 +205,7 @@ def _gpu_notes(policy: Policy, gpu: GpuSnapshot, *, said: bool) -> None:
     if gpu.known:
         return
     if not said:
-        _out(f"{'note':<9} {gpu_summary(gpu)}")
+        _out(f"{'note':<9} {gpu.summary()}")
     if policy.extras and policy.vram.budget is None:
         _out(
             f"{'note':<9} extras are not loaded here: without GPU memory figures they "
@@ -415,7 +414,7 @@ def _once(policy: Policy, state_dir: str, *, header: str) -> int:
     observation = reports[0].observation
     if observation is None:
         return _down(policy, str(report.error), header)
-    version, gpu = observation.ollama_version, gpu_summary(observation.gpu)
+    version, gpu = observation.ollama_version, observation.gpu.summary()
     _out(f"{header}ollama {version} at {policy.ollama.url}; {gpu}")
     _gpu_notes(policy, observation.gpu, said=True)
     outcomes = [outcome for each in reports for outcome in each.outcomes]
@@ -569,7 +568,7 @@ def _status_entry(
 def _status_text(policy: Policy, observation: Observation, daemon: DaemonView, header: str) -> None:
     missing, absent = pinned_health(_in_force(policy, observation), observation)
     _out(f"{header}ollama {observation.ollama_version} at {policy.ollama.url}")
-    _out(gpu_summary(observation.gpu))
+    _out(observation.gpu.summary())
     _gpu_notes(policy, observation.gpu, said=True)
     for line in status_table(policy, observation):
         _out(line)

@@ -88,10 +88,6 @@ class LoadFailed(OllamaAPIError):
     """Ollama could not load the model (500: out of memory, runner crash...)."""
 
 
-class GpuError(SentinelError):
-    """NVML failed. The GPU module turns this into an 'unknown' snapshot, never into zero."""
-
-
 class AtomicFileError(SentinelError):
     """A file could not be replaced or removed whole (atomicfile.py). Keeps the OSError; the
     caller turns it into its own error, saying what the file was for."""

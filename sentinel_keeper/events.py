@@ -18,9 +18,8 @@ from typing import Literal
 
 from sentinel_keeper.causes import missing_why
 from sentinel_keeper.plan import ActionKind, Finding, FindingKind
+from sentinel_keeper.quantities import format_duration
 from sentinel_keeper.reconcile import Outcome, PassReport
-from sentinel_keeper.report import gpu_summary
-from sentinel_keeper.units import format_duration
 
 Level = Literal["debug", "info", "warning", "error"]
 FindingKey = tuple[str, str | None]
@@ -154,7 +153,7 @@ def _gpu_events(before: PassReport | None, report: PassReport) -> list[LogEvent]
     if not gpu.known and (old is None or old.known):
         return [LogEvent("nvml_unavailable", "warning", {"reason": gpu.error or "no GPU found"})]
     if gpu.known and old is not None and not old.known:
-        return [LogEvent("nvml_available", "info", {"gpu": gpu_summary(gpu)})]
+        return [LogEvent("nvml_available", "info", {"gpu": gpu.summary()})]
     return []
 
 
@@ -358,7 +357,7 @@ def _summary(report: PassReport, events: list[LogEvent]) -> LogEvent:
     latest = report.latest
     if latest is not None:
         # why NVML cannot tell is said once, by nvml_unavailable, not on every pass line
-        fields["gpu"] = gpu_summary(latest.gpu) if latest.gpu.known else "unknown"
+        fields["gpu"] = latest.gpu.summary() if latest.gpu.known else "unknown"
     routine = all(o.ok and o.action.kind is ActionKind.REFRESH for o in attempted)
     noteworthy = not routine or any(e.level != "debug" for e in events)
     return LogEvent("pass", "info" if noteworthy else "debug", fields)

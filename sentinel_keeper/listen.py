@@ -1,5 +1,6 @@
-"""The metrics endpoint's listen address, ``host:port``: one rule for the policy, the server
-and `status` (which reads the running daemon's figures from it). Pure."""
+"""A listen address, ``host:port``: one rule for every socket the policy names (the metrics
+endpoint, the gateway and the address it takes over from Ollama), for the servers that bind them
+and for `status` (which reads the running daemon's figures from the metrics endpoint). Pure."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ Endpoint = Literal["generate", "embed"]
 # Ollama's CLI prints "Forever" for an expiry more than this far ahead; a keep_alive of -1
 # shows as about now + 292 years in /api/ps.
 FOREVER_THRESHOLD = timedelta(days=20 * 365)
+GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,14 @@ class GpuSnapshot:
     @property
     def total(self) -> int | None:
         return sum(g.total for g in self.gpus) if self.known else None
+
+    def summary(self) -> str:
+        """ "GPU0 1.2 of 3.0 GiB free", one clause per GPU, or why memory is unknown."""
+        if not self.known:
+            return f"GPU memory unknown ({self.error or 'no GPU'})"
+        return ", ".join(
+            f"GPU{g.index} {g.free / GIB:.1f} of {g.total / GIB:.1f} GiB free" for g in self.gpus
+        )
 
     def as_json(self, *, totals: bool = True) -> dict[str, Any]:
         """The JSON shape of a snapshot (``python -m sentinel_keeper.gpu``, and without the

@@ -32,9 +32,9 @@ from sentinel_keeper.observation import (
 )
 from sentinel_keeper.plan import Action, ActionKind, Plan, plan
 from sentinel_keeper.policy import Policy
+from sentinel_keeper.quantities import format_duration
 from sentinel_keeper.text import escape_unprintable
 from sentinel_keeper.timings import Timings
-from sentinel_keeper.units import format_duration
 from sentinel_keeper.windows import in_force, zone_of
 
 MAX_VERSION_CHARS = 100

@@ -5,28 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sentinel_keeper.observation import GpuSnapshot, LoadedModel, Observation
-from sentinel_keeper.plan import FindingKind, expected_context_length
+from sentinel_keeper.capacity import expected_context_length
+from sentinel_keeper.metrics.readback import DaemonFigures, GatewayHour, Lifetime
+from sentinel_keeper.observation import LoadedModel, Observation
+from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import ModelPolicy, Policy
+from sentinel_keeper.quantities import format_duration, format_size
 from sentinel_keeper.reconcile import Outcome, PassReport
-from sentinel_keeper.units import format_duration, format_size
 from sentinel_keeper.windows import WindowState, window_state, zone_of
-
-if TYPE_CHECKING:  # metrics.readback imports (through the catalog) what imports this module
-    from sentinel_keeper.metrics.readback import DaemonFigures, GatewayHour, Lifetime
-
-GIB = 1024**3
-
-
-def gpu_summary(gpu: GpuSnapshot) -> str:
-    """ "GPU0 1.2 of 3.0 GiB free", one clause per GPU, or why memory is unknown."""
-    if not gpu.known:
-        return f"GPU memory unknown ({gpu.error or 'no GPU'})"
-    return ", ".join(
-        f"GPU{g.index} {g.free / GIB:.1f} of {g.total / GIB:.1f} GiB free" for g in gpu.gpus
-    )
 
 
 def status_line(report: PassReport, *, gpu: bool = True) -> str:
@@ -40,7 +28,7 @@ def status_line(report: PassReport, *, gpu: bool = True) -> str:
     if report.extras:
         parts[0] += f", {len(report.resident(report.extras))}/{len(report.extras)} extras"
     if gpu:
-        parts.append(gpu_summary(latest.gpu))
+        parts.append(latest.gpu.summary())
     parts.append(f"ollama {latest.ollama_version}")
     line = "; ".join(parts)
     if report.stall is not None:

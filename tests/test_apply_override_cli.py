@@ -7,10 +7,8 @@ is never called); SENTINEL_SYSTEMD_UNIT_PATH points the conflict check at a fake
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,11 +16,10 @@ import pytest
 from sentinel_keeper.errors import PolicyError
 from sentinel_keeper.override.render import DROPIN_NAME
 from sentinel_keeper.policy.loading import load_policy
+from tests.support.applyoverride import ROOT, ApplySetup, apply_setup
 
 # These start the CLI as a process (a fraction of a second each).
 slow = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parent.parent
 
 STAND_IN = """#!/bin/sh
 printf '%s\\n' "$*" >> "$SYSTEMCTL_LOG"
@@ -45,66 +42,14 @@ ollama:
 """
 
 
-@dataclass
-class Setup:
-    tmp: Path
-    policy: Path
-    dropin_dir: Path
-    log: Path
-    env: dict[str, str]
-
-    @property
-    def dropin(self) -> Path:
-        return self.dropin_dir / DROPIN_NAME
-
-    def run(self, *args: str, command: str = "apply-override") -> subprocess.CompletedProcess[str]:
-        extra = ["--dropin-dir", str(self.dropin_dir)] if command == "apply-override" else []
-        return subprocess.run(
-            [sys.executable, "-m", "sentinel_keeper", "--policy", str(self.policy), command]
-            + extra
-            + list(args),
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=REPO,
-            timeout=60,
-            check=False,
-        )
-
-    def calls(self) -> list[str]:
-        return self.log.read_text().splitlines() if self.log.exists() else []
-
+class Setup(ApplySetup):
     def write_policy(self, restart: str = "if-changed") -> None:
         self.policy.write_text(POLICY.format(restart=restart))
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Setup:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    systemctl = bin_dir / "systemctl"
-    systemctl.write_text(STAND_IN)
-    systemctl.chmod(0o755)
-    units = tmp_path / "units"
-    units.mkdir()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("SENTINEL_", "SYSTEMCTL_"))
-    }
-    env.update(
-        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}",
-        SYSTEMCTL_LOG=str(tmp_path / "systemctl.log"),
-        SENTINEL_SYSTEMD_RUNNING="1",
-        SENTINEL_SYSTEMD_UNIT_PATH=str(units),
-    )
-    s = Setup(
-        tmp_path,
-        tmp_path / "policy.yaml",
-        units / "ollama.service.d",  # a directory systemd reads (the fake unit path's)
-        tmp_path / "systemctl.log",
-        env,
-    )
+    s = apply_setup(Setup, tmp_path, STAND_IN)
     s.write_policy()
     return s
 
@@ -362,7 +307,7 @@ def test_a_directory_systemd_does_not_read_is_written_without_reload_or_restart(
             capture_output=True,
             text=True,
             env=setup.env,
-            cwd=REPO,
+            cwd=ROOT,
             timeout=60,
             check=False,
         )

@@ -217,14 +217,21 @@ def test_dashboard_covers_the_keepers_story() -> None:
 def test_dashboard_shows_each_ollama_instance_apart() -> None:
     """Every query of a metric about an Ollama instance filters on the instance variable,
     and one that aggregates keeps the instance apart or sums a breakdown over instances."""
+    checked: list[str] = []
+    keeper_only: list[str] = []
     for title, target in targets(load_dashboard()):
         expr = target["expr"]
         if not about_an_instance(expr):
+            keeper_only.append(title)
             continue
+        checked.append(title)
         assert 'exported_instance=~"$ollama"' in expr, title
         grouped = [label.strip() for group in GROUPING.findall(expr) for label in group.split(",")]
         breakdown = {"reason", "kind", "num_ctx"} & set(grouped)
         assert not grouped or EXPORTED in grouped or breakdown, (title, expr)
+    # Only the keeper's own process is about no Ollama instance: every other query was checked.
+    assert keeper_only == ["Keeper memory (RSS)"]
+    assert checked
 
 
 def test_dashboard_queries_only_what_the_keeper_exports() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from sentinel_keeper.figures import Cause
 from sentinel_keeper.gateway.measure import (
     TAIL_LIMIT,
-    Cause,
     FinalChunk,
     RequestRecord,
     Tally,

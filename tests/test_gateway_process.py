@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sentinel_keeper.figures import Degraded
 from sentinel_keeper.gateway.exchange import (
     View,
     decode_figures,
@@ -27,7 +28,6 @@ from sentinel_keeper.gateway.exchange import (
     judge,
     view_path,
 )
-from sentinel_keeper.gateway.measure import Degraded
 from sentinel_keeper.readiness import InstanceHealth
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket, free_port, wait_until
 from tests.support.gateway import observe

@@ -18,6 +18,7 @@ from sentinel_keeper.gateway.rules import (
     GatewayView,
     Verdict,
     decide,
+    requested_num_ctx,
 )
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import parse_policy
@@ -508,3 +509,20 @@ def test_num_ctx_is_read_as_ollamas_options_read_it(sent: object, before: object
         assert fields(decision) == {"options.num_ctx": (before, 8192)}
     assert run({"model": PINNED, "options": {"num_ctx": 8192.0}}).changes == ()
     assert run({"model": PINNED, "options": {"num_batch": 512.0}}).changes == ()
+
+
+@pytest.mark.parametrize(
+    ("options", "num_ctx"),
+    [
+        ({"num_ctx": 4096}, 4096),
+        ({"num_ctx": 512.5}, 512),  # Options.FromMap truncates
+        ({"num_ctx": True}, None),  # Ollama refuses it: no load
+        ({"num_ctx": "2048"}, None),
+        ({"num_ctx": None}, 32768),  # a null is skipped: Ollama's default
+        ({}, 32768),  # the default for clients on a 24 GiB GPU
+        (None, 32768),
+    ],
+)
+def test_one_reader_of_the_num_ctx_a_request_loads_with(options: object, num_ctx: object) -> None:
+    """The rules and the gateway's cold-request causes read num_ctx alike."""
+    assert requested_num_ctx(options, POLICY, SEEN) == num_ctx

@@ -13,11 +13,9 @@ SENTINEL_SYSTEMD_RUNNING=1 makes the command believe systemd runs.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,11 +24,9 @@ from sentinel_keeper.atomicfile import WRITE_STEPS
 from sentinel_keeper.override.apply import APPLY_STEPS, pending_path
 from sentinel_keeper.override.render import DROPIN_NAME, render_dropin
 from sentinel_keeper.policy.loading import load_policy
+from tests.support.applyoverride import ROOT, UNIT, ApplySetup, apply_setup
 
 pytestmark = pytest.mark.slow  # two or three CLI processes per case
-
-ROOT = Path(__file__).resolve().parents[1]
-UNIT = "ollama.service"
 
 STAND_IN = """#!/bin/sh
 printf '%s\\n' "$*" >> "$SYSTEMCTL_LOG"
@@ -68,39 +64,7 @@ NEW_POLICY = (
 RELOAD_AND_RESTART = ["daemon-reload", f"try-restart --no-block {UNIT}"]
 
 
-@dataclass
-class Setup:
-    tmp: Path
-    policy: Path
-    dropin_dir: Path
-    log: Path
-    env: dict[str, str]
-
-    @property
-    def dropin(self) -> Path:
-        return self.dropin_dir / DROPIN_NAME
-
-    def argv(self, *extra: str) -> list[str]:
-        return [
-            "--policy",
-            str(self.policy),
-            "apply-override",
-            "--dropin-dir",
-            str(self.dropin_dir),
-            *extra,
-        ]
-
-    def run(self, *extra: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "sentinel_keeper", *self.argv(*extra)],
-            capture_output=True,
-            text=True,
-            env={**self.env, **env},
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
-
+class Setup(ApplySetup):
     def run_killed_at(self, step: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-c", HOOKED, step, *self.argv(*extra)],
@@ -111,11 +75,6 @@ class Setup:
             timeout=60,
             check=False,
         )
-
-    def calls(self) -> list[str]:
-        calls = self.log.read_text().splitlines() if self.log.exists() else []
-        self.log.unlink(missing_ok=True)
-        return calls
 
     def leftovers(self) -> list[str]:
         if not self.dropin_dir.exists():
@@ -131,28 +90,7 @@ class Setup:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Setup:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    systemctl = bin_dir / "systemctl"
-    systemctl.write_text(STAND_IN)
-    systemctl.chmod(0o755)
-    units = tmp_path / "units"
-    units.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SENTINEL_", "SYSTEMCTL_"))}
-    env.update(
-        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}",
-        SYSTEMCTL_LOG=str(tmp_path / "systemctl.log"),
-        SENTINEL_SYSTEMD_RUNNING="1",
-        SENTINEL_SYSTEMD_UNIT_PATH=str(units),
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    return Setup(
-        tmp_path,
-        tmp_path / "policy.yaml",
-        units / f"{UNIT}.d",  # a directory systemd reads (the fake unit path's)
-        tmp_path / "systemctl.log",
-        env,
-    )
+    return apply_setup(Setup, tmp_path, STAND_IN, PYTHONDONTWRITEBYTECODE="1")
 
 
 # Where a write can be killed, and whether the new file is in place by then.
@@ -192,7 +130,7 @@ def test_write_killed_at_each_point_is_repaired_by_the_next_run(
     setup.policy.write_text(NEW_POLICY.format(restart="if-changed"))
 
     _kill(setup, point)
-    killed_calls = setup.calls()
+    killed_calls = setup.take_calls()
     # Never a partial file: the old one or the new one, whole.
     assert setup.dropin.read_text() == (new if new_in_place else old)
     # Whatever else is there, systemd never reads it (only *.conf counts).
@@ -207,7 +145,7 @@ def test_write_killed_at_each_point_is_repaired_by_the_next_run(
     assert repair.returncode == 0, repair.stderr
     assert setup.dropin.read_text() == new
     assert setup.leftovers() == []  # temporary file and marker gone: the next run is quiet
-    assert setup.calls() == RELOAD_AND_RESTART, (point, killed_calls, repair.stdout)
+    assert setup.take_calls() == RELOAD_AND_RESTART, (point, killed_calls, repair.stdout)
     if new_in_place:
         assert repair.stdout.startswith(f"{setup.dropin}: already written\n"), repair.stdout
         assert "was interrupted before systemd was told" in repair.stderr
@@ -220,7 +158,7 @@ def test_remove_killed_at_each_point_is_repaired_by_the_next_run(setup: Setup, p
     setup.policy.write_text(NEW_POLICY.format(restart="if-changed"))
     assert setup.run().returncode == 0
     written = setup.dropin.read_text()
-    setup.calls()
+    setup.take_calls()
 
     _kill(setup, point, "--remove")
     gone = point not in ("mark", "unlink")
@@ -232,7 +170,7 @@ def test_remove_killed_at_each_point_is_repaired_by_the_next_run(setup: Setup, p
     assert repair.returncode == 0, repair.stderr
     assert not setup.dropin.exists()
     assert setup.leftovers() == []
-    assert setup.calls()[:1] == ["daemon-reload"]
+    assert setup.take_calls()[:1] == ["daemon-reload"]
 
 
 def test_restart_never_repairs_with_a_reload_only(setup: Setup) -> None:
@@ -240,7 +178,7 @@ def test_restart_never_repairs_with_a_reload_only(setup: Setup) -> None:
     _kill(setup, "reload")
     repair = setup.run()
     assert repair.returncode == 0
-    assert setup.calls() == ["daemon-reload"]
+    assert setup.take_calls() == ["daemon-reload"]
     assert setup.leftovers() == []
 
 
@@ -250,10 +188,10 @@ def test_a_failed_daemon_reload_is_retried_by_the_next_run(setup: Setup) -> None
     setup.policy.write_text(NEW_POLICY.format(restart="if-changed"))
     failed = setup.run(SYSTEMCTL_FAIL="Access denied")
     assert failed.returncode == 69
-    assert setup.calls() == ["daemon-reload"]
+    assert setup.take_calls() == ["daemon-reload"]
     retry = setup.run()
     assert retry.returncode == 0, retry.stderr
-    assert setup.calls() == RELOAD_AND_RESTART
+    assert setup.take_calls() == RELOAD_AND_RESTART
     assert setup.leftovers() == []
 
 
@@ -264,4 +202,4 @@ def test_without_systemd_no_marker_is_left_behind(setup: Setup) -> None:
     assert done.returncode == 0
     assert setup.leftovers() == []
     assert setup.run().stdout == f"{setup.dropin}: unchanged\n"
-    assert setup.calls() == []
+    assert setup.take_calls() == []

@@ -1,4 +1,6 @@
-"""The layer rules: pure modules load no I/O library, and each I/O library has one home."""
+"""The layer rules: pure modules load no I/O library, each I/O library has one home, the
+decisions reach no I/O module, the gateway and the metrics share value types only, and no
+import cycle (``python -m tests.support.layers`` prints the graph)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.layers import cycles, module_graph, part_graph, reached
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sentinel_keeper"
 PURE = (
     "sentinel_keeper.plan",
+    "sentinel_keeper.capacity",
+    "sentinel_keeper.figures",
     "sentinel_keeper.events",
     "sentinel_keeper.observation",
     "sentinel_keeper.ollama_wire",
@@ -123,3 +129,82 @@ def test_each_io_library_is_imported_by_one_module() -> None:
         for library in HOMES.keys() & imported_roots(path):
             importers[library].append(path.relative_to(ROOT).as_posix())
     assert importers == {library: [home] for library, home in HOMES.items()}
+
+
+# The modules that decide: what to load, what Ollama will do, why a model came and went.
+DECIDE = (
+    "sentinel_keeper.plan",
+    "sentinel_keeper.capacity",
+    "sentinel_keeper.context",
+    "sentinel_keeper.client_reloads",
+    "sentinel_keeper.causes",
+    "sentinel_keeper.windows",
+)
+# The modules that talk to something outside the process (or run those that do).
+IO = (
+    "sentinel_keeper.ollama",
+    "sentinel_keeper.gpu",
+    "sentinel_keeper.systemd",
+    "sentinel_keeper.notify",
+    "sentinel_keeper.atomicfile",
+    "sentinel_keeper.logs",
+    "sentinel_keeper.state",
+    "sentinel_keeper.portholder",
+    "sentinel_keeper.listenfds",
+    "sentinel_keeper.reconcile",
+    "sentinel_keeper.cli",
+    "sentinel_keeper.bench",
+    "sentinel_keeper.policy.loading",
+    "sentinel_keeper.policy.yamlsource",
+    "sentinel_keeper.policy.risks",
+)
+IO_PACKAGES = ("sentinel_keeper.daemon", "sentinel_keeper.override")
+
+
+def test_there_is_no_import_cycle() -> None:
+    """Type-only imports and imports inside functions count too."""
+    graph = module_graph()
+    assert "sentinel_keeper.plan" in graph  # the graph was read
+    assert cycles(graph) == []
+    assert cycles(part_graph(graph)) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert cycles({"a": frozenset({"b"}), "b": frozenset({"c"}), "c": frozenset({"a"})}) == [
+        ["a", "b", "c"]
+    ]
+    assert cycles({"a": frozenset({"b"}), "b": frozenset()}) == []
+
+
+def test_the_decisions_reach_no_io_module() -> None:
+    graph = module_graph()
+    found = {}
+    for module in DECIDE:
+        assert module in graph
+        io = {
+            m
+            for m in reached(graph, module)
+            if m in IO or m.startswith(tuple(f"{p}." for p in IO_PACKAGES)) or m in IO_PACKAGES
+        }
+        if io:
+            found[module] = sorted(io)
+    assert found == {}
+
+
+def _importers(graph: dict[str, frozenset[str]], source: str, target: str) -> list[str]:
+    """The modules of the package ``source`` that import one of the package ``target``."""
+    return sorted(
+        module
+        for module, imports in graph.items()
+        if module.startswith(f"{source}.")
+        and any(i == target or i.startswith(f"{target}.") for i in imports)
+    )
+
+
+def test_the_gateway_and_the_metrics_share_value_types_only() -> None:
+    """The gateway's figures cross to the keeper as files, in types of figures.py: neither
+    package imports the other."""
+    graph = module_graph()
+    assert _importers(graph, "sentinel_keeper.gateway", "sentinel_keeper.metrics") == []
+    assert _importers(graph, "sentinel_keeper.metrics", "sentinel_keeper.gateway") == []
+    assert _importers(graph, "sentinel_keeper.gateway", "sentinel_keeper.daemon") == []

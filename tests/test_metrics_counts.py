@@ -9,10 +9,10 @@ import pytest
 
 from sentinel_keeper.causes import Gone, LoadCause, gone_how, load_cause, restart_seen
 from sentinel_keeper.events import History, advance
+from sentinel_keeper.figures import Histogram
 from sentinel_keeper.metrics.counts import (
     LOAD_SECONDS_BUCKETS,
     Counts,
-    Histogram,
     ReloadResult,
     add_reload,
     count_pass,

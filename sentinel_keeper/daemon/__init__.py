@@ -5,7 +5,10 @@
 - worker.py: the one thread that runs passes and the watch between them;
 - engine.py: the policy in force with its Ollama client, GPU probe and reconciler;
 - progress.py: whether a pass is within its time limits;
-- schedule.py: when passes are due (APScheduler); signals.py: signal handlers as flags.
+- watch.py: what the look at /api/ps between passes reacts to;
+- runtime.py: the Ollama client and reconciler the daemon and the CLI open;
+- schedule.py: when passes are due (APScheduler).
+Its signal handlers are sentinel_keeper.signals, which the gateway's process shares.
 
 Importing the package loads nothing else: lifecycle.py stays pure (tests/test_layers.py).
 """

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sentinel_keeper.daemon.progress import Progress
+from sentinel_keeper.daemon.watch import Look, WatchMemory, look
 from sentinel_keeper.errors import OllamaUnreachable, SentinelError
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
@@ -20,7 +21,6 @@ from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import LoadOutcome, OllamaApi, PassReport, Reconciler
 from sentinel_keeper.state import StateStore
 from sentinel_keeper.timings import Timings
-from sentinel_keeper.watch import Look, WatchMemory, look
 
 
 class TrackedClient:

@@ -16,11 +16,11 @@ from sentinel_keeper.errors import PolicyError
 from sentinel_keeper.events import Level, LogEvent
 from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import Policy
+from sentinel_keeper.quantities import format_duration
 from sentinel_keeper.reconcile import PassReport
 from sentinel_keeper.report import status_line
 from sentinel_keeper.text import shorten
 from sentinel_keeper.timings import Timings
-from sentinel_keeper.units import format_duration
 
 
 def starting_event(policy: Policy, path: str, version: str, watchdog: float | None) -> LogEvent:
@@ -276,7 +276,6 @@ class Reload:
     policy: Policy | None  # the policy to run from now on; None: keep the one in force
     rejected: str | None  # STATUS= prefix while an invalid policy is refused
     events: tuple[LogEvent, ...]
-    interval_changed: bool = False
 
 
 def reload_decision(
@@ -313,7 +312,7 @@ def reload_decision(
             "changed": new != old,
         },
     )
-    return Reload(new, None, (event,), interval_changed=new.interval != old.interval)
+    return Reload(new, None, (event,))
 
 
 def risk_events(path: str, risks: Iterable[str]) -> list[LogEvent]:

@@ -47,9 +47,11 @@ from sentinel_keeper import __version__
 from sentinel_keeper.daemon import health, lifecycle
 from sentinel_keeper.daemon.instance import InstanceLoop, Posted, WatchAsked
 from sentinel_keeper.daemon.progress import Stuck
+from sentinel_keeper.daemon.runtime import make_client
 from sentinel_keeper.daemon.schedule import new_scheduler
 from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.events import LogEvent, advance, pass_events
+from sentinel_keeper.figures import GatewayFigures
 from sentinel_keeper.gateway.exchange import (
     View,
     encode_view,
@@ -58,7 +60,6 @@ from sentinel_keeper.gateway.exchange import (
     replace_file,
     view_path,
 )
-from sentinel_keeper.gateway.measure import GatewayFigures
 from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.listenfds import address_of, take_listen_fds
 from sentinel_keeper.logs import LEVEL_NUMBERS
@@ -71,7 +72,6 @@ from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
 from sentinel_keeper.policy.risks import file_risks
 from sentinel_keeper.readiness import Health, InstanceHealth
 from sentinel_keeper.reconcile import PassReport
-from sentinel_keeper.runtime import make_client
 from sentinel_keeper.signals import SignalFlags
 from sentinel_keeper.timings import Timings
 

@@ -31,8 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sentinel_keeper.gateway.measure import Degraded, GatewayFigures, Recent
-from sentinel_keeper.metrics.counts import Histogram
+from sentinel_keeper.figures import Degraded, GatewayFigures, Histogram, Recent
 from sentinel_keeper.observation import (
     Footprint,
     GpuInfo,

@@ -23,40 +23,18 @@ import json
 import threading
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from sentinel_keeper import context
+from sentinel_keeper.figures import NO_MODEL, Cause, GatewayFigures, Histogram, Recent
 from sentinel_keeper.gateway.rules import Change
-from sentinel_keeper.metrics.counts import Histogram
 from sentinel_keeper.observation import Observation
-from sentinel_keeper.policy import Policy
 
 COLD_SECONDS = 0.5  # a load_duration above this: the request waited for a load
 TAIL_LIMIT = 1024**2  # at most this much of the stream's last line is kept, to read it
 WINDOW_SECONDS = 3600.0  # the "last hour" of the cold share
 BUCKET_SECONDS = 60.0  # the last hour kept in minutes
 TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-NO_MODEL = ""  # the model label of requests that name none (/api/tags, /api/ps...)
-
-
-class Cause:
-    NOT_LOADED = "not_loaded"
-    OTHER_NUM_CTX = "other_num_ctx"
-    UNKNOWN = "unknown"
-    ALL = (NOT_LOADED, OTHER_NUM_CTX, UNKNOWN)
-
-
-class Degraded:
-    """Why the gateway runs without some of its rules (``gateway_degraded why=...``)."""
-
-    NO_VIEW = "view_missing"  # the keeper never wrote one (or it was removed)
-    STALE = "view_stale"  # older than gateway.view_max_age: the keeper is gone or stuck
-    UNREADABLE = "view_unreadable"
-    OTHER_INSTANCE = "view_other_instance"  # the keeper fronts another instance
-    POLICY_COPY = "policy_last_good"  # the policy file is invalid: the last good copy rules
-    NO_POLICY = "policy_none"  # no valid policy ever: everything forwarded as it came
-    ALL = (NO_VIEW, STALE, UNREADABLE, OTHER_INSTANCE, POLICY_COPY, NO_POLICY)
 
 
 @dataclass(frozen=True)
@@ -130,17 +108,6 @@ def cold_of(final: Mapping[str, Any] | None) -> bool | None:
     return nanos / 1e9 > COLD_SECONDS
 
 
-def requested_num_ctx(body: object, policy: Policy, observation: Observation | None) -> int | None:
-    """The num_ctx a request (its forwarded JSON body) loads its model with: its own, else
-    Ollama's default for clients (None: unknown)."""
-    options = body.get("options") if isinstance(body, Mapping) else None
-    sent = options.get("num_ctx") if isinstance(options, Mapping) else None
-    if isinstance(sent, int) and not isinstance(sent, bool):
-        return sent
-    total = observation.gpu.total if observation is not None else None
-    return context.client_default(policy, total).value
-
-
 def cause_of(model: str | None, num_ctx: int | None, observation: Observation | None) -> str:
     """Why a request for ``model`` loading it with ``num_ctx`` was cold, from the keeper's
     last look at Ollama before it."""
@@ -152,34 +119,6 @@ def cause_of(model: str | None, num_ctx: int | None, observation: Observation | 
     if num_ctx is not None and loaded.context_length not in (None, num_ctx):
         return Cause.OTHER_NUM_CTX
     return Cause.UNKNOWN
-
-
-@dataclass(frozen=True)
-class Recent:
-    """One model's requests of the last hour."""
-
-    requests: int = 0
-    cold: int = 0
-
-    @property
-    def share(self) -> float:
-        return self.cold / self.requests if self.requests else 0.0
-
-
-@dataclass(frozen=True)
-class GatewayFigures:
-    """What the gateway counted since the daemon started it, at one instant."""
-
-    instance: str
-    up: bool
-    requests: Mapping[tuple[str, str, str], int] = field(default_factory=dict)  # model, path, code
-    cold: Mapping[tuple[str, str], int] = field(default_factory=dict)  # model, cause
-    ttfb: Mapping[str, Histogram] = field(default_factory=dict)  # model
-    changes: Mapping[tuple[str, str], int] = field(default_factory=dict)  # model, field
-    recent: Mapping[str, Recent] = field(default_factory=dict)  # model: the last hour
-    # requests that reload a pinned model with a larger num_ctx: model, num_ctx
-    reloads: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    degraded: str | None = None  # why some rules are off (a Degraded reason); None: none
 
 
 class Tally:

@@ -48,6 +48,7 @@ import structlog
 from sentinel_keeper import __version__
 from sentinel_keeper.errors import SentinelError
 from sentinel_keeper.events import LogEvent
+from sentinel_keeper.figures import Degraded
 from sentinel_keeper.gateway.exchange import (
     FiguresFile,
     View,
@@ -60,7 +61,6 @@ from sentinel_keeper.gateway.exchange import (
     replace_file,
     view_path,
 )
-from sentinel_keeper.gateway.measure import Degraded
 from sentinel_keeper.gateway.runner import Gateway
 from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.listenfds import address_of, listens_at, take_listen_fds

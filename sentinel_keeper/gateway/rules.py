@@ -41,15 +41,15 @@ from enum import StrEnum
 from typing import Any
 
 from sentinel_keeper import context
+from sentinel_keeper.capacity import expected_footprint, fits_beside_loaded, max_loaded_models
 from sentinel_keeper.gateway.gojson import go_int
 from sentinel_keeper.names import model_key, normalize_model_name
 from sentinel_keeper.observation import Observation
 from sentinel_keeper.ollama_env.goparse import parse_go_duration
-from sentinel_keeper.plan import OLLAMA_MODELS_PER_GPU, expected_footprint, max_loaded_models
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.policy.schema import GatewaySection
+from sentinel_keeper.quantities import format_duration, format_size
 from sentinel_keeper.readiness import InstanceHealth
-from sentinel_keeper.units import format_duration, format_size
 from sentinel_keeper.windows import in_force, zone_of
 
 # The endpoints whose JSON body names a model and carries keep_alive and options.
@@ -59,8 +59,6 @@ OPENAI = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 MODEL_PATHS = NATIVE | OPENAI
 # Load-time options that cannot change an answer, taken from the pinned model.
 ALIGNED = ("num_batch", "num_thread", "use_mmap")
-# Ollama loads a model beside others only within this share of free GPU memory.
-OLLAMA_FIT_SHARE = 0.8
 
 
 class Verdict(StrEnum):
@@ -102,7 +100,7 @@ class GatewayView:
     observation: Observation | None
     # what the keeper's /ready decides from, from a fresh view (None: none fresh)
     health: InstanceHealth | None = None
-    degraded: str | None = None  # why some rules are off (a measure.Degraded reason)
+    degraded: str | None = None  # why some rules are off (a figures.Degraded reason)
 
 
 def _request_keep_alive(value: object) -> float | None:
@@ -182,13 +180,16 @@ def _keep_alive(
     )
 
 
-def _client_num_ctx(options: Mapping[str, Any], policy: Policy, view: GatewayView) -> int | None:
-    """The num_ctx the request loads with: its own as Options.FromMap sets it (a float
-    truncated), else Ollama's default (None: unknown)."""
-    sent = options.get("num_ctx")
+def requested_num_ctx(
+    options: object, policy: Policy, observation: Observation | None
+) -> int | None:
+    """The num_ctx a request with these ``options`` (its decoded ``options`` field) loads its
+    model with: its own as Options.FromMap sets it (a float truncated; a null skipped), else
+    Ollama's default for clients (None: unknown, or a value Ollama refuses)."""
+    sent = options.get("num_ctx") if isinstance(options, Mapping) else None
     if sent is not None:
         return go_int(sent)  # None: not a number, Ollama's own error
-    total = view.observation.gpu.total if view.observation is not None else None
+    total = observation.gpu.total if observation is not None else None
     return context.client_default(policy, total).value
 
 
@@ -206,7 +207,7 @@ def _options(
     pinned = model.options
     total = view.observation.gpu.total if view.observation is not None else None
     target = pinned.num_ctx or context.client_default(view.policy, total).value
-    sent = _client_num_ctx(options, view.policy, view)
+    sent = requested_num_ctx(options, view.policy, view.observation)
     if target is not None and sent is not None and sent != target:
         if sent < target:
             if pinned.num_ctx is not None:
@@ -278,7 +279,7 @@ def _foreign(
     if why is None:
         room = _room(view.policy, observation)
         need = installed.size
-        if room is None or need <= OLLAMA_FIT_SHARE * room:
+        if room is None or fits_beside_loaded(need, room):
             return Decision(name)  # it fits, or memory is unknown
         why = (
             f"{name} is not loaded and does not fit beside the pinned models: it needs about "
@@ -310,7 +311,7 @@ def _crowded(name: str, policy: Policy, observation: Observation) -> str | None:
     """Why one more model would make Ollama evict a pinned one whatever its size: it holds
     as many models as it allows (OLLAMA_MAX_LOADED_MODELS; 3 per GPU, at least 3, by
     default), all of them pinned (it evicts the shortest keep_alive first)."""
-    limit = max_loaded_models(policy, observation) or OLLAMA_MODELS_PER_GPU
+    limit = max_loaded_models(policy, observation)
     pinned = {m.name for m in policy.pinned}
     loaded = observation.loaded
     if len(loaded) < limit or any(m.name not in pinned for m in loaded):

@@ -28,7 +28,8 @@ from collections.abc import Callable
 
 from sentinel_keeper.errors import GatewayError
 from sentinel_keeper.events import Level, LogEvent
-from sentinel_keeper.gateway.measure import GatewayFigures, RequestRecord, Tally
+from sentinel_keeper.figures import GatewayFigures
+from sentinel_keeper.gateway.measure import RequestRecord, Tally
 from sentinel_keeper.gateway.rules import GatewayView
 from sentinel_keeper.gateway.server import HEADER_TIMEOUT, GatewayServer, bind_listening
 from sentinel_keeper.listen import ListenAddress

@@ -48,7 +48,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
@@ -67,7 +67,6 @@ from sentinel_keeper.gateway.measure import (
     RequestRecord,
     cause_of,
     cold_of,
-    requested_num_ctx,
 )
 from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.ollama_wire import parse_json, parse_ps
@@ -835,7 +834,9 @@ class GatewayServer:
         cold = cold_of(probe.final.final()) if probe.scanned and probe.status == 200 else None
         cause = None
         if cold:
-            num_ctx = requested_num_ctx(probe.forwarded, view.policy, view.observation)
+            body = probe.forwarded
+            options = body.get("options") if isinstance(body, Mapping) else None
+            num_ctx = rules.requested_num_ctx(options, view.policy, view.observation)
             cause = cause_of(model, num_ctx, view.observation)
         record = RequestRecord(
             model=model,

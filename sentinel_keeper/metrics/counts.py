@@ -9,10 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from sentinel_keeper.capacity import expected_context_length
 from sentinel_keeper.causes import LoadCause, gone_how, load_cause, restart_seen
 from sentinel_keeper.events import History
+from sentinel_keeper.figures import Histogram
 from sentinel_keeper.observation import Observation
-from sentinel_keeper.plan import ActionKind, FindingKind, expected_context_length
+from sentinel_keeper.plan import ActionKind, FindingKind
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import Failure, Outcome, PassReport
 
@@ -30,35 +32,6 @@ class ReloadResult(StrEnum):
     APPLIED = "applied"  # a changed policy is in force
     UNCHANGED = "unchanged"  # read and valid, the same as the one in force
     REJECTED = "rejected"  # invalid or unreadable: the previous one stays
-
-
-@dataclass(frozen=True)
-class Histogram:
-    """Observations in fixed buckets: ``counts[i]`` holds those <= ``bounds[i]`` and above
-    the bound before; the last holds those above every bound."""
-
-    bounds: tuple[float, ...]
-    counts: tuple[int, ...] = ()
-    total: float = 0.0
-
-    def observe(self, value: float) -> Histogram:
-        counts = list(self.counts or (0,) * (len(self.bounds) + 1))
-        index = next((i for i, bound in enumerate(self.bounds) if value <= bound), -1)
-        counts[index] += 1
-        return replace(self, counts=tuple(counts), total=self.total + value)
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def cumulative(self) -> tuple[tuple[float, int], ...]:
-        """(upper bound, observations <= it), ending with (inf, all)."""
-        counts = self.counts or (0,) * (len(self.bounds) + 1)
-        out, running = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
-            running += count
-            out.append((bound, running))
-        return tuple(out)
 
 
 def _add(counter: Mapping[str, int], key: str, amount: int = 1) -> dict[str, int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from sentinel_keeper.atomicfile import atomic_write
 from sentinel_keeper.errors import AtomicFileError, MetricsError
 from sentinel_keeper.events import LogEvent
-from sentinel_keeper.gateway.measure import GatewayFigures
+from sentinel_keeper.figures import GatewayFigures
 from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.metrics.endpoint import MetricsServer, Probes
 from sentinel_keeper.metrics.exposition import registry, render, wsgi_app

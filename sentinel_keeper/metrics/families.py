@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from dataclasses import field as default_field
 from typing import Literal
 
+from sentinel_keeper.capacity import expected_footprint
 from sentinel_keeper.causes import LoadCause
-from sentinel_keeper.gateway.measure import NO_MODEL, Cause, Degraded, GatewayFigures
-from sentinel_keeper.metrics.counts import FAILURE_KINDS, Counts, Histogram
+from sentinel_keeper.figures import NO_MODEL, Cause, Degraded, GatewayFigures, Histogram
+from sentinel_keeper.metrics.counts import FAILURE_KINDS, Counts
 from sentinel_keeper.observation import Observation
-from sentinel_keeper.plan import FindingKind, expected_footprint
+from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.reconcile import PassReport
 

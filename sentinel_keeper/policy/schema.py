@@ -23,9 +23,9 @@ from pydantic import (
 from sentinel_keeper.listen import DEFAULT_METRICS_LISTEN, ListenAddress, parse_listen
 from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.ollama_env import KEEP_ALIVE, KNOWN_VARIABLES
+from sentinel_keeper.quantities import parse_duration, parse_size
 from sentinel_keeper.text import show
 from sentinel_keeper.unitname import MAX_UNIT_NAME, UNIT_NAME_PATTERN, unit_name_problem
-from sentinel_keeper.units import parse_duration, parse_size
 from sentinel_keeper.urls import DEFAULT_OLLAMA_URL, normalize_ollama_url
 from sentinel_keeper.windows import Window, parse_window, time_zone_problem
 
@@ -82,12 +82,6 @@ def _integer(minimum: int, description: str) -> Callable[[object], int]:
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, got {show(value)}")
-    return value
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string, got {show(value)}")
     return value
 
 
