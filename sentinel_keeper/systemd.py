@@ -126,31 +126,12 @@ def try_restart_no_block(unit: str) -> tuple[str, ...]:
     return _systemctl("try-restart", "--no-block", unit)
 
 
-def gateway_socket_active() -> bool | None:
-    """``systemctl is-active --quiet sentinel-keeper-gateway.socket``: whether the gateway's
-    socket unit listens; None when systemctl cannot say (not on PATH, did not finish)."""
+def _asks(*args: str) -> bool | None:
+    """Whether ``systemctl ARGS`` (a question: is-active, is-enabled) answers yes; None
+    when systemctl cannot say (not on PATH, did not finish)."""
     exe = shutil.which("systemctl")
     if exe is None:
         return None
-    try:
-        done = subprocess.run(
-            [exe, "is-active", "--quiet", GATEWAY_SOCKET],
-            capture_output=True,
-            timeout=SYSTEMCTL_TIMEOUT_S,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except (subprocess.TimeoutExpired, OSError):
-        return None
-    return done.returncode == 0
-
-
-def _quiet(*args: str) -> bool:
-    """Whether ``systemctl ARGS`` (a question: is-active, is-enabled) answers yes; False
-    when systemctl cannot say."""
-    exe = shutil.which("systemctl")
-    if exe is None:
-        return False
     try:
         done = subprocess.run(
             [exe, *args],
@@ -160,8 +141,14 @@ def _quiet(*args: str) -> bool:
             stdin=subprocess.DEVNULL,
         )
     except (subprocess.TimeoutExpired, OSError):
-        return False
+        return None
     return done.returncode == 0
+
+
+def gateway_socket_active() -> bool | None:
+    """``systemctl is-active --quiet sentinel-keeper-gateway.socket``: whether the gateway's
+    socket unit listens; None when systemctl cannot say."""
+    return _asks("is-active", "--quiet", GATEWAY_SOCKET)
 
 
 class Systemctl:
@@ -173,10 +160,10 @@ class Systemctl:
         return any((directory / unit).exists() for directory in unit_search_path())
 
     def active(self, unit: str) -> bool:
-        return _quiet("is-active", "--quiet", unit)
+        return _asks("is-active", "--quiet", unit) is True
 
     def enabled(self, unit: str) -> bool:
-        return _quiet("is-enabled", "--quiet", unit)
+        return _asks("is-enabled", "--quiet", unit) is True
 
     def run(self, *args: str) -> tuple[str, ...]:
         """``systemctl VERB [--options] UNIT`` for one of the gateway's own units (nothing
