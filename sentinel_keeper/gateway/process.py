@@ -75,7 +75,7 @@ log = structlog.get_logger("sentinel_keeper.gateway")
 
 TICK_SECONDS = 1.0  # the loop looks at the view, the figures and the watchdog this often
 FIGURES_EVERY = 2.0  # seconds between two writes of the figures file
-UPGRADE_SECONDS = 60.0  # a new process has this long to say it serves
+UPGRADE_SECONDS = 120.0  # a new process has this long to say it serves (slow, emulated hosts)
 EXTEND_SECONDS = 30.0  # while draining at a stop, systemd's stop timeout is pushed this far
 # the upgrade protocol: the listening sockets' fds and the pipe the new process writes to
 HANDED_FDS = "SENTINEL_GATEWAY_FDS"
