@@ -26,7 +26,7 @@ def normalize_ollama_url(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f'must be a URL such as "http://127.0.0.1:11434", got {show(value)}')
     text = value.strip()
-    if any(ord(c) < 0x21 or c in "\"'<>\\`" for c in text):
+    if any(ord(c) < 0x21 or c.isspace() or c in "\"'<>\\`" for c in text):
         raise ValueError(
             f"must be a URL without spaces, quotes or control characters, got {show(value)}"
         )

@@ -283,7 +283,18 @@ def test_ollama_url_follows_ollama_host_rules(given: str, url: str | None) -> No
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "http://", "ftp://x", "http://u:p@x", "http://x?y=1", "http://x:99999", 'x"y']
+    "bad",
+    [
+        "",
+        "http://",
+        "ftp://x",
+        "http://u:p@x",
+        "http://x?y=1",
+        "http://x:99999",
+        'x"y',
+        "http://0\u00a00:11434",  # a no-break space in the host, which the fuzz once found
+        "http://a\u3000b",
+    ],
 )
 def test_bad_urls_are_refused(bad: str) -> None:
     with pytest.raises(ValueError):
