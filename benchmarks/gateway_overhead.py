@@ -336,7 +336,7 @@ def wrapped_gateway(loop: str, profile: str, argv: list[str]) -> int:
     "uvloop"; the gateway's ``asyncio.new_event_loop()`` then makes one), its server thread
     under cProfile (``profile``: the file for the stats, "-" for none). Only this benchmark
     runs it; the package has no such hook."""
-    from sentinel_keeper import cli  # noqa: PLC0415 - the CLI only in the wrapped process
+    from sentinel_keeper.cli import main as cli  # noqa: PLC0415 - the CLI only in the wrapped process
 
     if loop == "uvloop":
         asyncio.set_event_loop_policy(importlib.import_module("uvloop").EventLoopPolicy())

@@ -1,4 +1,4 @@
-"""One planning pass (sentinel_keeper.plan.plan) over a synthetic observation of 100 policy
+"""One planning pass (sentinel_keeper.decide.plan.plan) over a synthetic observation of 100 policy
 models and 8 GPUs, timed with timeit.
 
     python -m benchmarks.plan_pass --seed 1
@@ -25,8 +25,8 @@ import timeit
 from collections.abc import Sequence
 
 from benchmarks import _harness
-from sentinel_keeper.observation import LoadedModel, ModelDetails, Observation
-from sentinel_keeper.plan import plan
+from sentinel_keeper.decide.plan import plan
+from sentinel_keeper.observe.observation import LoadedModel, ModelDetails, Observation
 from sentinel_keeper.policy import Policy
 from tests.support.planning import NOW, GiB, gpus, installed, loaded, policy
 

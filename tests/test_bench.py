@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from sentinel_keeper import cli
-from sentinel_keeper.bench import (
+from sentinel_keeper.cli import main as cli
+from sentinel_keeper.cli.bench import (
     BenchReport,
     ModelBench,
     bench_json,
@@ -26,9 +26,9 @@ from sentinel_keeper.bench import (
     percentile,
     run_bench,
 )
-from sentinel_keeper.observation import LoadedModel, ModelDetails
-from sentinel_keeper.ollama import OllamaClient
-from sentinel_keeper.ollama_wire import TimedAnswer
+from sentinel_keeper.observe.observation import LoadedModel, ModelDetails
+from sentinel_keeper.observe.ollama import OllamaClient
+from sentinel_keeper.observe.ollama_wire import TimedAnswer
 from sentinel_keeper.policy import Policy
 from tests.support.ollama_double import FakeModel, GiB, InstanceInfo, MiB, OllamaDouble
 from tests.support.ollama_fixtures import NOMIC

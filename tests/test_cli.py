@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.metrics.counts import Counts, ModelCounts
 from sentinel_keeper.metrics.endpoint import MetricsServer
 from sentinel_keeper.metrics.exposition import registry, wsgi_app
 from sentinel_keeper.metrics.families import MetricsView, families
 from sentinel_keeper.policy.loading import parse_policy
+from sentinel_keeper.values.listen import ListenAddress
 from tests.support.daemon import free_port
 from tests.support.fake_nvml import FakeGpu, FakeNvml, library_dir, nvml_env
 from tests.support.ollama_double import FakeModel, OllamaDouble

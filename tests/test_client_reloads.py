@@ -12,14 +12,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sentinel_keeper.client_reloads import Hold, Judgement, Tally, judge
-from sentinel_keeper.events import History, advance, pass_events
+from sentinel_keeper.act.reconcile import Reconciler
+from sentinel_keeper.decide.client_reloads import Hold, Judgement, Tally, judge
+from sentinel_keeper.decide.plan import ActionKind, FindingKind, plan
 from sentinel_keeper.metrics.counts import Counts, count_pass
-from sentinel_keeper.observation import LoadedModel, Observation
-from sentinel_keeper.ollama import OllamaClient
-from sentinel_keeper.plan import ActionKind, FindingKind, plan
+from sentinel_keeper.observe.observation import LoadedModel, Observation
+from sentinel_keeper.observe.ollama import OllamaClient
 from sentinel_keeper.policy.loading import parse_policy
-from sentinel_keeper.reconcile import Reconciler
+from sentinel_keeper.report.events import History, advance, pass_events
 from tests.support.ollama_double import FakeModel, GiB, ManualClock, OllamaDouble
 from tests.support.planning import NOW, gpus, installed, loaded, observation, policy
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_keeper import context
+from sentinel_keeper.decide import context
 from sentinel_keeper.errors import PolicyError
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import parse_policy

@@ -23,7 +23,7 @@ import pytest
 from sentinel_keeper.daemon.engine import TrackedClient
 from sentinel_keeper.daemon.progress import Progress
 from sentinel_keeper.errors import OllamaUnreachable
-from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.observe.ollama import OllamaClient
 from tests.support.daemon import DaemonProcess, Message, NotifySocket, wait_until
 from tests.support.ollama_double import FakeModel, OllamaDouble
 

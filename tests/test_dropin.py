@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sentinel_keeper.atomicfile import REMOVE_STEPS, WRITE_STEPS, atomic_remove, atomic_write
+from sentinel_keeper.act.atomicfile import REMOVE_STEPS, WRITE_STEPS, atomic_remove, atomic_write
 from sentinel_keeper.errors import OverrideError, SystemdError
 from sentinel_keeper.override.apply import NoReload, OverrideReport, apply_override
 from sentinel_keeper.override.render import DROPIN_NAME, default_dropin_dir, render_dropin
@@ -24,7 +24,7 @@ UNIT = "ollama.service"
 
 @dataclass
 class FakeSystemd:
-    """Stands in for sentinel_keeper.systemd.Systemctl; records what would have run."""
+    """Stands in for sentinel_keeper.systemd.systemctl.Systemctl; records what would have run."""
 
     is_running: bool = True
     fail_on: str | None = None

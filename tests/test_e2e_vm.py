@@ -21,7 +21,7 @@ import pytest
 
 from sentinel_keeper.ollama_env import format_keep_alive
 from sentinel_keeper.policy.loading import parse_policy
-from sentinel_keeper.windows import in_force
+from sentinel_keeper.policy.windows import in_force
 from tests.e2e import e2e_vm
 from tests.support.ollama_double import load_models_file
 

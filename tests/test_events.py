@@ -8,17 +8,17 @@ from datetime import timedelta
 
 import pytest
 
-from sentinel_keeper.causes import missing_why
-from sentinel_keeper.events import (
+from sentinel_keeper.act.reconcile import Outcome, PassReport
+from sentinel_keeper.decide.causes import missing_why
+from sentinel_keeper.decide.plan import Action, ActionKind, Finding, FindingKind, Plan
+from sentinel_keeper.observe.observation import LoadedModel, Observation
+from sentinel_keeper.report.events import (
     History,
-    LogEvent,
     advance,
     current_findings,
     pass_events,
 )
-from sentinel_keeper.observation import LoadedModel, Observation
-from sentinel_keeper.plan import Action, ActionKind, Finding, FindingKind, Plan
-from sentinel_keeper.reconcile import Outcome, PassReport
+from sentinel_keeper.report.logevent import LogEvent
 from tests.support.planning import NOW, GiB, gpus, loaded, observation
 
 GPU = gpus((8 * GiB, 16 * GiB))

@@ -28,12 +28,12 @@ from typing import Any
 
 import pytest
 
+from sentinel_keeper.act.reconcile import PassReport, Reconciler
 from sentinel_keeper.daemon import lifecycle
-from sentinel_keeper.events import History, advance, pass_events
-from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.observe.ollama import OllamaClient
 from sentinel_keeper.policy.loading import parse_policy
-from sentinel_keeper.reconcile import PassReport, Reconciler
-from sentinel_keeper.timings import Timings
+from sentinel_keeper.report.events import History, advance, pass_events
+from sentinel_keeper.values.timings import Timings
 from tests.support.daemon import DaemonProcess, NotifySocket, wait_until
 from tests.support.fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeGpu, FakeNvml, library_dir, nvml_env
 from tests.support.ollama_double import OOM_TEXT, FakeModel, ManualClock, OllamaDouble

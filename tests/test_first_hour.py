@@ -15,11 +15,12 @@ from pathlib import Path
 import structlog
 
 from sentinel_keeper.errors import PolicyError
-from sentinel_keeper.logs import configure_logging
 from sentinel_keeper.metrics.readback import DaemonFigures, GatewayHour
+from sentinel_keeper.metrics.status import DaemonView, daemon_lines
 from sentinel_keeper.ollama_env.variables import name_problem
 from sentinel_keeper.policy.loading import load_policy, parse_policy
-from sentinel_keeper.report import DaemonView, daemon_lines, window_lines
+from sentinel_keeper.report.logs import configure_logging
+from sentinel_keeper.report.render import window_lines
 from tests.support.daemon import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

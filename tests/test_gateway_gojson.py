@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sentinel_keeper.gateway import gojson
-from sentinel_keeper.names import model_key
+from sentinel_keeper.values.names import model_key
 
 FIELDS = ("model", "prompt", "keep_alive", "options")
 FOREVER = (1 << 63) - 1

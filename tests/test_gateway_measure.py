@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from sentinel_keeper.figures import Cause
 from sentinel_keeper.gateway.measure import (
     TAIL_LIMIT,
     FinalChunk,
@@ -14,7 +13,8 @@ from sentinel_keeper.gateway.measure import (
     cause_of,
     cold_of,
 )
-from sentinel_keeper.observation import GpuSnapshot, LoadedModel, Observation
+from sentinel_keeper.observe.observation import GpuSnapshot, LoadedModel, Observation
+from sentinel_keeper.values.figures import Cause
 
 
 def lines(*objects: dict[str, object]) -> bytes:

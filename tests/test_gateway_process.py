@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sentinel_keeper.figures import Degraded
+from sentinel_keeper.decide.readiness import InstanceHealth
 from sentinel_keeper.gateway.exchange import (
     View,
     decode_figures,
@@ -28,7 +28,7 @@ from sentinel_keeper.gateway.exchange import (
     judge,
     view_path,
 )
-from sentinel_keeper.readiness import InstanceHealth
+from sentinel_keeper.values.figures import Degraded
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket, free_port, wait_until
 from tests.support.gateway import observe
 from tests.support.ollama_double import FakeModel, GiB, MiB, OllamaDouble

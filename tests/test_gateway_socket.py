@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sentinel_keeper.listen import ListenAddress
-from sentinel_keeper.listenfds import listens_at, take_listen_fds
+from sentinel_keeper.systemd.listenfds import listens_at, take_listen_fds
+from sentinel_keeper.values.listen import ListenAddress
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket, free_port, wait_until
 from tests.support.ollama_double import FakeModel, GiB, MiB, OllamaDouble
 

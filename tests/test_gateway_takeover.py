@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sentinel_keeper import context
+from sentinel_keeper.decide import context
 from sentinel_keeper.errors import PolicyError
 from sentinel_keeper.policy import Policy, json_schema
 from sentinel_keeper.policy.loading import parse_policy

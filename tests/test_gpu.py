@@ -1,4 +1,4 @@
-"""sentinel_keeper.gpu: through the real pynvml against a fake libnvidia-ml.so.1 (in
+"""sentinel_keeper.observe.gpu: through the real pynvml against a fake libnvidia-ml.so.1 (in
 subprocesses, since the loader reads LD_LIBRARY_PATH at process start), plus unit tests of
 the pure helpers with pynvml's functions replaced in-process."""
 
@@ -19,15 +19,15 @@ from typing import Any
 import pynvml
 import pytest
 
-from sentinel_keeper.gpu import (
+from sentinel_keeper.observe.gpu import (
     GpuProbe,
     describe_error,
     main,
     out_of_range,
     uuid_not_found,
 )
-from sentinel_keeper.observation import GpuInfo, GpuSnapshot
-from sentinel_keeper.report import status_json
+from sentinel_keeper.observe.observation import GpuInfo, GpuSnapshot
+from sentinel_keeper.report.render import status_json
 from tests.support.fake_nvml import (
     GIB,
     NVML_ERROR_DRIVER_NOT_LOADED,
@@ -63,7 +63,7 @@ UUID_MIG = "MIG-8c4c5a27-e508-5556-b2ea-7e549465741e"
 # Runs in the subprocess: one GpuProbe, driven by lines on stdin, one JSON line per command.
 DRIVER = """
 import json, sys
-from sentinel_keeper.gpu import GpuProbe
+from sentinel_keeper.observe.gpu import GpuProbe
 probe = GpuProbe(json.loads(sys.argv[1]))
 for line in sys.stdin:
     if line.strip() == "snap":

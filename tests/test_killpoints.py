@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_keeper.atomicfile import WRITE_STEPS
+from sentinel_keeper.act.atomicfile import WRITE_STEPS
 from sentinel_keeper.override.apply import APPLY_STEPS, pending_path
 from sentinel_keeper.override.render import DROPIN_NAME, render_dropin
 from sentinel_keeper.policy.loading import load_policy
@@ -43,7 +43,7 @@ exit 0
 
 HOOKED = """
 import os, signal, sys
-from sentinel_keeper import cli
+from sentinel_keeper.cli import main as cli
 from sentinel_keeper.override import apply as dropin
 
 target = sys.argv[1]

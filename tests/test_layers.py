@@ -1,6 +1,8 @@
-"""The layer rules: pure modules load no I/O library, each I/O library has one home, the
-decisions reach no I/O module, the gateway and the metrics share value types only, and no
-import cycle (``python -m tests.support.layers`` prints the graph)."""
+"""The layer rules: the folders are the architecture (each part imports only the parts below
+it in :data:`LAYERS`, and the top level holds no module but a few), pure modules load no I/O
+library, each I/O library has one home, the decisions reach no I/O module, the gateway and the
+metrics share value types only, and no import cycle (``python -m tests.support.layers`` prints
+the graph)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import ast
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from tests.support.layers import cycles, module_graph, part_graph, reached
@@ -15,31 +18,33 @@ from tests.support.layers import cycles, module_graph, part_graph, reached
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sentinel_keeper"
 PURE = (
-    "sentinel_keeper.plan",
-    "sentinel_keeper.capacity",
-    "sentinel_keeper.figures",
-    "sentinel_keeper.events",
-    "sentinel_keeper.observation",
-    "sentinel_keeper.ollama_wire",
-    "sentinel_keeper.text",
-    "sentinel_keeper.timings",
+    "sentinel_keeper.decide.plan",
+    "sentinel_keeper.decide.capacity",
+    "sentinel_keeper.values.figures",
+    "sentinel_keeper.report.events",
+    "sentinel_keeper.observe.observation",
+    "sentinel_keeper.observe.ollama_wire",
+    "sentinel_keeper.values.text",
+    "sentinel_keeper.values.timings",
     "sentinel_keeper.daemon.lifecycle",
     "sentinel_keeper.policy.schema",
-    "sentinel_keeper.causes",
-    "sentinel_keeper.listen",
-    "sentinel_keeper.report",
+    "sentinel_keeper.decide.causes",
+    "sentinel_keeper.values.listen",
+    "sentinel_keeper.report.render",
     "sentinel_keeper.metrics.counts",
     "sentinel_keeper.metrics.families",
     "sentinel_keeper.metrics.readback",
     "sentinel_keeper.gateway.rules",
     "sentinel_keeper.gateway.measure",
     "sentinel_keeper.gateway.ready",
-    "sentinel_keeper.readiness",
+    "sentinel_keeper.decide.readiness",
+    "sentinel_keeper.report.logevent",
+    "sentinel_keeper.metrics.status",
 )
 # The one module allowed to import each I/O library.
 HOMES = {
-    "httpx": "sentinel_keeper/ollama.py",
-    "pynvml": "sentinel_keeper/gpu.py",
+    "httpx": "sentinel_keeper/observe/ollama.py",
+    "pynvml": "sentinel_keeper/observe/gpu.py",
     "prometheus_client": "sentinel_keeper/metrics/exposition.py",
     "aiohttp": "sentinel_keeper/gateway/server.py",
 }
@@ -71,7 +76,7 @@ def test_pure_modules_load_no_io_library() -> None:
 
 def test_the_daemon_loads_prometheus_client_only_when_metrics_are_on() -> None:
     """With metrics off, the daemon's code (all but the exporter) costs no memory for them."""
-    loaded = loaded_after_import(("sentinel_keeper.cli", "sentinel_keeper.daemon.service"))
+    loaded = loaded_after_import(("sentinel_keeper.cli.main", "sentinel_keeper.daemon.service"))
     assert "prometheus_client" not in loaded
 
 
@@ -80,7 +85,7 @@ def test_the_keeper_never_loads_aiohttp() -> None:
     the gateway's figures included) costs no memory for an HTTP server stack."""
     loaded = loaded_after_import(
         (
-            "sentinel_keeper.cli",
+            "sentinel_keeper.cli.main",
             "sentinel_keeper.daemon.service",
             "sentinel_keeper.metrics.exporter",
             "sentinel_keeper.metrics.families",
@@ -102,7 +107,9 @@ def test_the_gateway_imports_nothing_of_the_daemon() -> None:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-            if any(n.startswith(("sentinel_keeper.daemon", "sentinel_keeper.cli")) for n in names):
+            if any(
+                n.startswith(("sentinel_keeper.daemon", "sentinel_keeper.cli.main")) for n in names
+            ):
                 importers.append(path.relative_to(ROOT).as_posix())
     assert importers == []
     loaded = loaded_after_import(("sentinel_keeper.gateway.process",))
@@ -131,29 +138,26 @@ def test_each_io_library_is_imported_by_one_module() -> None:
     assert importers == {library: [home] for library, home in HOMES.items()}
 
 
-# The modules that decide: what to load, what Ollama will do, why a model came and went.
+# The modules that decide: what to load, what Ollama will do, why a model came and went (all
+# of decide/, and the policy's time windows).
 DECIDE = (
-    "sentinel_keeper.plan",
-    "sentinel_keeper.capacity",
-    "sentinel_keeper.context",
-    "sentinel_keeper.client_reloads",
-    "sentinel_keeper.causes",
-    "sentinel_keeper.windows",
+    *sorted(m for m in module_graph() if m.startswith("sentinel_keeper.decide.")),
+    "sentinel_keeper.policy.windows",
 )
 # The modules that talk to something outside the process (or run those that do).
 IO = (
-    "sentinel_keeper.ollama",
-    "sentinel_keeper.gpu",
-    "sentinel_keeper.systemd",
-    "sentinel_keeper.notify",
-    "sentinel_keeper.atomicfile",
-    "sentinel_keeper.logs",
-    "sentinel_keeper.state",
-    "sentinel_keeper.portholder",
-    "sentinel_keeper.listenfds",
-    "sentinel_keeper.reconcile",
-    "sentinel_keeper.cli",
-    "sentinel_keeper.bench",
+    "sentinel_keeper.observe.ollama",
+    "sentinel_keeper.observe.gpu",
+    "sentinel_keeper.systemd.systemctl",
+    "sentinel_keeper.systemd.notify",
+    "sentinel_keeper.act.atomicfile",
+    "sentinel_keeper.report.logs",
+    "sentinel_keeper.act.state",
+    "sentinel_keeper.observe.portholder",
+    "sentinel_keeper.systemd.listenfds",
+    "sentinel_keeper.act.reconcile",
+    "sentinel_keeper.cli.main",
+    "sentinel_keeper.cli.bench",
     "sentinel_keeper.policy.loading",
     "sentinel_keeper.policy.yamlsource",
     "sentinel_keeper.policy.risks",
@@ -164,7 +168,7 @@ IO_PACKAGES = ("sentinel_keeper.daemon", "sentinel_keeper.override")
 def test_there_is_no_import_cycle() -> None:
     """Type-only imports and imports inside functions count too."""
     graph = module_graph()
-    assert "sentinel_keeper.plan" in graph  # the graph was read
+    assert "sentinel_keeper.decide.plan" in graph  # the graph was read
     assert cycles(graph) == []
     assert cycles(part_graph(graph)) == []
 
@@ -208,3 +212,74 @@ def test_the_gateway_and_the_metrics_share_value_types_only() -> None:
     assert _importers(graph, "sentinel_keeper.gateway", "sentinel_keeper.metrics") == []
     assert _importers(graph, "sentinel_keeper.metrics", "sentinel_keeper.gateway") == []
     assert _importers(graph, "sentinel_keeper.gateway", "sentinel_keeper.daemon") == []
+
+
+# The parts of the package from the bottom up: each imports only parts before it. values/ and
+# errors are what every layer shares; observe -> decide -> act is the reconcile pass; report
+# says what it did; metrics, override and the gateway are built on those; daemon and cli run it.
+LAYERS = (
+    "ollama_env",
+    "values",
+    "errors",
+    "systemd",
+    "policy",
+    "observe",
+    "decide",
+    "act",
+    "report",
+    "metrics",
+    "override",
+    "gateway",
+    "daemon",
+    "cli",
+)
+# Top-level modules: the package, `python -m sentinel_keeper`, the one exception hierarchy
+# that every layer raises, and the kept command name `python -m sentinel_keeper.gpu`.
+TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "gpu.py"}
+
+
+def test_the_top_level_holds_folders_only() -> None:
+    assert {p.name for p in PACKAGE.glob("*.py")} == TOP_LEVEL
+    folders = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert folders == set(LAYERS) - {"errors"}
+
+
+def upward(graph: Mapping[str, frozenset[str]]) -> dict[str, list[str]]:
+    """The parts that import a part at their own level or above it (or one not in LAYERS)."""
+
+    def level(part: str) -> int:
+        return LAYERS.index(part) if part in LAYERS else len(LAYERS)
+
+    found = {
+        part: sorted(i for i in imports if level(i) >= level(part))
+        for part, imports in graph.items()
+    }
+    return {part: imports for part, imports in found.items() if imports and part in LAYERS}
+
+
+def test_each_part_imports_only_the_parts_below_it() -> None:
+    graph = part_graph(module_graph())
+    assert graph["daemon"] >= {"observe", "decide", "act"}  # the graph was read
+    assert upward(graph) == {}
+
+
+def test_the_layer_rule_finds_an_upward_import() -> None:
+    """The check above on planted graphs: values importing decide, and a part nobody placed."""
+    assert upward({"values": frozenset({"decide"}), "decide": frozenset({"values"})}) == {
+        "values": ["decide"]
+    }
+    assert upward({"act": frozenset({"newpart"})}) == {"act": ["newpart"]}
+
+
+def test_the_gateway_leans_on_no_keeper_part() -> None:
+    """The data path imports neither the daemon, the metrics, the CLI nor the drop-in code."""
+    graph = part_graph(module_graph())
+    assert graph["gateway"] & {"daemon", "metrics", "cli", "override", "act"} == set()
+    assert graph["metrics"] & {"gateway"} == set()
+
+
+def test_values_import_nothing_of_the_package() -> None:
+    """values/ are pure rules anyone may use: they lean on each other and Go's parsers only."""
+    graph = part_graph(module_graph())
+    assert graph["values"] <= {"ollama_env"}
+    assert graph["ollama_env"] == frozenset()

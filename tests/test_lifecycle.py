@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from sentinel_keeper.act.reconcile import Outcome, PassReport
 from sentinel_keeper.daemon import lifecycle
 from sentinel_keeper.daemon.lifecycle import Duties, Ready, StatusView
 from sentinel_keeper.daemon.progress import Stuck
+from sentinel_keeper.decide.plan import Action, ActionKind, Finding, FindingKind, Plan
 from sentinel_keeper.errors import Diagnostic, OllamaUnreachable, PolicyError
-from sentinel_keeper.plan import Action, ActionKind, Finding, FindingKind, Plan
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.reconcile import Outcome, PassReport
-from sentinel_keeper.timings import Timings
+from sentinel_keeper.values.timings import Timings
 from tests.support.planning import NOW, GiB, gpus, installed, loaded, observation, policy
 
 URL = "http://127.0.0.1:11434"

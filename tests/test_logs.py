@@ -14,7 +14,7 @@ from typing import TextIO
 import pytest
 import structlog
 
-from sentinel_keeper.logs import (
+from sentinel_keeper.report.logs import (
     configure_logging,
     format_value,
     journal_renderer,

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from sentinel_keeper.causes import Gone, LoadCause, gone_how, load_cause, restart_seen
-from sentinel_keeper.events import History, advance
-from sentinel_keeper.figures import Histogram
+from sentinel_keeper.act.reconcile import Failure, Outcome, PassReport
+from sentinel_keeper.decide.causes import Gone, LoadCause, gone_how, load_cause, restart_seen
+from sentinel_keeper.decide.plan import Action, ActionKind, Plan
 from sentinel_keeper.metrics.counts import (
     LOAD_SECONDS_BUCKETS,
     Counts,
@@ -17,9 +17,9 @@ from sentinel_keeper.metrics.counts import (
     add_reload,
     count_pass,
 )
-from sentinel_keeper.observation import LoadedModel, Observation
-from sentinel_keeper.plan import Action, ActionKind, Plan
-from sentinel_keeper.reconcile import Failure, Outcome, PassReport
+from sentinel_keeper.observe.observation import LoadedModel, Observation
+from sentinel_keeper.report.events import History, advance
+from sentinel_keeper.values.figures import Histogram
 from tests.support.planning import NOW, loaded, observation, policy
 
 A, B, X = "a:1b", "b:1b", "x:1b"

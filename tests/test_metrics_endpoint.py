@@ -16,15 +16,15 @@ from dataclasses import replace
 
 import pytest
 
+from sentinel_keeper.act.reconcile import PassReport
 from sentinel_keeper.errors import MetricsError
-from sentinel_keeper.listen import ListenAddress, parse_listen
 from sentinel_keeper.metrics import families as f
 from sentinel_keeper.metrics.counts import Counts, ModelCounts
 from sentinel_keeper.metrics.endpoint import MAX_CONNECTIONS, SOCKET_TIMEOUT, MetricsServer, scrape
 from sentinel_keeper.metrics.exposition import parse, registry, render, wsgi_app
 from sentinel_keeper.metrics.families import CATALOG, MetricsView, families, series_names
 from sentinel_keeper.metrics.readback import Sample, read_figures
-from sentinel_keeper.reconcile import PassReport
+from sentinel_keeper.values.listen import ListenAddress, parse_listen
 from tests.support.daemon import free_port
 from tests.support.planning import NOW, GiB, gpus, loaded, observation, policy
 

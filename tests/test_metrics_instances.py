@@ -10,16 +10,16 @@ from datetime import timedelta
 
 import pytest
 
-from sentinel_keeper.causes import LoadCause
+from sentinel_keeper.act.reconcile import PassReport
+from sentinel_keeper.decide.causes import LoadCause
 from sentinel_keeper.metrics import families as f
 from sentinel_keeper.metrics.counts import FAILURE_KINDS, Counts, ModelCounts
 from sentinel_keeper.metrics.exposition import parse, registry, render
 from sentinel_keeper.metrics.families import CATALOG, InstanceView, MetricsView, families
 from sentinel_keeper.metrics.readback import read_figures
+from sentinel_keeper.metrics.status import DaemonView, daemon_json, daemon_lines
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import parse_policy
-from sentinel_keeper.reconcile import PassReport
-from sentinel_keeper.report import DaemonView, daemon_json, daemon_lines
 from tests.support.planning import NOW, GiB, gpus, loaded, observation
 
 SHARED, SMALL = "llama3.2:3b", "qwen2.5:0.5b"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_keeper.notify import (
+from sentinel_keeper.systemd.notify import (
     MAX_STATUS_CHARS,
     Notifier,
     clean_status,
@@ -116,7 +116,7 @@ def test_real_socket(tmp_path: Path) -> None:
     listener.bind(str(path))
     listener.settimeout(10)
     code = (
-        "from sentinel_keeper.notify import Notifier\n"
+        "from sentinel_keeper.systemd.notify import Notifier\n"
         "n = Notifier()\n"
         "n.ready('1/1 pinned resident')\n"
         "n.watchdog()\n"

@@ -23,8 +23,8 @@ from sentinel_keeper.errors import (
     OllamaUnreachable,
     UnsupportedByModel,
 )
-from sentinel_keeper.ollama import OllamaClient
-from sentinel_keeper.ollama_wire import LoadResult, keep_alive_json, parse_timestamp
+from sentinel_keeper.observe.ollama import OllamaClient
+from sentinel_keeper.observe.ollama_wire import LoadResult, keep_alive_json, parse_timestamp
 from tests.support.daemon import wait_until
 from tests.support.ollama_double import (
     FOREVER_NS,

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from sentinel_keeper.errors import OllamaProtocolError
-from sentinel_keeper.ollama import MAX_ANSWER_BYTES, MAX_LINE_BYTES, OllamaClient
+from sentinel_keeper.observe.ollama import MAX_ANSWER_BYTES, MAX_LINE_BYTES, OllamaClient
 from tests.support.ollama_double import OllamaDouble
 
 

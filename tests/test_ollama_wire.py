@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sentinel_keeper.errors import LoadFailed, OllamaProtocolError
-from sentinel_keeper.ollama_wire import (
+from sentinel_keeper.observe.ollama_wire import (
     error_text,
     parse_json,
     parse_load,

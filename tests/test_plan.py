@@ -8,9 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sentinel_keeper.capacity import default_num_ctx, expected_context_length, expected_footprint
-from sentinel_keeper.observation import Footprint, ModelDetails
-from sentinel_keeper.plan import ActionKind, FindingKind, Plan, plan
+from sentinel_keeper.decide.capacity import (
+    default_num_ctx,
+    expected_context_length,
+    expected_footprint,
+)
+from sentinel_keeper.decide.plan import ActionKind, FindingKind, Plan, plan
+from sentinel_keeper.observe.observation import Footprint, ModelDetails
 from tests.support.planning import (
     NOW,
     UNKNOWN_GPU,

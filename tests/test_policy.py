@@ -13,8 +13,13 @@ from sentinel_keeper.errors import PolicyError
 from sentinel_keeper.ollama_env import KNOWN_VARIABLES
 from sentinel_keeper.policy import json_schema
 from sentinel_keeper.policy.loading import load_policy, parse_policy
-from sentinel_keeper.quantities import format_duration, format_size, parse_duration, parse_size
-from sentinel_keeper.urls import normalize_ollama_url
+from sentinel_keeper.values.quantities import (
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
+from sentinel_keeper.values.urls import normalize_ollama_url
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "etc" / "sentinel" / "policy.yaml"

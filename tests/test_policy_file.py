@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_keeper import cli
+from sentinel_keeper.cli import main as cli
 from sentinel_keeper.override.render import DROPIN_NAME
 from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
 from sentinel_keeper.policy.risks import file_risks

@@ -41,9 +41,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sentinel_keeper import cli
-from sentinel_keeper.names import normalize_model_name
+from sentinel_keeper.cli import main as cli
 from sentinel_keeper.policy.loading import load_policy
+from sentinel_keeper.values.names import normalize_model_name
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_CONFIG = 78

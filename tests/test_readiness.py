@@ -1,4 +1,4 @@
-"""/ready and /live: the pure decisions (sentinel_keeper.readiness) as tables, how the daemon's
+"""/ready and /live: the pure decisions (decide/readiness.py) as tables, how the daemon's
 record of an instance becomes their input (daemon/health.py), and the endpoint's answers over
 real HTTP on 127.0.0.1 (status, JSON body, HEAD, parameters, counting)."""
 
@@ -14,14 +14,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sentinel_keeper.act.reconcile import PassReport, Stall
 from sentinel_keeper.daemon.engine import Seen
 from sentinel_keeper.daemon.health import TICK_LIMIT, instance_health, liveness
 from sentinel_keeper.daemon.progress import Stuck
-from sentinel_keeper.listen import ListenAddress
-from sentinel_keeper.metrics.endpoint import MetricsServer, Probes
-from sentinel_keeper.observation import GpuSnapshot, LoadedModel, Observation
-from sentinel_keeper.plan import Finding, FindingKind, Plan
-from sentinel_keeper.readiness import (
+from sentinel_keeper.decide.plan import Finding, FindingKind, Plan
+from sentinel_keeper.decide.readiness import (
     Answer,
     Health,
     InstanceHealth,
@@ -29,8 +27,10 @@ from sentinel_keeper.readiness import (
     decide_live,
     decide_ready,
 )
-from sentinel_keeper.reconcile import PassReport, Stall
-from sentinel_keeper.windows import DAYS
+from sentinel_keeper.metrics.endpoint import MetricsServer, Probes
+from sentinel_keeper.observe.observation import GpuSnapshot, LoadedModel, Observation
+from sentinel_keeper.policy.windows import DAYS
+from sentinel_keeper.values.listen import ListenAddress
 from tests.support.daemon import DaemonProcess, free_port, wait_until
 from tests.support.ollama_double import FakeModel, GiB, MiB, OllamaDouble
 

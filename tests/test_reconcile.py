@@ -11,14 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sentinel_keeper.observation import GpuInfo, GpuSnapshot, LoadedModel
-from sentinel_keeper.ollama import OllamaClient
-from sentinel_keeper.plan import Action, ActionKind, Finding, FindingKind, Plan
+from sentinel_keeper.act.reconcile import MAX_SETTLE_PASSES, Outcome, PassReport, Reconciler
+from sentinel_keeper.act.state import StateStore
+from sentinel_keeper.decide.plan import Action, ActionKind, Finding, FindingKind, Plan
+from sentinel_keeper.observe.observation import GpuInfo, GpuSnapshot, LoadedModel
+from sentinel_keeper.observe.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.reconcile import MAX_SETTLE_PASSES, Outcome, PassReport, Reconciler
-from sentinel_keeper.report import extras_without_reason, status_line
-from sentinel_keeper.state import StateStore
-from sentinel_keeper.timings import Timings
+from sentinel_keeper.report.render import extras_without_reason, status_line
+from sentinel_keeper.values.timings import Timings
 from tests.support.ollama_double import FakeModel, OllamaDouble
 from tests.support.planning import installed, loaded, observation
 

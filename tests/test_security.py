@@ -32,10 +32,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from sentinel_keeper import ollama_env
-from sentinel_keeper.logs import configure_logging, format_value, journal_renderer
-from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.override.render import render_dropin
 from sentinel_keeper.override.unitfile import _service_settings
+from sentinel_keeper.report.logs import configure_logging, format_value, journal_renderer
+from sentinel_keeper.values.names import normalize_model_name
 from tests.support.daemon import DaemonProcess, NotifySocket, free_port, wait_until
 from tests.support.ollama_double import FakeModel, OllamaDouble
 

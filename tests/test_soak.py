@@ -42,12 +42,12 @@ import gc, json, os, sys, threading, time, urllib.request
 from datetime import UTC, datetime
 sys.path.insert(0, sys.argv[1])
 from tests.support.ollama_double import FakeModel, ManualClock, OllamaDouble
-from sentinel_keeper.events import History, advance, pass_events
-from sentinel_keeper.gpu import GpuProbe
-from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.report.events import History, advance, pass_events
+from sentinel_keeper.observe.gpu import GpuProbe
+from sentinel_keeper.observe.ollama import OllamaClient
 from sentinel_keeper.policy.loading import parse_policy
-from sentinel_keeper.reconcile import Reconciler
-from sentinel_keeper.state import StateStore
+from sentinel_keeper.act.reconcile import Reconciler
+from sentinel_keeper.act.state import StateStore
 
 passes, warm_up, state_dir = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 MiB = 1024**2

@@ -9,13 +9,13 @@ import json
 import urllib.request
 from datetime import UTC, datetime
 
-from sentinel_keeper.events import History, advance, pass_events
+from sentinel_keeper.act.reconcile import PassReport, Reconciler
 from sentinel_keeper.metrics.counts import Counts, count_pass
 from sentinel_keeper.metrics.families import MetricsView, families
-from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.observe.ollama import OllamaClient
 from sentinel_keeper.policy.loading import parse_policy
-from sentinel_keeper.reconcile import PassReport, Reconciler
-from sentinel_keeper.report import status_line
+from sentinel_keeper.report.events import History, advance, pass_events
+from sentinel_keeper.report.render import status_line
 from tests.support.ollama_double import FakeModel, GiB, ManualClock, OllamaDouble
 
 A, B = "a:1b", "b:1b"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_keeper.atomicfile import WRITE_STEPS
+from sentinel_keeper.act.atomicfile import WRITE_STEPS
+from sentinel_keeper.act.state import StateStore, instance_state_dir
 from sentinel_keeper.errors import StateError
-from sentinel_keeper.observation import Footprint
-from sentinel_keeper.state import StateStore, instance_state_dir
+from sentinel_keeper.observe.observation import Footprint
 
 A = {"a:1b": Footprint(size=1000, size_vram=1000, context_length=2048)}
 B = {"a:1b": Footprint(size=2000, size_vram=1500, context_length=4096)}

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import pytest
 
 from sentinel_keeper.errors import SystemdError
-from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.override.takeover import (
     address_free,
     after_dropin,
@@ -20,7 +19,8 @@ from sentinel_keeper.override.takeover import (
 )
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import parse_policy
-from sentinel_keeper.systemd import GATEWAY_SERVICE, GATEWAY_SOCKET
+from sentinel_keeper.systemd.systemctl import GATEWAY_SERVICE, GATEWAY_SOCKET
+from sentinel_keeper.values.listen import ListenAddress
 
 TAKEOVER = "gateway: {takeover: true}\nmodels: []\n"
 LISTEN = "gateway: {listen: 127.0.0.1:11435}\nmodels: []\n"
@@ -190,7 +190,7 @@ def test_ollama_s_address_from_its_url(url: str, expected: str | None) -> None:
 def test_systemctl_is_run_only_on_the_gateway_s_own_units(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sentinel_keeper import systemd
+    from sentinel_keeper.systemd import systemctl as systemd
 
     ran: list[tuple[str, ...]] = []
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sentinel_keeper.text import escape_unprintable, json_string, one_line, shorten, show
+from sentinel_keeper.values.text import escape_unprintable, json_string, one_line, shorten, show
 
 # What could end, rewrite or disguise a line: controls, separators, format characters.
 BREAKING = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sentinel_keeper.act.reconcile import PassReport
 from sentinel_keeper.daemon.watch import Look, WatchMemory, look
-from sentinel_keeper.observation import LoadedModel
-from sentinel_keeper.reconcile import PassReport
+from sentinel_keeper.observe.observation import LoadedModel
 from tests.support.planning import NOW, loaded, observation
 
 PINNED = ("a:1b", "b:7b")

@@ -13,13 +13,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from sentinel_keeper.act.reconcile import Reconciler
+from sentinel_keeper.decide.plan import ActionKind
 from sentinel_keeper.errors import PolicyError
-from sentinel_keeper.ollama import OllamaClient
-from sentinel_keeper.plan import ActionKind
+from sentinel_keeper.observe.ollama import OllamaClient
 from sentinel_keeper.policy import ModelPolicy
 from sentinel_keeper.policy.loading import parse_policy
-from sentinel_keeper.reconcile import Reconciler
-from sentinel_keeper.windows import (
+from sentinel_keeper.policy.windows import (
     CronEdge,
     Window,
     cron_edges,
@@ -230,8 +230,8 @@ def test_a_simulated_week_of_windows_against_the_double() -> None:
 
 
 def test_a_window_that_opens_is_the_reason_of_the_load() -> None:
-    from sentinel_keeper.events import History, advance, pass_events
     from sentinel_keeper.metrics.counts import Counts, count_pass
+    from sentinel_keeper.report.events import History, advance, pass_events
 
     start = local("2026-11-30 07:30")
     clock = ManualClock(start.timestamp())
@@ -262,7 +262,7 @@ def test_a_window_that_opens_is_the_reason_of_the_load() -> None:
 
 def test_the_daemon_schedules_a_pass_at_each_edge_in_the_policys_zone() -> None:
     from sentinel_keeper.daemon.schedule import EDGE_JOB, Schedule
-    from sentinel_keeper.timings import Timings
+    from sentinel_keeper.values.timings import Timings
 
     asked: list[str] = []
     schedule = Schedule(

@@ -8,7 +8,7 @@
 - watch.py: what the look at /api/ps between passes reacts to;
 - runtime.py: the Ollama client and reconciler the daemon and the CLI open;
 - schedule.py: when passes are due (APScheduler).
-Its signal handlers are sentinel_keeper.signals, which the gateway's process shares.
+Its signal handlers are sentinel_keeper.systemd.signals, which the gateway's process shares.
 
 Importing the package loads nothing else: lifecycle.py stays pure (tests/test_layers.py).
 """

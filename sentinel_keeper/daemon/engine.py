@@ -11,16 +11,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sentinel_keeper.act.reconcile import LoadOutcome, OllamaApi, PassReport, Reconciler
+from sentinel_keeper.act.state import StateStore
 from sentinel_keeper.daemon.progress import Progress
 from sentinel_keeper.daemon.watch import Look, WatchMemory, look
 from sentinel_keeper.errors import OllamaUnreachable, SentinelError
-from sentinel_keeper.gpu import GpuProbe
-from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
-from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.observe.gpu import GpuProbe
+from sentinel_keeper.observe.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
+from sentinel_keeper.observe.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.reconcile import LoadOutcome, OllamaApi, PassReport, Reconciler
-from sentinel_keeper.state import StateStore
-from sentinel_keeper.timings import Timings
+from sentinel_keeper.values.timings import Timings
 
 
 class TrackedClient:

@@ -1,18 +1,18 @@
 """What /ready and /live answer from: the main thread's record of each instance, frozen into
-:class:`sentinel_keeper.readiness.Health` and :class:`~sentinel_keeper.readiness.Liveness` at
-every tick of the main loop (and published to the endpoint in one swap). Pure: the loop
-passes in what it knows and the time."""
+:class:`~sentinel_keeper.decide.readiness.Health` and
+:class:`~sentinel_keeper.decide.readiness.Liveness` at every tick of the main loop (and
+published to the endpoint in one swap). Pure: the loop passes in what it knows and the time."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
 
+from sentinel_keeper.act.reconcile import PassReport
 from sentinel_keeper.daemon.engine import Seen
 from sentinel_keeper.daemon.lifecycle import hopeless
 from sentinel_keeper.daemon.progress import Stuck
-from sentinel_keeper.readiness import InstanceHealth, Liveness
-from sentinel_keeper.reconcile import PassReport
+from sentinel_keeper.decide.readiness import InstanceHealth, Liveness
 
 # /live says 503 when the main loop, which wakes at least every half second, has not run for
 # this long (a hang the watchdog, where systemd runs one, also ends)

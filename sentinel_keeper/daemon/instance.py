@@ -18,20 +18,21 @@ from dataclasses import dataclass
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from sentinel_keeper.act.reconcile import PassReport
+from sentinel_keeper.act.state import instance_state_dir
 from sentinel_keeper.daemon.engine import Engines, Seen
 from sentinel_keeper.daemon.lifecycle import Ready
 from sentinel_keeper.daemon.progress import Progress, Stuck
 from sentinel_keeper.daemon.schedule import Schedule
 from sentinel_keeper.daemon.worker import PassWorker
-from sentinel_keeper.events import History, LogEvent
-from sentinel_keeper.gpu import GpuProbe
 from sentinel_keeper.metrics.counts import Counts
-from sentinel_keeper.observation import Observation
-from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.observe.gpu import GpuProbe
+from sentinel_keeper.observe.observation import Observation
+from sentinel_keeper.observe.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.reconcile import PassReport
-from sentinel_keeper.state import instance_state_dir
-from sentinel_keeper.timings import Timings
+from sentinel_keeper.report.events import History
+from sentinel_keeper.report.logevent import LogEvent
+from sentinel_keeper.values.timings import Timings
 
 
 @dataclass(frozen=True)

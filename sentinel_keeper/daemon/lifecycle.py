@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from sentinel_keeper.act.reconcile import PassReport
 from sentinel_keeper.daemon.progress import Stuck
+from sentinel_keeper.decide.plan import FindingKind
 from sentinel_keeper.errors import PolicyError
-from sentinel_keeper.events import Level, LogEvent
-from sentinel_keeper.plan import FindingKind
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.quantities import format_duration
-from sentinel_keeper.reconcile import PassReport
-from sentinel_keeper.report import status_line
-from sentinel_keeper.text import shorten
-from sentinel_keeper.timings import Timings
+from sentinel_keeper.report.logevent import Level, LogEvent
+from sentinel_keeper.report.render import status_line
+from sentinel_keeper.values.quantities import format_duration
+from sentinel_keeper.values.text import shorten
+from sentinel_keeper.values.timings import Timings
 
 
 def starting_event(policy: Policy, path: str, version: str, watchdog: float | None) -> LogEvent:

@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sentinel_keeper.quantities import format_duration
-from sentinel_keeper.timings import Timings
+from sentinel_keeper.values.quantities import format_duration
+from sentinel_keeper.values.timings import Timings
 
 
 @dataclass(frozen=True)

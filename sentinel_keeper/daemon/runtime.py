@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sentinel_keeper.gpu import GpuProbe
-from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.act.reconcile import Reconciler
+from sentinel_keeper.act.state import StateStore
+from sentinel_keeper.observe.gpu import GpuProbe
+from sentinel_keeper.observe.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.reconcile import Reconciler
-from sentinel_keeper.state import StateStore
 
 
 def make_client(policy: Policy) -> OllamaClient:

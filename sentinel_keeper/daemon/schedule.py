@@ -16,8 +16,8 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.timings import Timings
-from sentinel_keeper.windows import DAYS, cron_edges, zone_of
+from sentinel_keeper.policy.windows import DAYS, cron_edges, zone_of
+from sentinel_keeper.values.timings import Timings
 
 PASS_JOB, WATCH_JOB, PROBE_JOB = "pass", "watch", "probe"
 EDGE_JOB = "edge-"  # + a number: one job per window edge

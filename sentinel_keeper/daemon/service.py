@@ -44,14 +44,14 @@ from typing import TYPE_CHECKING
 import structlog
 
 from sentinel_keeper import __version__
+from sentinel_keeper.act.reconcile import PassReport
 from sentinel_keeper.daemon import health, lifecycle
 from sentinel_keeper.daemon.instance import InstanceLoop, Posted, WatchAsked
 from sentinel_keeper.daemon.progress import Stuck
 from sentinel_keeper.daemon.runtime import make_client
 from sentinel_keeper.daemon.schedule import new_scheduler
+from sentinel_keeper.decide.readiness import Health, InstanceHealth
 from sentinel_keeper.errors import SentinelError
-from sentinel_keeper.events import LogEvent, advance, pass_events
-from sentinel_keeper.figures import GatewayFigures
 from sentinel_keeper.gateway.exchange import (
     View,
     encode_view,
@@ -60,20 +60,21 @@ from sentinel_keeper.gateway.exchange import (
     replace_file,
     view_path,
 )
-from sentinel_keeper.gpu import GpuProbe
-from sentinel_keeper.listenfds import address_of, take_listen_fds
-from sentinel_keeper.logs import LEVEL_NUMBERS
 from sentinel_keeper.metrics.counts import ReloadResult, add_reload, count_pass
 from sentinel_keeper.metrics.families import InstanceView, MetricsView
-from sentinel_keeper.notify import Notifier
-from sentinel_keeper.ollama import OllamaClient
+from sentinel_keeper.observe.gpu import GpuProbe
+from sentinel_keeper.observe.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
 from sentinel_keeper.policy.risks import file_risks
-from sentinel_keeper.readiness import Health, InstanceHealth
-from sentinel_keeper.reconcile import PassReport
-from sentinel_keeper.signals import SignalFlags
-from sentinel_keeper.timings import Timings
+from sentinel_keeper.report.events import advance, pass_events
+from sentinel_keeper.report.logevent import LogEvent
+from sentinel_keeper.report.logs import LEVEL_NUMBERS
+from sentinel_keeper.systemd.listenfds import address_of, take_listen_fds
+from sentinel_keeper.systemd.notify import Notifier
+from sentinel_keeper.systemd.signals import SignalFlags
+from sentinel_keeper.values.figures import GatewayFigures
+from sentinel_keeper.values.timings import Timings
 
 if TYPE_CHECKING:
     from sentinel_keeper.metrics.exporter import Exporter

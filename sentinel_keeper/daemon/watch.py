@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from sentinel_keeper.events import LogEvent
-from sentinel_keeper.observation import LoadedModel
-from sentinel_keeper.reconcile import PassReport
+from sentinel_keeper.act.reconcile import PassReport
+from sentinel_keeper.observe.observation import LoadedModel
+from sentinel_keeper.report.logevent import LogEvent
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sentinel_keeper.figures import Degraded, GatewayFigures, Histogram, Recent
-from sentinel_keeper.observation import (
+from sentinel_keeper.decide.readiness import InstanceHealth
+from sentinel_keeper.observe.observation import (
     Footprint,
     GpuInfo,
     GpuSnapshot,
@@ -41,7 +41,7 @@ from sentinel_keeper.observation import (
     ModelDetails,
     Observation,
 )
-from sentinel_keeper.readiness import InstanceHealth
+from sentinel_keeper.values.figures import Degraded, GatewayFigures, Histogram, Recent
 
 VIEW_FILE = "gateway-view.json"
 GATEWAY_DIR = "gateway"

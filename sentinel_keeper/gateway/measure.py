@@ -26,9 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel_keeper.figures import NO_MODEL, Cause, GatewayFigures, Histogram, Recent
 from sentinel_keeper.gateway.rules import Change
-from sentinel_keeper.observation import Observation
+from sentinel_keeper.observe.observation import Observation
+from sentinel_keeper.values.figures import NO_MODEL, Cause, GatewayFigures, Histogram, Recent
 
 COLD_SECONDS = 0.5  # a load_duration above this: the request waited for a load
 TAIL_LIMIT = 1024**2  # at most this much of the stream's last line is kept, to read it

@@ -47,8 +47,6 @@ import structlog
 
 from sentinel_keeper import __version__
 from sentinel_keeper.errors import SentinelError
-from sentinel_keeper.events import LogEvent
-from sentinel_keeper.figures import Degraded
 from sentinel_keeper.gateway.exchange import (
     FiguresFile,
     View,
@@ -62,14 +60,16 @@ from sentinel_keeper.gateway.exchange import (
     view_path,
 )
 from sentinel_keeper.gateway.runner import Gateway
-from sentinel_keeper.listen import ListenAddress
-from sentinel_keeper.listenfds import address_of, listens_at, take_listen_fds
-from sentinel_keeper.logs import LEVEL_NUMBERS
-from sentinel_keeper.notify import Notifier
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import SETTLE_SECONDS, load_policy
 from sentinel_keeper.policy.schema import DEFAULT_UPSTREAM
-from sentinel_keeper.signals import SignalFlags
+from sentinel_keeper.report.logevent import LogEvent
+from sentinel_keeper.report.logs import LEVEL_NUMBERS
+from sentinel_keeper.systemd.listenfds import address_of, listens_at, take_listen_fds
+from sentinel_keeper.systemd.notify import Notifier
+from sentinel_keeper.systemd.signals import SignalFlags
+from sentinel_keeper.values.figures import Degraded
+from sentinel_keeper.values.listen import ListenAddress
 
 log = structlog.get_logger("sentinel_keeper.gateway")
 

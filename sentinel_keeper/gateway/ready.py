@@ -3,7 +3,7 @@ host: ``GET /sentinel-keeper/ready`` (and ``/sentinel-keeper/live``) on the gate
 Ollama's router has no ``/sentinel-keeper/`` path (its API is ``/``, ``/api/...`` and
 ``/v1/...``), so the two never collide; the gateway answers them itself and relays nothing.
 
-It answers as the keeper's ``/ready`` does (:func:`sentinel_keeper.readiness.decide_ready`),
+It answers as the keeper's ``/ready`` does (:func:`sentinel_keeper.decide.readiness.decide_ready`),
 from what the keeper published with its view (``gateway-view.json``). Without a fresh view
 (the keeper stopped, crashed or stuck: the gateway runs degraded), it does not guess and it
 does not take the host out of rotation for the keeper's sake: it asks Ollama's ``/api/ps``
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sentinel_keeper.decide.readiness import Answer, Health, InstanceHealth, decide_ready
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.readiness import Answer, Health, InstanceHealth, decide_ready
-from sentinel_keeper.windows import in_force, zone_of
+from sentinel_keeper.policy.windows import in_force, zone_of
 
 PREFIX = "/sentinel-keeper/"
 READY = PREFIX + "ready"

@@ -40,17 +40,21 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sentinel_keeper import context
-from sentinel_keeper.capacity import expected_footprint, fits_beside_loaded, max_loaded_models
+from sentinel_keeper.decide import context
+from sentinel_keeper.decide.capacity import (
+    expected_footprint,
+    fits_beside_loaded,
+    max_loaded_models,
+)
+from sentinel_keeper.decide.readiness import InstanceHealth
 from sentinel_keeper.gateway.gojson import go_int
-from sentinel_keeper.names import model_key, normalize_model_name
-from sentinel_keeper.observation import Observation
+from sentinel_keeper.observe.observation import Observation
 from sentinel_keeper.ollama_env.goparse import parse_go_duration
 from sentinel_keeper.policy import ModelPolicy, Policy
 from sentinel_keeper.policy.schema import GatewaySection
-from sentinel_keeper.quantities import format_duration, format_size
-from sentinel_keeper.readiness import InstanceHealth
-from sentinel_keeper.windows import in_force, zone_of
+from sentinel_keeper.policy.windows import in_force, zone_of
+from sentinel_keeper.values.names import model_key, normalize_model_name
+from sentinel_keeper.values.quantities import format_duration, format_size
 
 # The endpoints whose JSON body names a model and carries keep_alive and options.
 NATIVE = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings"})

@@ -26,18 +26,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from sentinel_keeper.decide.readiness import InstanceHealth
 from sentinel_keeper.errors import GatewayError
-from sentinel_keeper.events import Level, LogEvent
-from sentinel_keeper.figures import GatewayFigures
 from sentinel_keeper.gateway.measure import RequestRecord, Tally
 from sentinel_keeper.gateway.rules import GatewayView
 from sentinel_keeper.gateway.server import HEADER_TIMEOUT, GatewayServer, bind_listening
-from sentinel_keeper.listen import ListenAddress
-from sentinel_keeper.listenfds import listens_at
-from sentinel_keeper.observation import Observation
+from sentinel_keeper.observe.observation import Observation
+from sentinel_keeper.observe.portholder import taken_by
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.portholder import taken_by
-from sentinel_keeper.readiness import InstanceHealth
+from sentinel_keeper.report.logevent import Level, LogEvent
+from sentinel_keeper.systemd.listenfds import listens_at
+from sentinel_keeper.values.figures import GatewayFigures
+from sentinel_keeper.values.listen import ListenAddress
 
 CHANGES_REMEMBERED = 10_000  # (client, user agent, model, field) already logged
 REFUSED_EVERY = 60.0  # seconds between two log lines of the same refusal of one model

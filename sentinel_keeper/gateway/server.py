@@ -59,8 +59,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 from yarl import URL
 
+from sentinel_keeper.decide.readiness import Answer, InstanceHealth
 from sentinel_keeper.errors import GatewayError, OllamaError, SentinelError
-from sentinel_keeper.events import Level
 from sentinel_keeper.gateway import gojson, ready, rules, target
 from sentinel_keeper.gateway.measure import (
     FinalChunk,
@@ -68,10 +68,10 @@ from sentinel_keeper.gateway.measure import (
     cause_of,
     cold_of,
 )
-from sentinel_keeper.listen import ListenAddress
-from sentinel_keeper.ollama_wire import parse_json, parse_ps
-from sentinel_keeper.portholder import taken_by
-from sentinel_keeper.readiness import Answer, InstanceHealth
+from sentinel_keeper.observe.ollama_wire import parse_json, parse_ps
+from sentinel_keeper.observe.portholder import taken_by
+from sentinel_keeper.report.logevent import Level
+from sentinel_keeper.values.listen import ListenAddress
 
 HEADER_TIMEOUT = 60.0
 BODY_TIMEOUT = 60.0

@@ -9,14 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from sentinel_keeper.capacity import expected_context_length
-from sentinel_keeper.causes import LoadCause, gone_how, load_cause, restart_seen
-from sentinel_keeper.events import History
-from sentinel_keeper.figures import Histogram
-from sentinel_keeper.observation import Observation
-from sentinel_keeper.plan import ActionKind, FindingKind
+from sentinel_keeper.act.reconcile import Failure, Outcome, PassReport
+from sentinel_keeper.decide.capacity import expected_context_length
+from sentinel_keeper.decide.causes import LoadCause, gone_how, load_cause, restart_seen
+from sentinel_keeper.decide.plan import ActionKind, FindingKind
+from sentinel_keeper.observe.observation import Observation
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.reconcile import Failure, Outcome, PassReport
+from sentinel_keeper.report.events import History
+from sentinel_keeper.values.figures import Histogram
 
 # Ollama's own load time: from a small model off a warm page cache to a large one off disk.
 LOAD_SECONDS_BUCKETS = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -101,7 +101,7 @@ def count_pass(
     counts: Counts, history: History, report: PassReport, policy: Policy, *, mono: float
 ) -> Counts:
     """``counts`` after ``report``; ``history`` is what the passes before it left (before
-    :func:`sentinel_keeper.events.advance` takes this one in), ``mono`` the monotonic time
+    :func:`sentinel_keeper.report.events.advance` takes this one in), ``mono`` the monotonic time
     the report arrived."""
     begun = mono - report.seconds
     counts = replace(

@@ -1,6 +1,6 @@
 """The keeper's endpoint: a small read-only HTTP server (the standard library's WSGI server)
 on the policy's ``metrics.listen``, serving prometheus-client's WSGI app at /metrics and, for
-load balancers, /ready and /live (:mod:`sentinel_keeper.readiness`, answered from the last
+load balancers, /ready and /live (:mod:`sentinel_keeper.decide.readiness`, answered from the last
 look: no call to Ollama per request); and the scrape `status` makes of it. The only
 listening socket the daemon opens besides the gateway's.
 
@@ -25,10 +25,10 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from sentinel_keeper.decide.readiness import Answer
 from sentinel_keeper.errors import MetricsError
-from sentinel_keeper.listen import ListenAddress
-from sentinel_keeper.portholder import taken_by
-from sentinel_keeper.readiness import Answer
+from sentinel_keeper.observe.portholder import taken_by
+from sentinel_keeper.values.listen import ListenAddress
 
 MAX_CONNECTIONS = 4  # served at once; others wait in the listen backlog
 SOCKET_TIMEOUT = 5.0  # a request must arrive, and its answer be taken, within this

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from sentinel_keeper.atomicfile import atomic_write
+from sentinel_keeper.act.atomicfile import atomic_write
+from sentinel_keeper.decide.readiness import Answer, Health, Liveness, decide_live, decide_ready
 from sentinel_keeper.errors import AtomicFileError, MetricsError
-from sentinel_keeper.events import LogEvent
-from sentinel_keeper.figures import GatewayFigures
-from sentinel_keeper.listen import ListenAddress
 from sentinel_keeper.metrics.endpoint import MetricsServer, Probes
 from sentinel_keeper.metrics.exposition import registry, render, wsgi_app
 from sentinel_keeper.metrics.families import Family, MetricsView, families
 from sentinel_keeper.policy.schema import MetricsSection
-from sentinel_keeper.readiness import Answer, Health, Liveness, decide_live, decide_ready
+from sentinel_keeper.report.logevent import LogEvent
+from sentinel_keeper.values.figures import GatewayFigures
+from sentinel_keeper.values.listen import ListenAddress
 
 TEXTFILE_MODE = 0o644  # node_exporter runs as another user
 

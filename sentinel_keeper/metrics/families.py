@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from dataclasses import field as default_field
 from typing import Literal
 
-from sentinel_keeper.capacity import expected_footprint
-from sentinel_keeper.causes import LoadCause
-from sentinel_keeper.figures import NO_MODEL, Cause, Degraded, GatewayFigures, Histogram
+from sentinel_keeper.act.reconcile import PassReport
+from sentinel_keeper.decide.capacity import expected_footprint
+from sentinel_keeper.decide.causes import LoadCause
+from sentinel_keeper.decide.plan import FindingKind
 from sentinel_keeper.metrics.counts import FAILURE_KINDS, Counts
-from sentinel_keeper.observation import Observation
-from sentinel_keeper.plan import FindingKind
+from sentinel_keeper.observe.observation import Observation
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.reconcile import PassReport
+from sentinel_keeper.values.figures import NO_MODEL, Cause, Degraded, GatewayFigures, Histogram
 
 Kind = Literal["gauge", "counter", "histogram"]
 Labels = tuple[str, ...]

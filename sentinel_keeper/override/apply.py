@@ -3,7 +3,7 @@ ollama.environment): compare, write or remove atomically, tell systemd.
 
 Ollama's installer rewrites ``ollama.service`` on every upgrade; drop-ins survive. This module
 renders sentinel-keeper's drop-in from the policy (:mod:`.render`), compares it with the file
-on disk, writes it atomically (:mod:`sentinel_keeper.atomicfile`), removes it, and finds other
+on disk, writes it atomically (:mod:`sentinel_keeper.act.atomicfile`), removes it, and finds other
 files that set the same variables (:mod:`.unitfile`). It never touches
 another drop-in (``override.conf`` from ``systemctl edit``...) or the unit itself. It returns a
 :class:`OverrideReport`; only the CLI prints. Errors are :class:`OverrideError`.
@@ -42,8 +42,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Protocol
 
-from sentinel_keeper.atomicfile import StepHook, atomic_remove, atomic_write
-from sentinel_keeper.atomicfile import step as call_step
+from sentinel_keeper.act.atomicfile import StepHook, atomic_remove, atomic_write
+from sentinel_keeper.act.atomicfile import step as call_step
 from sentinel_keeper.errors import AtomicFileError, OverrideError, SystemdError
 from sentinel_keeper.override.render import (
     DROPIN_MODE,
@@ -54,7 +54,7 @@ from sentinel_keeper.override.render import (
     render_dropin,
 )
 from sentinel_keeper.override.unitfile import MAX_READ, Conflict, find_conflicts
-from sentinel_keeper.systemd import Systemctl, unit_search_path
+from sentinel_keeper.systemd.systemctl import Systemctl, unit_search_path
 
 RESTART_POLICIES = ("if-changed", "never")
 #: The points :func:`apply_override` adds around the atomic file's own (WRITE_STEPS): before
@@ -76,8 +76,9 @@ def _override_error(exc: AtomicFileError) -> OverrideError:
 
 
 class SystemdControl(Protocol):
-    """What :func:`apply_override` needs of systemd; :class:`~sentinel_keeper.systemd.Systemctl`
-    is the real one. Each call returns the argv it ran."""
+    """What :func:`apply_override` needs of systemd;
+    :class:`~sentinel_keeper.systemd.systemctl.Systemctl` is the real one. Each call returns the
+    argv it ran."""
 
     def running(self) -> bool: ...
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sentinel_keeper import ollama_env
 from sentinel_keeper.errors import OverrideError
-from sentinel_keeper.text import show
-from sentinel_keeper.unitname import unit_name_problem
+from sentinel_keeper.values.text import show
+from sentinel_keeper.values.unitname import unit_name_problem
 
 DROPIN_NAME = "zz-sentinel-keeper.conf"
 ETC_UNIT_DIR = Path("/etc/systemd/system")

@@ -29,16 +29,16 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from sentinel_keeper.errors import SystemdError
-from sentinel_keeper.listen import ListenAddress, parse_listen
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.systemd import GATEWAY_SERVICE, GATEWAY_SOCKET
+from sentinel_keeper.systemd.systemctl import GATEWAY_SERVICE, GATEWAY_SOCKET
+from sentinel_keeper.values.listen import ListenAddress, parse_listen
 
 FREE_SECONDS = 30.0  # how long Ollama (or the gateway) may take to let go of an address
 FREE_POLL = 0.2
 
 
 class TakeoverControl(Protocol):
-    """What the takeover needs of systemd (:class:`sentinel_keeper.systemd.Systemctl`)."""
+    """What the takeover needs of systemd (:class:`sentinel_keeper.systemd.systemctl.Systemctl`)."""
 
     def installed(self, unit: str) -> bool: ...
 

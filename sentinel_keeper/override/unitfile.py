@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sentinel_keeper import ollama_env
-from sentinel_keeper.systemd import unit_search_path
+from sentinel_keeper.systemd.systemctl import unit_search_path
 
 MAX_READ = 1 << 20  # a unit file or drop-in larger than this is not one
 

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ValidationError
 
 from sentinel_keeper.errors import Diagnostic, PolicyError
-from sentinel_keeper.listen import DEFAULT_METRICS_LISTEN, ListenAddress, parse_listen
 from sentinel_keeper.ollama_env import name_problem, value_problem
 from sentinel_keeper.policy.schema import (
     DEFAULT_INSTANCE,
@@ -35,9 +34,10 @@ from sentinel_keeper.policy.yamlsource import (
     format_path,
     load_yaml,
 )
-from sentinel_keeper.text import show
-from sentinel_keeper.unitname import unit_name_problem
-from sentinel_keeper.urls import DEFAULT_OLLAMA_URL, normalize_ollama_url
+from sentinel_keeper.values.listen import DEFAULT_METRICS_LISTEN, ListenAddress, parse_listen
+from sentinel_keeper.values.text import show
+from sentinel_keeper.values.unitname import unit_name_problem
+from sentinel_keeper.values.urls import DEFAULT_OLLAMA_URL, normalize_ollama_url
 
 
 def _model_at(path: Path) -> type[BaseModel] | None:

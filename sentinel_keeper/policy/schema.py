@@ -20,14 +20,14 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from sentinel_keeper.listen import DEFAULT_METRICS_LISTEN, ListenAddress, parse_listen
-from sentinel_keeper.names import normalize_model_name
 from sentinel_keeper.ollama_env import KEEP_ALIVE, KNOWN_VARIABLES
-from sentinel_keeper.quantities import parse_duration, parse_size
-from sentinel_keeper.text import show
-from sentinel_keeper.unitname import MAX_UNIT_NAME, UNIT_NAME_PATTERN, unit_name_problem
-from sentinel_keeper.urls import DEFAULT_OLLAMA_URL, normalize_ollama_url
-from sentinel_keeper.windows import Window, parse_window, time_zone_problem
+from sentinel_keeper.policy.windows import Window, parse_window, time_zone_problem
+from sentinel_keeper.values.listen import DEFAULT_METRICS_LISTEN, ListenAddress, parse_listen
+from sentinel_keeper.values.names import normalize_model_name
+from sentinel_keeper.values.quantities import parse_duration, parse_size
+from sentinel_keeper.values.text import show
+from sentinel_keeper.values.unitname import MAX_UNIT_NAME, UNIT_NAME_PATTERN, unit_name_problem
+from sentinel_keeper.values.urls import DEFAULT_OLLAMA_URL, normalize_ollama_url
 
 DEFAULT_POLICY_PATH = "/etc/sentinel/policy.yaml"
 # gateway.takeover: where Ollama moves to, beside its usual 11434

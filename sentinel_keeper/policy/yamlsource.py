@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from sentinel_keeper.errors import Diagnostic
-from sentinel_keeper.text import show
+from sentinel_keeper.values.text import show
 
 Path = tuple[str | int, ...]
 

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sentinel_keeper.events import LogEvent
 from sentinel_keeper.gateway.runner import Gateway
-from sentinel_keeper.observation import (
+from sentinel_keeper.observe.observation import (
     GpuInfo,
     GpuSnapshot,
     InstalledModel,
@@ -20,6 +19,7 @@ from sentinel_keeper.observation import (
 )
 from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import load_policy
+from sentinel_keeper.report.logevent import LogEvent
 from tests.support.daemon import free_port
 from tests.support.ollama_double import OllamaDouble
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sentinel_keeper.observation import (
+from sentinel_keeper.observe.observation import (
     Footprint,
     GpuInfo,
     GpuSnapshot,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from sentinel_keeper.cli import main
-from sentinel_keeper.timings import Timings
+from sentinel_keeper.cli.main import main
+from sentinel_keeper.values.timings import Timings
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[2:], timings=Timings().scaled(float(sys.argv[1]))))

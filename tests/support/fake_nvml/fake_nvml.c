@@ -1,7 +1,7 @@
 /*
  * A stand-in for libnvidia-ml.so.1, for tests only.
  *
- * It exports the NVML symbols that pynvml resolves for the calls sentinel_keeper/gpu.py makes,
+ * It exports the NVML symbols that pynvml resolves for the calls sentinel_keeper/observe/gpu.py makes,
  * with NVML's real signatures, struct layouts and return codes, so that the real pynvml code
  * path runs on a machine without a GPU.
  *

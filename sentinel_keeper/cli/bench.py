@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from sentinel_keeper.capacity import expected_context_length
+from sentinel_keeper.act.reconcile import OllamaApi
+from sentinel_keeper.decide.capacity import expected_context_length
 from sentinel_keeper.errors import ModelNotFound, OllamaError, OllamaUnreachable
-from sentinel_keeper.names import normalize_model_name
-from sentinel_keeper.observation import Endpoint, LoadedModel, ModelDetails
-from sentinel_keeper.ollama_wire import TimedAnswer
+from sentinel_keeper.observe.observation import Endpoint, LoadedModel, ModelDetails
+from sentinel_keeper.observe.ollama_wire import TimedAnswer
 from sentinel_keeper.policy import ModelPolicy, Policy
-from sentinel_keeper.quantities import format_duration
-from sentinel_keeper.reconcile import OllamaApi
+from sentinel_keeper.values.names import normalize_model_name
+from sentinel_keeper.values.quantities import format_duration
 
 BENCH_PROMPT = "Why is the sky blue? Answer in one short paragraph."
 EMBED_TEXT = "The quick brown fox jumps over the lazy dog."
@@ -49,7 +49,7 @@ Status = Literal["ok", "refused", "failed"]
 
 class BenchApi(OllamaApi, Protocol):
     """What bench needs from Ollama besides a pass's calls (implemented by
-    sentinel_keeper.ollama.OllamaClient): timed requests that generate."""
+    sentinel_keeper.observe.ollama.OllamaClient): timed requests that generate."""
 
     def generate_timed(
         self,

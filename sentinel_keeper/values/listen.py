@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from sentinel_keeper.text import show
+from sentinel_keeper.values.text import show
 
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
 

@@ -1,9 +1,9 @@
 """The planner: a pure function of (policy, observation, now) to actions, each with a reason.
 
 No I/O, no clock, no logging: everything it knows comes in as arguments, so every case is a
-table-driven test. The executor (:class:`sentinel_keeper.reconcile.Reconciler`) carries the
+table-driven test. The executor (:class:`sentinel_keeper.act.reconcile.Reconciler`) carries the
 actions out. What Ollama itself does with memory and model counts is
-:mod:`sentinel_keeper.capacity`'s.
+:mod:`sentinel_keeper.decide.capacity`'s.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from sentinel_keeper.capacity import (
+from sentinel_keeper.decide.capacity import (
     OLLAMA_FIT_SHARE,
     default_num_ctx,
     environment_int,
@@ -22,10 +22,10 @@ from sentinel_keeper.capacity import (
     fits_beside_loaded,
     max_loaded_models,
 )
-from sentinel_keeper.client_reloads import Hold
-from sentinel_keeper.observation import Endpoint, LoadedModel, Observation
+from sentinel_keeper.decide.client_reloads import Hold
+from sentinel_keeper.observe.observation import Endpoint, LoadedModel, Observation
 from sentinel_keeper.policy import ModelPolicy, Policy
-from sentinel_keeper.quantities import format_duration, format_size
+from sentinel_keeper.values.quantities import format_duration, format_size
 
 
 class ActionKind(StrEnum):
@@ -230,7 +230,7 @@ def plan(
 ) -> Plan:
     """What to do now so that the policy holds. Pure. ``policy``: the models in force now
     (inside their windows); ``holds``: models left to their clients for now
-    (:mod:`sentinel_keeper.client_reloads`): neither loaded, reloaded nor reasserted;
+    (:mod:`sentinel_keeper.decide.client_reloads`): neither loaded, reloaded nor reasserted;
     ``retire``: models outside their windows that the policy unloads there."""
     loaded = observation.loaded_by_name()
     installed = observation.installed_by_name()

@@ -11,27 +11,16 @@ The rules that keep the journal useful:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
-from sentinel_keeper.causes import missing_why
-from sentinel_keeper.plan import ActionKind, Finding, FindingKind
-from sentinel_keeper.quantities import format_duration
-from sentinel_keeper.reconcile import Outcome, PassReport
+from sentinel_keeper.act.reconcile import Outcome, PassReport
+from sentinel_keeper.decide.causes import missing_why
+from sentinel_keeper.decide.plan import ActionKind, Finding, FindingKind
+from sentinel_keeper.report.logevent import LogEvent
+from sentinel_keeper.values.quantities import format_duration
 
-Level = Literal["debug", "info", "warning", "error"]
 FindingKey = tuple[str, str | None]
-
-
-@dataclass(frozen=True)
-class LogEvent:
-    """One log line: an event name, its level, and key=value fields in order."""
-
-    event: str
-    level: Level
-    fields: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from sentinel_keeper.client_reloads import Tally, judge
+from sentinel_keeper.decide.client_reloads import Tally, judge
+from sentinel_keeper.decide.plan import Action, ActionKind, Plan, plan
 from sentinel_keeper.errors import (
     OllamaError,
     OllamaTimeout,
@@ -21,7 +22,7 @@ from sentinel_keeper.errors import (
     SentinelError,
     StateError,
 )
-from sentinel_keeper.observation import (
+from sentinel_keeper.observe.observation import (
     Endpoint,
     Footprint,
     GpuSnapshot,
@@ -30,12 +31,11 @@ from sentinel_keeper.observation import (
     ModelDetails,
     Observation,
 )
-from sentinel_keeper.plan import Action, ActionKind, Plan, plan
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.quantities import format_duration
-from sentinel_keeper.text import escape_unprintable
-from sentinel_keeper.timings import Timings
-from sentinel_keeper.windows import in_force, zone_of
+from sentinel_keeper.policy.windows import in_force, zone_of
+from sentinel_keeper.values.quantities import format_duration
+from sentinel_keeper.values.text import escape_unprintable
+from sentinel_keeper.values.timings import Timings
 
 MAX_VERSION_CHARS = 100
 # `once` runs passes until one has nothing left to do (the pinned models load first, the
@@ -44,7 +44,7 @@ MAX_SETTLE_PASSES = 5
 
 
 class OllamaApi(Protocol):
-    """What a pass needs from Ollama (implemented by sentinel_keeper.ollama.OllamaClient)."""
+    """What a pass needs from Ollama (implemented by observe.ollama.OllamaClient)."""
 
     def version(self) -> str: ...
     def ps(self) -> tuple[LoadedModel, ...]: ...
@@ -76,7 +76,7 @@ class GpuApi(Protocol):
 
 
 class StateApi(Protocol):
-    """Implemented by sentinel_keeper.state.StateStore."""
+    """Implemented by sentinel_keeper.act.state.StateStore."""
 
     def footprints(self) -> Mapping[str, Footprint]: ...
     def update(self, footprints: Mapping[str, Footprint], keep: set[str]) -> bool: ...

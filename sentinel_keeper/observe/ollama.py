@@ -3,7 +3,7 @@
 Every failure becomes one of the errors in :mod:`sentinel_keeper.errors`, with a message that
 names the server and the endpoint. Everything Ollama sends back is untrusted data: read up to a
 bound here, then checked for shape and turned into typed data by
-:mod:`sentinel_keeper.ollama_wire`.
+:mod:`sentinel_keeper.observe.ollama_wire`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from sentinel_keeper.errors import (
     OllamaUnreachable,
     UnsupportedByModel,
 )
-from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
-from sentinel_keeper.ollama_wire import (
+from sentinel_keeper.observe.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
+from sentinel_keeper.observe.ollama_wire import (
     LoadResult,
     Shape,
     TimedAnswer,
@@ -41,7 +41,7 @@ from sentinel_keeper.ollama_wire import (
     parse_timed,
     parse_version,
 )
-from sentinel_keeper.urls import normalize_ollama_url
+from sentinel_keeper.values.urls import normalize_ollama_url
 
 # The most of an answer the client holds: /api/tags with thousands of models is well below.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sentinel_keeper.text import escape_unprintable
+from sentinel_keeper.values.text import escape_unprintable
 
 DEFAULT_TAG = "latest"
 

@@ -9,9 +9,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from sentinel_keeper.atomicfile import StepHook, atomic_write, fsync_dir
+from sentinel_keeper.act.atomicfile import StepHook, atomic_write, fsync_dir
 from sentinel_keeper.errors import AtomicFileError, StateError
-from sentinel_keeper.observation import Footprint
+from sentinel_keeper.observe.observation import Footprint
 from sentinel_keeper.policy.schema import DEFAULT_INSTANCE
 
 STATE_FILE = "state.json"

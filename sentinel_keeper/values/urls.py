@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from sentinel_keeper.text import show
+from sentinel_keeper.values.text import show
 
 OLLAMA_DEFAULT_PORT = 11434
 DEFAULT_OLLAMA_URL = f"http://127.0.0.1:{OLLAMA_DEFAULT_PORT}"

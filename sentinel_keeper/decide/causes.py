@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from sentinel_keeper.observation import Observation
+from sentinel_keeper.observe.observation import Observation
 
 
 class Gone(StrEnum):

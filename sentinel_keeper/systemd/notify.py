@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 
 import sdnotify
 
-from sentinel_keeper.text import shorten
+from sentinel_keeper.values.text import shorten
 
 # STATUS is shown by `systemctl status` on one line: single-line, and bounded (the daemon
 # keeps each Ollama instance's part short, see lifecycle.status_text_all).

@@ -11,10 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from sentinel_keeper import __version__, context, systemd
-from sentinel_keeper.bench import BenchReport, bench_json, bench_table, run_bench
+from sentinel_keeper import __version__
+from sentinel_keeper.act.reconcile import MAX_SETTLE_PASSES
+from sentinel_keeper.act.state import default_state_dir, instance_state_dir
+from sentinel_keeper.cli.bench import BenchReport, bench_json, bench_table, run_bench
 from sentinel_keeper.daemon.runtime import make_client, open_reconciler
 from sentinel_keeper.daemon.service import run_daemon
+from sentinel_keeper.decide import context
+from sentinel_keeper.decide.plan import FindingKind
 from sentinel_keeper.errors import (
     MetricsError,
     OllamaError,
@@ -23,28 +27,24 @@ from sentinel_keeper.errors import (
     PolicyError,
     SentinelError,
 )
-from sentinel_keeper.gpu import GpuProbe
-from sentinel_keeper.logs import (
+from sentinel_keeper.metrics.status import DaemonView, daemon_json, daemon_lines
+from sentinel_keeper.observe.gpu import GpuProbe
+from sentinel_keeper.observe.observation import GpuSnapshot, Observation
+from sentinel_keeper.override.apply import NoReload, OverrideReport, apply_override
+from sentinel_keeper.override.render import default_dropin_dir
+from sentinel_keeper.override.takeover import Steps, after_dropin, before_dropin
+from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema
+from sentinel_keeper.policy.loading import load_policy
+from sentinel_keeper.policy.risks import file_risks
+from sentinel_keeper.policy.windows import in_force, zone_of
+from sentinel_keeper.report.logs import (
     LOG_FORMATS,
     LOG_LEVELS,
     configure_logging,
     daemon_logger,
     under_journal,
 )
-from sentinel_keeper.names import normalize_model_name
-from sentinel_keeper.observation import GpuSnapshot, Observation
-from sentinel_keeper.override.apply import NoReload, OverrideReport, apply_override
-from sentinel_keeper.override.render import default_dropin_dir
-from sentinel_keeper.override.takeover import Steps, after_dropin, before_dropin
-from sentinel_keeper.plan import FindingKind
-from sentinel_keeper.policy import DEFAULT_POLICY_PATH, Policy, json_schema
-from sentinel_keeper.policy.loading import load_policy
-from sentinel_keeper.policy.risks import file_risks
-from sentinel_keeper.reconcile import MAX_SETTLE_PASSES
-from sentinel_keeper.report import (
-    DaemonView,
-    daemon_json,
-    daemon_lines,
+from sentinel_keeper.report.render import (
     extras_without_reason,
     outcome_line,
     pinned_health,
@@ -55,9 +55,9 @@ from sentinel_keeper.report import (
     window_lines,
     windows_json,
 )
-from sentinel_keeper.state import default_state_dir, instance_state_dir
-from sentinel_keeper.timings import Timings
-from sentinel_keeper.windows import in_force, zone_of
+from sentinel_keeper.systemd import systemctl
+from sentinel_keeper.values.names import normalize_model_name
+from sentinel_keeper.values.timings import Timings
 
 if TYPE_CHECKING:
     from sentinel_keeper.metrics.readback import DaemonFigures
@@ -796,12 +796,12 @@ def cmd_apply_override(args: argparse.Namespace) -> int:
         not (args.dry_run or args.no_reload or args.remove)
         and args.dropin_dir is None
         and args.unit_dir is None
-        and systemd.systemd_running()
+        and systemctl.systemd_running()
     )
     fronted = _fronted_part(policy)
     codes = []
     if manage:
-        codes.append(_takeover_steps(before_dropin(fronted, systemd.Systemctl())))
+        codes.append(_takeover_steps(before_dropin(fronted, systemctl.Systemctl())))
     for count, part in enumerate(parts):
         if several:
             if count:
@@ -810,8 +810,8 @@ def cmd_apply_override(args: argparse.Namespace) -> int:
         # one instance failing does not stop the others
         codes.append(_override(part, args))
     if manage:
-        codes.append(_takeover_steps(after_dropin(fronted, systemd.Systemctl())))
-    if args.remove and not (args.dry_run or args.no_reload) and systemd.systemd_running():
+        codes.append(_takeover_steps(after_dropin(fronted, systemctl.Systemctl())))
+    if args.remove and not (args.dry_run or args.no_reload) and systemctl.systemd_running():
         _socket_holds_the_address()
     return _worst(codes, (EXIT_CANTCREAT, EXIT_UNAVAILABLE))
 
@@ -835,8 +835,8 @@ def _takeover_steps(steps: Steps) -> int:
 def _socket_holds_the_address() -> None:
     """After --remove: the gateway's socket unit (gateway.takeover) still listening at
     Ollama's usual address keeps Ollama from taking it back."""
-    unit = systemd.GATEWAY_SOCKET
-    if systemd.gateway_socket_active():
+    unit = systemctl.GATEWAY_SOCKET
+    if systemctl.gateway_socket_active():
         _err(
             f"warning: {unit} is active: it holds the address Ollama listened at before "
             "gateway.takeover, so Ollama cannot take it back until "

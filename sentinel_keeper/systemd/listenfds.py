@@ -15,7 +15,7 @@ import os
 import socket
 from collections.abc import MutableMapping
 
-from sentinel_keeper.listen import ListenAddress
+from sentinel_keeper.values.listen import ListenAddress
 
 SD_LISTEN_FDS_START = 3
 VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")

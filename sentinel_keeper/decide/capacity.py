@@ -6,8 +6,8 @@ read these facts here, so that they never disagree about them.
 
 from __future__ import annotations
 
-from sentinel_keeper import context
-from sentinel_keeper.observation import ModelDetails, Observation
+from sentinel_keeper.decide import context
+from sentinel_keeper.observe.observation import ModelDetails, Observation
 from sentinel_keeper.policy import ModelPolicy, Policy
 
 # Ollama lets a new model join loaded ones only if its predicted size is at most this share

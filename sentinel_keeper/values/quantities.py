@@ -7,7 +7,7 @@ import math
 import re
 
 from sentinel_keeper.ollama_env import parse_go_duration
-from sentinel_keeper.text import show
+from sentinel_keeper.values.text import show
 
 FOREVER = -1.0
 

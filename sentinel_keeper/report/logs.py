@@ -24,7 +24,7 @@ from typing import IO, Any, Literal, TextIO, get_args
 
 import structlog
 
-from sentinel_keeper.text import json_string
+from sentinel_keeper.values.text import json_string
 
 LogFormat = Literal["auto", "journal", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]

@@ -25,7 +25,7 @@ import subprocess
 from pathlib import Path
 
 from sentinel_keeper.errors import SystemdError
-from sentinel_keeper.unitname import unit_name_problem
+from sentinel_keeper.values.unitname import unit_name_problem
 
 RUNNING_ENV = "SENTINEL_SYSTEMD_RUNNING"
 UNIT_PATH_ENV = "SENTINEL_SYSTEMD_UNIT_PATH"

@@ -1,6 +1,6 @@
 """Ollama's wire format, without the wire: its JSON answers checked for shape and turned into
 typed data, and the times and keep_alive values it reads and writes. Pure functions of what
-came in; the HTTP is the client's (:mod:`sentinel_keeper.ollama`).
+came in; the HTTP is the client's (:mod:`sentinel_keeper.observe.ollama`).
 
 Everything Ollama sends back is untrusted data: checked for shape (a wrong one is an
 :class:`~sentinel_keeper.errors.OllamaProtocolError` that says where), never used as a path or
@@ -18,9 +18,9 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from sentinel_keeper.errors import LoadFailed, OllamaProtocolError
-from sentinel_keeper.names import normalize_model_name
-from sentinel_keeper.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
-from sentinel_keeper.text import one_line, show
+from sentinel_keeper.observe.observation import Endpoint, InstalledModel, LoadedModel, ModelDetails
+from sentinel_keeper.values.names import normalize_model_name
+from sentinel_keeper.values.text import one_line, show
 
 MAX_ERROR_TEXT = 500  # characters of an error text from Ollama kept in a message
 # Go's time.Time marshals as RFC 3339 with up to 9 fractional digits; Python keeps 6.

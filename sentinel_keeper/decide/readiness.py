@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sentinel_keeper.names import normalize_model_name
+from sentinel_keeper.values.names import normalize_model_name
 
 ReadyRule = Literal["pinned", "started"]
 

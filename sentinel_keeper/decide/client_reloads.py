@@ -40,8 +40,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sentinel_keeper.capacity import expected_context_length
-from sentinel_keeper.observation import Observation
+from sentinel_keeper.decide.capacity import expected_context_length
+from sentinel_keeper.observe.observation import Observation
 from sentinel_keeper.policy import Policy
 
 HoldKind = Literal["busy", "backoff"]
