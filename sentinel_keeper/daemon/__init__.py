@@ -1,6 +1,8 @@
 """The daemon, `sentinel-keeper run`.
 
-- service.py: signals, the main loop, the scheduler and the calls to sd_notify;
+- service.py: the main loop: signals, reloads, the ticks and the calls to sd_notify;
+- publish.py: the metrics, /ready and /live, and the gateway's view, from the main thread;
+- instance.py: one Ollama instance's pass loop, and what the main thread keeps of it;
 - lifecycle.py: its decisions (READY, STATUS, the watchdog, reloads, probes), pure;
 - worker.py: the one thread that runs passes and the watch between them;
 - engine.py: the policy in force with its Ollama client, GPU probe and reconciler;

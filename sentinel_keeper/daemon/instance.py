@@ -14,25 +14,28 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from sentinel_keeper.act.reconcile import PassReport
 from sentinel_keeper.act.state import instance_state_dir
+from sentinel_keeper.daemon import lifecycle
 from sentinel_keeper.daemon.engine import Engines, Seen
 from sentinel_keeper.daemon.lifecycle import Ready
 from sentinel_keeper.daemon.progress import Progress, Stuck
 from sentinel_keeper.daemon.schedule import Schedule
 from sentinel_keeper.daemon.worker import PassWorker
-from sentinel_keeper.metrics.counts import Counts
+from sentinel_keeper.metrics.counts import Counts, count_pass
 from sentinel_keeper.observe.gpu import GpuProbe
 from sentinel_keeper.observe.observation import Observation
 from sentinel_keeper.observe.ollama import OllamaClient
 from sentinel_keeper.policy import Policy
-from sentinel_keeper.report.events import History
+from sentinel_keeper.report.events import History, advance, pass_events
 from sentinel_keeper.report.logevent import LogEvent
 from sentinel_keeper.values.timings import Timings
+
+CRASHES_BEFORE_EXIT = 3  # passes in a row that raised: a bug, and the daemon exits
 
 
 @dataclass(frozen=True)
@@ -151,3 +154,63 @@ class InstanceLoop:
         self.schedule.shutdown()
         if self.worker.idle:
             self.engines.close()
+
+    # -- what the main thread makes of what the worker posted ------------------------------
+
+    def took_report(self, report: PassReport, now: float) -> list[LogEvent]:
+        """Remember a pass (received at ``now``, monotonic): the counts, the history, the
+        view, the outage, and the probe it asks for while Ollama does not answer. Returns
+        what to log of it, judged against the passes before it."""
+        events = pass_events(self.history, report)
+        self.counts = count_pass(self.counts, self.history, report, self.policy, mono=now)
+        self.history = advance(self.history, report)
+        self.last = report
+        self.view = report.latest
+        self.last_at = now
+        self.crashes = 0
+        if report.reachable:
+            self.outage_since = None
+        elif self.outage_since is None:
+            self.outage_since = now - report.seconds
+        probe = lifecycle.probe(
+            report, self.probe_delay, interval=self.policy.interval, timings=self.timings
+        )
+        self.probe_delay = probe.next_delay
+        if probe.after is not None:
+            self.schedule.probe_in(probe.after)
+        return events
+
+    def took_look(self, look: WatchAsked) -> bool:
+        """Remember a look between passes; True when it changed the view the gateway gets
+        (the last pass's, with /api/ps as this look saw it)."""
+        seen = look.seen
+        if seen is None:
+            return False
+        self.seen = seen  # /ready answers from the newest look
+        if seen.listed is None or seen.when is None or self.view is None:
+            return False
+        self.view = replace(self.view, at=seen.when, loaded=seen.loaded)
+        return True
+
+    def took_crash(self) -> bool:
+        """Count a pass that raised; True when too many did in a row."""
+        self.crashes += 1
+        return self.crashes >= CRASHES_BEFORE_EXIT
+
+    def check_stuck(self, *, watchdog: bool) -> list[LogEvent]:
+        """Whether a pass is past its time limits now (kept in :attr:`stuck`), and what to log
+        when that changed."""
+        now_stuck = self.progress.stuck(self.timings.idle_limit(self.policy.interval))
+        events = lifecycle.stuck_events(self.stuck, now_stuck, watchdog=watchdog)
+        self.stuck = now_stuck
+        return events
+
+    def status_view(self, now: float) -> lifecycle.StatusView:
+        """What STATUS= says of this instance at ``now`` (monotonic)."""
+        return lifecycle.StatusView(
+            url=self.policy.ollama.url,
+            report=self.last,
+            outage_seconds=None if self.outage_since is None else now - self.outage_since,
+            stuck=self.stuck,
+            loading=self.progress.loading(),
+        )
