@@ -88,16 +88,11 @@ _DECODER = json.JSONDecoder(
 )
 
 
-def first_value(raw: bytes) -> Any:
-    """The first JSON value of ``raw`` as Go's json.Decoder reads it: objects as
-    :class:`Pairs`, numbers as :class:`Number`, strings with Go's replacements made.
-    BodyError when Go would fail, or when the gateway cannot follow it (nesting deeper than
-    Python's parser goes)."""
-    return _first(raw)[0]
-
-
 def _first(raw: bytes) -> tuple[Any, bool]:
-    """:func:`first_value`, and whether any JSON reader would read ``raw`` the same way:
+    """The first JSON value of ``raw`` as Go's json.Decoder reads it (objects as
+    :class:`Pairs`, numbers as :class:`Number`, strings with Go's replacements made; BodyError
+    when Go would fail, or when the gateway cannot follow it: nesting deeper than Python's
+    parser goes), and whether any JSON reader would read ``raw`` the same way:
     valid UTF-8, no escaped surrogate, nothing but whitespace after the value."""
     text = raw.decode("utf-8", "sentinel_keeper_go_replace")
     start = 0
@@ -252,7 +247,7 @@ STRING_FIELDS = ("model", "prompt")
 class Request:
     """What Ollama's handler will act on in a body (None: not set), and the body itself."""
 
-    body: Any  # the first JSON value, as :func:`first_value` gives it
+    body: Any  # the first JSON value, as :func:`_first` reads it
     model: str | None = None
     prompt: str | None = None
     keep_alive: Any = None  # the JSON value that sets it (a Number or a string)
@@ -395,7 +390,7 @@ def rewrite(
 
 
 def encode(value: Any) -> bytes:
-    """``value`` (as :func:`first_value` gives it, or plain Python values) as compact JSON
+    """``value`` (as :func:`_first` reads it, or plain Python values) as compact JSON
     that Go decodes to the same thing."""
     parts: list[str] = []
     _encode(value, parts)
