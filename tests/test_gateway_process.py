@@ -28,6 +28,10 @@ from sentinel_keeper.gateway.exchange import (
     judge,
     view_path,
 )
+from sentinel_keeper.gateway.process import HANDED_FDS, gateway_part, take_handed_sockets
+from sentinel_keeper.gateway.runner import Gateway
+from sentinel_keeper.gateway.server import GatewayServer
+from sentinel_keeper.policy.loading import load_policy
 from sentinel_keeper.values.figures import Degraded
 from tests.support.daemon import WAIT, DaemonProcess, NotifySocket, free_port, wait_until
 from tests.support.gateway import observe
@@ -430,6 +434,52 @@ def test_an_upgrade_hands_the_socket_over_refusing_and_cutting_nothing(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(new_pid, signal.SIGTERM)
                 wait_until("the new process gone", lambda: not _running(new_pid), timeout=WAIT)
+
+
+def test_the_next_process_taking_its_copy_of_the_socket_leaves_the_old_one_accepting(
+    tmp_path: Path, double: OllamaDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """O_NONBLOCK belongs to the open socket, which both processes hold at an upgrade: the
+    new one must not make it blocking while the old one still accepts on it (its event loop
+    would block in accept(), holding a client's connection unread), here in the instant
+    between the new process's taking its copy and its serving."""
+    held = socket.socket()  # as systemd's socket unit holds it; the old process serves on it
+    held.bind(("127.0.0.1", 0))
+    held.listen(64)
+    port = held.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    policy_path = write_policy(tmp_path / "policy.yaml", double, port)
+    answers: list[int | str] = []
+
+    def ask() -> None:
+        try:
+            answers.append(httpx.get(f"{url}/api/version", timeout=WAIT).status_code)
+        except httpx.HTTPError as exc:
+            answers.append(repr(exc))
+
+    serve = GatewayServer.start
+
+    def start(self: GatewayServer) -> None:  # the new process, its copy taken, not serving
+        ask()
+        serve(self)
+
+    monkeypatch.setattr(GatewayServer, "start", start)
+    with held, gateway_process(policy_path, tmp_path, listen_socket=held) as (_, notify):
+        notify.wait_for("READY", "1")
+        ask()  # the old process serves
+        # the new process's side, in this one: the socket as an upgrade hands it over
+        handed, _ = take_handed_sockets({HANDED_FDS: str(os.dup(held.fileno()))})
+        part = gateway_part(load_policy(str(policy_path)))
+        assert part is not None
+        gateway = Gateway(part, lambda _: None, inherited=handed[0], inherited_from="handed_over")
+        try:
+            gateway.update(part, None)
+            assert gateway.port == port
+            ask()  # either process answers
+        finally:
+            gateway.stop()
+            handed[0].close()
+    assert answers == [200, 200, 200]
 
 
 def _running(pid: int) -> bool:

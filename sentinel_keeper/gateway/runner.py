@@ -148,6 +148,11 @@ class Gateway:
             else:
                 listening = bind_listening(address)
                 source = "bound"
+            # O_NONBLOCK belongs to the open socket, which every process holding it shares
+            # (systemd; at an upgrade the previous process, still accepting): dup() of a
+            # socket in blocking mode clears it for all of them, and the previous process's
+            # event loop then blocks in accept() with a client's connection taken, unread
+            listening.setblocking(False)
             server = GatewayServer(
                 address,
                 self,

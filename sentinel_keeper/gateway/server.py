@@ -400,7 +400,10 @@ class GatewayServer:
         host = "127.0.0.1" if self.address.host == "localhost" else self.address.host
         site: web.BaseSite
         if self._sock is not None:
-            site = web.SockSite(runner, self._sock)  # closed with the server
+            # asyncio calls listen() again on a socket it is given: with aiohttp's default
+            # (128) that would shrink the queue systemd's socket unit (Backlog=1024) or the
+            # previous process made, for every process sharing it
+            site = web.SockSite(runner, self._sock, backlog=BACKLOG)  # closed with the server
         else:
             site = web.TCPSite(runner, host, self.address.port, backlog=BACKLOG, reuse_address=True)
         try:

@@ -1314,10 +1314,7 @@ class Scenario:
             stream.wait_first()
             pid = unit_pid(GATEWAY)
             mark = cursor()
-            # Under emulation, where the new process takes tens of seconds to start, one
-            # request the old process took at the hand-over has been left unanswered until
-            # the client gave up (not refused; not seen on a host): reported, not failed
-            asker = Asker(timeout=STREAM_SECONDS * 2, stalls_allowed=1)
+            asker = Asker(timeout=STREAM_SECONDS * 2)
             if how == "reload":
                 must("systemctl", "reload", GATEWAY, timeout=60)
             else:
