@@ -18,6 +18,7 @@ from sentinel_keeper.decide.plan import ActionKind, FindingKind, plan
 from sentinel_keeper.metrics.counts import Counts, count_pass
 from sentinel_keeper.observe.observation import LoadedModel, Observation
 from sentinel_keeper.observe.ollama import OllamaClient
+from sentinel_keeper.policy import Policy
 from sentinel_keeper.policy.loading import parse_policy
 from sentinel_keeper.report.events import History, advance, pass_events
 from tests.support.ollama_double import FakeModel, GiB, ManualClock, OllamaDouble
@@ -52,7 +53,7 @@ def gone(at: float = 0.0) -> Observation:
     return look(at=at)
 
 
-def walk(*looks: Observation) -> list[Judgement]:
+def walk(*looks: Observation, rules: Policy = POLICY) -> list[Judgement]:
     """Judge each look in turn. The previous pass's last look is that look itself while the
     model is on hold, else the keeper's own load (a reload or a load with the policy's
     options)."""
@@ -60,7 +61,7 @@ def walk(*looks: Observation) -> list[Judgement]:
     before: Observation | None = ours(-15)  # the keeper had it as the policy says
     out = []
     for now in looks:
-        judged = judge(memory, POLICY, before, now)
+        judged = judge(memory, rules, before, now)
         out.append(judged)
         memory = judged.memory
         at = (now.at - NOW).total_seconds()
@@ -91,11 +92,12 @@ def test_each_return_of_the_same_num_ctx_doubles_the_wait_up_to_the_cool_down() 
     assert [kind(j) for j in steps] == ["busy", "busy", "busy", None]
     assert [j.holds[A].wait for j in steps[:3]] == [5, 10, 10]
     # a reload with it again, after the keeper reloaded it back, is a return too
-    steps = walk(theirs(0), theirs(6, used=0), theirs(20), theirs(28, used=20))
-    assert [kind(j) for j in steps] == ["busy", None, "busy", "busy"]
-    assert steps[2].holds[A].wait == 10
+    # (and it came back after 8 s: at least twice that)
+    steps = walk(theirs(0), theirs(6, used=0), theirs(8), theirs(25, used=8))
+    assert [kind(j) for j in steps] == ["busy", None, "busy", None]
+    assert steps[2].holds[A].wait == 16 and steps[2].holds[A].reloads == 2
     # a client that keeps coming back: 5, 10, 20, ... and at most the cool-down
-    many = walk(*(theirs(t) for t in range(0, 500, 20)))
+    many = walk(*(theirs(t) for t in range(0, 40, 2)))
     waits = [j.holds[A].wait for j in many if kind(j) == "busy"]
     assert waits[:5] == [5, 10, 20, 40, 80] and max(waits) == 1800
     # a return of another num_ctx starts from the first wait
@@ -107,6 +109,26 @@ def test_each_return_of_the_same_num_ctx_doubles_the_wait_up_to_the_cool_down() 
     assert later[-1].holds[A].wait == 5
 
 
+def test_the_wait_is_at_least_twice_the_longest_time_the_client_took_to_come_back() -> None:
+    # the client came back 20 s after its first request, once the keeper had reloaded it
+    # back (cold for it): now it is waited for 40 s, not 10, so its next request finds it
+    steps = walk(theirs(0), theirs(6, used=0), theirs(20), theirs(45, used=20), theirs(61, used=20))
+    assert [kind(j) for j in steps] == ["busy", None, "busy", "busy", None]
+    assert steps[2].holds[A].wait == 40
+    # the longest of its gaps counts, while both ends are within `within` (10 minutes)
+    steps = walk(theirs(0), theirs(6, used=0), theirs(30), theirs(40), theirs(50))
+    assert [j.holds[A].wait for j in steps if kind(j) == "busy"] == [5, 60, 60, 60]
+    # and never more than the cool-down (30 minutes)
+    slow = walk(theirs(0), theirs(6, used=0), theirs(590), theirs(1100, used=590))
+    assert slow[2].holds[A].wait == 1180 and kind(slow[3]) == "busy"
+    short = policy({"name": A, "options": {"num_ctx": 8192}}, reload_backoff={"cool_down": 900})
+    capped = walk(theirs(0), theirs(6, used=0), theirs(590), rules=short)
+    assert capped[2].holds[A].wait == 900
+    # a one-off client is reloaded back after the first wait, as before
+    once = walk(theirs(0), theirs(6, used=0))
+    assert [kind(j) for j in once] == ["busy", None]
+
+
 def test_a_request_running_past_its_keep_alive_is_use_not_idleness() -> None:
     # expires_at in the past while listed: a request is running (Ollama unloads an idle one)
     steps = walk(theirs(0, keep=30), theirs(100, used=0, keep=30), theirs(300, used=0, keep=30))
@@ -115,14 +137,14 @@ def test_a_request_running_past_its_keep_alive_is_use_not_idleness() -> None:
 
 def test_three_client_reloads_within_the_window_back_off() -> None:
     steps = walk(
-        theirs(0), theirs(130, used=0),  # a client, then idle: reloaded back
-        theirs(140), theirs(270, used=140),  # again
-        theirs(280),  # a third time within 10 minutes
-        theirs(420, used=280),  # idle, but on hold: not reloaded back
+        theirs(0), theirs(10, used=0),  # a client, then idle: reloaded back
+        theirs(20), theirs(70, used=20),  # again (back after 20 s: a 40 s wait)
+        theirs(150),  # a third time within 10 minutes
+        theirs(420, used=150),  # idle, but on hold: not reloaded back
     )  # fmt: skip
     assert [kind(j) for j in steps] == ["busy", None, "busy", None, "backoff", "backoff"]
     hold = steps[4].holds[A]
-    assert hold.reloads == 3 and hold.until == NOW + timedelta(seconds=280 + 1800)
+    assert hold.reloads == 3 and hold.until == NOW + timedelta(seconds=150 + 1800)
 
 
 def test_a_client_keeping_it_busy_for_the_window_backs_off() -> None:
@@ -184,9 +206,9 @@ def test_after_the_cool_down_one_try_and_a_quick_relapse_holds_again_at_once() -
     def t(at: float, used: float | None = None) -> Observation:
         return theirs(at, used=used, keep=7200)  # a client's keep_alive of 2h
 
-    start = [t(0), t(130, used=0), t(140), t(270, used=140), t(280)]
-    cool = 280 + 1800
-    steps = walk(*start, t(cool, used=280), t(cool + 30))
+    start = [t(0), t(10, used=0), t(20), t(70, used=20), t(150)]
+    cool = 150 + 1800
+    steps = walk(*start, t(cool, used=150), t(cool + 30))
     assert kind(steps[4]) == "backoff"
     trying = steps[5].holds[A]
     assert trying.trying  # idle after the cool-down: reloaded, reported as the same condition
@@ -247,23 +269,32 @@ def _client(url: str, num_ctx: int) -> None:
         answer.read()
 
 
-# client: "always" sends another num_ctx every 30 s; "one-off" sends it once, at 10:15, while
-# a pinned client (the policy's num_ctx) asks every minute. most: the keeper's loads at most;
-# pinned_cold: the pinned client's requests that met the model at the other num_ctx.
+# client: "always" sends another num_ctx every 30 s; "one-off" sends it once, at 10:15,
+# while a pinned client (the policy's num_ctx) asks every minute; "returning" sends it 5
+# times 30 to 45 s apart from 10:15, the pinned client asking every minute before and after
+# (what the residency benchmark's other-num_ctx client does). most: the keeper's loads at
+# most; pinned_cold: the pinned client's requests that met the model at the other num_ctx;
+# other_cold: the other client's requests that met it at the policy's (None: not counted).
+RETURNING = (41, 43, 46, 48, 51)
 HOUR_TABLE = [
-    ("always", 3, 3, None),
-    ("always", 0, 130, None),
-    ("one-off", 3, 2, 0),
+    ("always", 3, 2, None, None),
+    ("always", 0, 130, None, None),
+    ("one-off", 3, 2, 0, 1),
+    # its first request is cold whatever the keeper does; its second is cold because the
+    # keeper reloaded it back after 5 s; from then on it is waited for twice its gap. The
+    # pinned client's request 15 s after its last one meets the model at 4096 (as it would
+    # with no keeper); the next, a minute later, finds it reloaded back.
+    ("returning", 3, 3, 1, 2),
 ]
 
 
 @pytest.mark.parametrize(
-    ("client", "after", "most", "pinned_cold"),
+    ("client", "after", "most", "pinned_cold", "other_cold"),
     HOUR_TABLE,
-    ids=["back-off", "no-back-off", "one-off"],
+    ids=["back-off", "no-back-off", "one-off", "returning"],
 )
 def test_a_client_that_always_sends_another_num_ctx_is_not_fought_for_an_hour(
-    client: str, after: int, most: int, pinned_cold: int | None
+    client: str, after: int, most: int, pinned_cold: int | None, other_cold: int | None
 ) -> None:
     clock = ManualClock(1_800_000_000.0)
     with OllamaDouble([FakeModel(A, size=1 * GiB)], clock=clock, vram_total=24 * GiB) as double:
@@ -276,18 +307,21 @@ def test_a_client_that_always_sends_another_num_ctx_is_not_fought_for_an_hour(
         reconciler = Reconciler(
             policy_, client_, clock=lambda: datetime.fromtimestamp(double.now(), UTC)
         )
-        history, warnings, keeper_loads, counts, cold = History(), [], 0, Counts(), 0
+        history, warnings, keeper_loads, counts = History(), [], 0, Counts()
+        cold, other = 0, 0
+        others = {"one-off": (41,), "returning": RETURNING}.get(client, ())
         for step in range(240):  # an hour of 15 s passes
             double.advance(15)
             if client == "always" and step % 2 == 1:
                 _client(double.url, 4096)
-            if client == "one-off":
-                if step == 41:
-                    _client(double.url, 4096)
-                if step % 4 == 0 and step > 0:
-                    loads = double.load_count
-                    _client(double.url, 8192)
-                    cold += double.load_count - loads
+            if step in others:
+                loads = double.load_count
+                _client(double.url, 4096)
+                other += double.load_count - loads
+            if others and step % 4 == 0 and step > 0 and not others[0] <= step <= others[-1]:
+                loads = double.load_count
+                _client(double.url, 8192)
+                cold += double.load_count - loads
             report = reconciler.run_pass()
             keeper_loads += sum(
                 1 for o in report.outcomes if o.attempted and o.action.is_load and o.ok
@@ -301,14 +335,14 @@ def test_a_client_that_always_sends_another_num_ctx_is_not_fought_for_an_hour(
         client_reloads = sum(1 for r in double.load_log if r.model == A) - keeper_loads
     print(
         f"{client} after={after}: {keeper_loads} keeper loads, {client_reloads} client "
-        f"reloads, {cold} cold pinned requests in an hour"
+        f"reloads, {cold} cold pinned requests, {other} cold other-num_ctx requests in an hour"
     )
     assert keeper_loads <= most
     entry = counts.models[A]
-    if client == "one-off":
-        # reloaded back as soon as it was idle: the pinned client never met it at 4096
-        assert cold == pinned_cold
-        assert client_reloads == 1 and entry.backoffs == 0 and warnings == []
+    if others:
+        # reloaded back once idle, never put on hold
+        assert cold == pinned_cold and other == other_cold
+        assert client_reloads == other_cold and entry.backoffs == 0 and warnings == []
         return
     assert sum(entry.client_reloads.values()) == client_reloads  # every one seen and counted
     assert entry.backoffs == (1 if after else 0)

@@ -16,8 +16,10 @@ The rule, per policy model that sets a num_ctx:
 - the wait learns: the first time a num_ctx is seen it is ``quiet`` (a few seconds: a client
   that is gone costs nothing, and the pinned clients get their model back before they ask);
   each return of the same num_ctx within ``within`` (a reload with it again, or another
-  request to its instance) doubles it, up to ``cool_down``: a client that returns is the
-  evidence for leaving the model to it longer;
+  request to its instance) doubles it, and it is at least twice the longest time the clients
+  took to come back with that num_ctx (a client whose requests come 30 s apart is waited for
+  a minute, so that reloading it back does not make its next request cold), up to
+  ``cool_down``: a client that returns is the evidence for leaving the model to it longer;
 - back-off: ``after`` client reloads within ``within``, or clients keeping the model busy for
   ``within``, put it on hold until ``cool_down`` has passed, reported once as a warning that
   names the clients' num_ctx and what to set;
@@ -38,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Literal
 
 from sentinel_keeper.decide.capacity import expected_context_length
@@ -200,12 +203,20 @@ def judge(
     return Judgement(out, holds)
 
 
+# a client that came back after a while is waited for this many times as long before its
+# instance counts as idle: the next gap of a client seldom matches the last one exactly
+GAP_MARGIN = 2.0
+
+
 def _wait(tally: Tally, first: float, most: float) -> float:
     """How long the clients' instance must stay unused before the keeper reloads it: the
-    first time ``first``, doubled by each return of the same num_ctx, at most ``most``."""
+    first time ``first``, doubled by each return of the same num_ctx, and at least twice the
+    longest time the clients took to come back with it; at most ``most``."""
     ctx = tally.client_ctx
-    seen = sum(1 for _, c in tally.returns if c == ctx) if ctx is not None else 0
-    wait = first * 2.0 ** max(seen - 1, 0)
+    times = [when for when, c in tally.returns if c == ctx] if ctx is not None else []
+    wait = first * 2.0 ** max(len(times) - 1, 0)
+    gaps = ((b - a).total_seconds() for a, b in pairwise(times))
+    wait = max(wait, GAP_MARGIN * max(gaps, default=0.0))
     return min(wait, max(most, first))
 
 

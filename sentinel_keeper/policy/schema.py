@@ -431,7 +431,8 @@ class ReloadBackoffSection(_Section):
         5.0,
         description="the first time a client loads a model with another num_ctx, its "
         "instance untouched this long is idle: reloaded with the policy's options; each "
-        "return of that num_ctx within `within` doubles the wait, up to `cool_down`",
+        "return of that num_ctx within `within` doubles the wait, which is also at least "
+        "twice the longest time the client took to come back, up to `cool_down`",
     )
 
 
